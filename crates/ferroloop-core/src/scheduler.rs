@@ -122,6 +122,11 @@ impl<T: Cancel> Scheduler<T> {
         self.ready.pop_front()
     }
 
+    /// Every queued callback and timer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.ready.iter().chain(self.timers.iter())
+    }
+
     /// Drop every queued callback and timer (closing the loop).
     pub fn clear(&mut self) {
         self.ready.clear();

@@ -149,6 +149,11 @@ impl<T: Cancel> TimerQueue<T> {
         Some(e.item)
     }
 
+    /// Every item in the heap, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.item)
+    }
+
     /// Remove everything (closing the loop).
     pub fn clear(&mut self) {
         self.heap.clear();

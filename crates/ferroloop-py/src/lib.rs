@@ -1,1 +1,21 @@
+//! `ferroloop._ferroloop`: the native half of the ferroloop Python package.
+//!
+//! `LoopCore` holds the loop's queues, selector and waker and runs its
+//! passes; `Handle` and `TimerHandle` are what the scheduling methods return.
+//! The public classes live in the Python package `ferroloop`.
 
+mod cell;
+mod errors;
+mod handle;
+mod loop_core;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = true)]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<loop_core::LoopCore>()?;
+    m.add_class::<handle::Handle>()?;
+    m.add_class::<handle::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

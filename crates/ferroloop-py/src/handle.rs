@@ -1,0 +1,391 @@
+//! `Handle` and `TimerHandle`: what `call_soon` and `call_later` return.
+//!
+//! They behave as asyncio's: `cancel()` clears the callback and its
+//! arguments (keeping the repr in debug mode), a cancelled timer is counted
+//! by its loop so cancelled timers can be compacted, and a callback runs in
+//! the `contextvars.Context` captured when it was scheduled. Running one is
+//! the hot path: enter the context, vectorcall the callback, leave the context.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::cell::GilCell;
+use crate::loop_core::LoopCore;
+
+pub struct TimerData {
+    pub when: f64,
+    pub scheduled: AtomicBool,
+}
+
+/// A callback scheduled on the loop.
+#[pyclass(module = "ferroloop._ferroloop", subclass, weakref, frozen)]
+pub struct Handle {
+    callback: GilCell<Option<Py<PyAny>>>,
+    args: GilCell<Option<Py<PyTuple>>>,
+    context: Py<PyAny>,
+    loop_: Py<LoopCore>,
+    cancelled: AtomicBool,
+    source_traceback: Option<Py<PyAny>>,
+    repr: GilCell<Option<Py<PyAny>>>,
+    pub(crate) timer: Option<TimerData>,
+}
+
+/// A callback scheduled at a point in time.
+#[pyclass(module = "ferroloop._ferroloop", extends = Handle, frozen, weakref)]
+pub struct TimerHandle;
+
+static FORMAT_HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+pub fn format_helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    FORMAT_HELPERS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio.format_helpers")?.unbind())
+        })
+        .map(|m| m.bind(py))
+}
+
+/// `format_helpers.extract_stack(sys._getframe(0))`: where the caller of the
+/// native method that schedules a callback stands.
+pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    Ok(format_helpers(py)?
+        .call_method1("extract_stack", (frame,))?
+        .unbind())
+}
+
+impl Handle {
+    pub fn new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+        loop_: Py<LoopCore>,
+        debug: bool,
+        timer: Option<f64>,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            // SAFETY: PyContext_CopyCurrent returns a new reference or NULL
+            // with an exception set; from_owned_ptr_or_err handles both.
+            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
+        };
+        let source_traceback = if debug {
+            Some(extract_stack(py)?)
+        } else {
+            None
+        };
+        Ok(Handle {
+            callback: GilCell::new(Some(callback)),
+            args: GilCell::new(Some(args)),
+            context,
+            loop_,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+            repr: GilCell::new(None),
+            timer: timer.map(|when| TimerData {
+                when,
+                scheduled: AtomicBool::new(true),
+            }),
+        })
+    }
+
+    pub fn cancel_bound(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let h = slf.get();
+        if h.cancelled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let lp = h.loop_.get();
+        h.cancelled.store(true, Ordering::Relaxed);
+        if lp.debug(py) {
+            // Keep the repr, callback included, for "Executing ... took" logs.
+            let r = slf.repr()?.unbind();
+            *h.repr.borrow_mut(py) = Some(r.into_any());
+        }
+        if let Some(t) = &h.timer {
+            if t.scheduled.load(Ordering::Relaxed) {
+                lp.timer_cancelled(py);
+            }
+        }
+        // Drop the references outside the borrows: dropping may run __del__.
+        let cb = h.callback.borrow_mut(py).take();
+        let args = h.args.borrow_mut(py).take();
+        drop((cb, args));
+        Ok(())
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn mark_unscheduled(&self) {
+        if let Some(t) = &self.timer {
+            t.scheduled.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn context_ref(&self) -> &Py<PyAny> {
+        &self.context
+    }
+
+    /// Run the callback in its context. Exceptions other than `SystemExit`
+    /// and `KeyboardInterrupt` go to the loop's exception handler, as in
+    /// asyncio's `Handle._run`; those two propagate.
+    pub fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let h = slf.get();
+        let (cb, args) = {
+            let cb = h.callback.borrow(py);
+            let args = h.args.borrow(py);
+            match (cb.as_ref(), args.as_ref()) {
+                (Some(c), Some(a)) => (c.clone_ref(py), a.clone_ref(py)),
+                _ => return Ok(()),
+            }
+        };
+        let ctx = h.context.as_ptr();
+        // SAFETY: `ctx` is a live object owned by the handle; PyContext_Enter
+        // checks its type and returns -1 with an exception set on failure.
+        let entered = unsafe { ffi::PyContext_Enter(ctx) } == 0;
+        let result = if entered {
+            let args_ptr = args.as_ptr();
+            // SAFETY: `args` is a tuple we hold a reference to, so its items
+            // stay alive for the call; vectorcall gets a pointer to its item
+            // array and its length, and returns a new reference or NULL.
+            let res = unsafe {
+                let n = ffi::PyTuple_GET_SIZE(args_ptr);
+                let items = (*(args_ptr as *mut ffi::PyTupleObject)).ob_item.as_ptr();
+                ffi::PyObject_Vectorcall(cb.as_ptr(), items, n as usize, std::ptr::null_mut())
+            };
+            // SAFETY: we entered `ctx` above and leave it exactly once; while
+            // an exception may be pending, PyContext_Exit does not touch it.
+            let exit_failed = unsafe { ffi::PyContext_Exit(ctx) } != 0;
+            if res.is_null() {
+                Err(PyErr::fetch(py))
+            } else {
+                // SAFETY: `res` is a new reference we own and drop at once.
+                unsafe { ffi::Py_DECREF(res) };
+                if exit_failed {
+                    Err(PyErr::fetch(py))
+                } else {
+                    Ok(())
+                }
+            }
+        } else {
+            Err(PyErr::fetch(py))
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                    || err.is_instance_of::<PySystemExit>(py)
+                {
+                    return Err(err);
+                }
+                report_callback_error(slf, &cb, &args, err)
+            }
+        }
+    }
+}
+
+fn report_callback_error(
+    slf: &Bound<'_, Handle>,
+    cb: &Py<PyAny>,
+    args: &Py<PyTuple>,
+    err: PyErr,
+) -> PyResult<()> {
+    let py = slf.py();
+    let src = format_helpers(py)?.call_method1("_format_callback_source", (cb, args))?;
+    let ctx = PyDict::new(py);
+    ctx.set_item("message", format!("Exception in callback {src}"))?;
+    ctx.set_item("exception", err.into_value(py))?;
+    ctx.set_item("handle", slf)?;
+    if let Some(tb) = &slf.get().source_traceback {
+        if tb.bind(py).is_truthy()? {
+            ctx.set_item("source_traceback", tb)?;
+        }
+    }
+    slf.get()
+        .loop_
+        .bind(py)
+        .call_method1("call_exception_handler", (ctx,))?;
+    Ok(())
+}
+
+fn repr_info(slf: &Bound<'_, Handle>, class_name: &str) -> PyResult<Vec<String>> {
+    let py = slf.py();
+    let h = slf.get();
+    let mut info = vec![class_name.to_owned()];
+    if h.is_cancelled() {
+        info.push("cancelled".into());
+    }
+    if let Some(t) = &h.timer {
+        info.push(format!("when={}", t.when.into_pyobject(py)?.repr()?));
+    }
+    let cb = h.callback.borrow(py).as_ref().map(|c| c.clone_ref(py));
+    let args = h.args.borrow(py).as_ref().map(|a| a.clone_ref(py));
+    if let Some(cb) = cb {
+        let src = format_helpers(py)?.call_method1("_format_callback_source", (cb, args))?;
+        info.push(src.extract::<String>()?);
+    }
+    if let Some(tb) = &h.source_traceback {
+        let tb = tb.bind(py);
+        if tb.is_truthy()? {
+            let frame = tb.get_item(-1)?;
+            let file = frame.get_item(0)?;
+            let line = frame.get_item(1)?;
+            info.push(format!("created at {file}:{line}"));
+        }
+    }
+    Ok(info)
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancel the callback. Cancelling twice does nothing.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::cancel_bound(slf)
+    }
+
+    /// True if the handle was cancelled.
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    /// The `contextvars.Context` the callback runs in.
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::run(slf)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.borrow(py).as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.args.borrow(py).as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.loop_.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        if let Some(r) = slf.get().repr.borrow(py).as_ref() {
+            return r.extract(py);
+        }
+        let name = slf.get_type().name()?.to_string();
+        Ok(format!("<{}>", repr_info(slf, &name)?.join(" ")))
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.context)?;
+        visit.call(&self.loop_)?;
+        visit.call(&self.source_traceback)?;
+        if let Some(cb) = self.callback.gc_borrow() {
+            visit.call(cb.as_ref())?;
+        }
+        if let Some(a) = self.args.gc_borrow() {
+            visit.call(a.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let cb = self.callback.gc_borrow_mut().and_then(|mut c| c.take());
+        let args = self.args.gc_borrow_mut().and_then(|mut a| a.take());
+        drop((cb, args));
+    }
+}
+
+fn timer_data<'a>(slf: &'a Bound<'_, TimerHandle>) -> &'a TimerData {
+    slf.as_super()
+        .get()
+        .timer
+        .as_ref()
+        .expect("a TimerHandle always has timer data")
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// The absolute time the callback is scheduled for, in loop time.
+    fn when(slf: &Bound<'_, Self>) -> f64 {
+        timer_data(slf).when
+    }
+
+    #[getter]
+    fn _when(slf: &Bound<'_, Self>) -> f64 {
+        timer_data(slf).when
+    }
+
+    #[getter]
+    fn _scheduled(slf: &Bound<'_, Self>) -> bool {
+        timer_data(slf).scheduled.load(Ordering::Relaxed)
+    }
+
+    fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        timer_data(slf).when.into_pyobject(slf.py())?.hash()
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (timer_data(slf).when, timer_data(other).when);
+        let same = || -> PyResult<bool> {
+            if a != b {
+                return Ok(false);
+            }
+            let (x, y) = (slf.as_super().get(), other.as_super().get());
+            if x.is_cancelled() != y.is_cancelled() {
+                return Ok(false);
+            }
+            let (cx, cy) = (x._callback(py), y._callback(py));
+            let (ax, ay) = (x._args(py), y._args(py));
+            Ok(cx.into_pyobject(py)?.eq(cy)? && ax.into_pyobject(py)?.eq(ay)?)
+        };
+        let r = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || same()?,
+            CompareOp::Ge => a > b || same()?,
+            CompareOp::Eq => same()?,
+            CompareOp::Ne => !same()?,
+        };
+        Ok(r.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}

@@ -1,0 +1,959 @@
+//! `LoopCore`: the native half of `ferroloop.Loop`.
+//!
+//! It owns the ready queue, the timer queue, the selector and the waker, and
+//! runs the loop's passes. The Python class `ferroloop.Loop` derives from it
+//! and from `asyncio.BaseEventLoop`, which provides the rarely used, intricate
+//! parts (tasks, futures, executors, async generators, exception handlers).
+//! The attributes that `BaseEventLoop`'s code reads and writes (`_debug`,
+//! `_stopping`, `_closed`, `_thread_id`, `_current_handle`,
+//! `slow_callback_duration`, `_clock_resolution`) are native descriptors, so
+//! both halves see one state.
+//!
+//! Locking discipline: the state sits in a [`GilCell`]; every borrow ends
+//! before Python code runs, and the GIL is released only around the blocking
+//! wait, which works on a detached [`Waiter`].
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferroloop_core::selector::Waiter;
+use ferroloop_core::{
+    BackendKind, Cancel, Clock, Event, Interest, MonotonicClock, Scheduler, Selector, Waker,
+};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+
+use crate::cell::GilCell;
+use crate::errors::io_err;
+use crate::handle::{Handle, TimerHandle};
+
+const WAKER_TOKEN: u64 = u64::MAX;
+/// `selectors.EVENT_READ` / `EVENT_WRITE`.
+const EVENT_READ: u32 = 1;
+const EVENT_WRITE: u32 = 2;
+
+/// A queued handle, as the core's scheduler sees it.
+pub struct Item(Py<Handle>);
+
+impl Cancel for Item {
+    #[inline]
+    fn is_cancelled(&self) -> bool {
+        self.0.get().is_cancelled()
+    }
+    #[inline]
+    fn unscheduled(&self) {
+        self.0.get().mark_unscheduled();
+    }
+}
+
+enum Io {
+    Native(Selector),
+    /// A `selectors.BaseSelector` instance, driven through its Python API.
+    Python(Py<PyAny>),
+    Closed,
+}
+
+struct State {
+    sched: Scheduler<Item>,
+    io: Io,
+    waker: Option<Waker>,
+    readers: HashMap<RawFd, Py<Handle>>,
+    writers: HashMap<RawFd, Py<Handle>>,
+    events: Vec<Event>,
+    thread_id: Option<u64>,
+    current_handle: Option<Py<PyAny>>,
+    slow_callback_duration: f64,
+    clock_resolution: f64,
+}
+
+/// The native event loop state and passes.
+#[pyclass(module = "ferroloop._ferroloop", subclass, weakref, frozen)]
+pub struct LoopCore {
+    st: GilCell<State>,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    sleeping: AtomicBool,
+}
+
+static BASE_EVENTS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn base_events(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    BASE_EVENTS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio.base_events")?.unbind())
+        })
+        .map(|m| m.bind(py))
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj)));
+        match obj.call_method0("fileno") {
+            Ok(n) => {
+                let py = obj.py();
+                let as_int = py
+                    .get_type::<PyInt>()
+                    .call1((n,))
+                    .map_err(|_| invalid())?;
+                as_int.extract().map_err(|_| invalid())?
+            }
+            Err(_) => return Err(invalid()),
+        }
+    };
+    if fd < 0 || fd > i32::MAX as i64 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    Ok(fd as RawFd)
+}
+
+fn repr_of(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<object>".into())
+}
+
+fn new_state(io: Io, waker: Option<Waker>) -> State {
+    State {
+        sched: Scheduler::new(),
+        io,
+        waker,
+        readers: HashMap::new(),
+        writers: HashMap::new(),
+        events: Vec::new(),
+        thread_id: None,
+        current_handle: None,
+        slow_callback_duration: 0.1,
+        clock_resolution: MonotonicClock.resolution(),
+    }
+}
+
+fn native_io(kind: BackendKind) -> PyResult<(Io, Waker)> {
+    let mut sel = Selector::new(kind).map_err(io_err)?;
+    let waker = Waker::new().map_err(io_err)?;
+    sel.register(waker.fd(), Interest::READ, WAKER_TOKEN)
+        .map_err(io_err)?;
+    Ok((Io::Native(sel), waker))
+}
+
+impl LoopCore {
+    #[inline]
+    pub fn debug(&self, _py: Python<'_>) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    pub fn timer_cancelled(&self, py: Python<'_>) {
+        self.st.borrow_mut(py).sched.timer_cancelled();
+    }
+
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        thread: bool,
+    ) -> PyResult<()> {
+        if thread {
+            slf.call_method0("_check_thread")?;
+        }
+        slf.call_method1("_check_callback", (callback, method))?;
+        Ok(())
+    }
+
+    fn push_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let core = slf.get();
+        let h = Handle::new(
+            py,
+            callback.unbind(),
+            args.unbind(),
+            context.map(Bound::unbind),
+            slf.clone().unbind(),
+            core.debug(py),
+            None,
+        )?;
+        let h = Py::new(py, h)?;
+        core.st.borrow_mut(py).sched.call_soon(Item(h.clone_ref(py)));
+        Ok(h)
+    }
+
+    fn wake_if_sleeping(&self, py: Python<'_>) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            if let Some(w) = self.st.borrow(py).waker.as_ref() {
+                let _wake_is_best_effort = w.wake();
+            }
+        }
+    }
+
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        if core.debug(py) {
+            Self::debug_checks(slf, &callback, "call_at", true)?;
+        }
+        let h = Handle::new(
+            py,
+            callback.unbind(),
+            args.unbind(),
+            context.map(Bound::unbind),
+            slf.clone().unbind(),
+            core.debug(py),
+            Some(when),
+        )?;
+        let init = PyClassInitializer::from(h).add_subclass(TimerHandle);
+        let th = Bound::new(py, init)?;
+        let base: Py<Handle> = th.clone().into_super().unbind();
+        core.st.borrow_mut(py).sched.call_at(when, Item(base));
+        Ok(th.unbind())
+    }
+
+    /// Register `handle` as the reader (or writer) of `fd`, replacing and
+    /// cancelling the previous one, as `BaseSelectorEventLoop._add_reader` does.
+    fn watch(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool, h: Py<Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        let fd = fileobj_to_fd(fd_obj)?;
+        let pysel = {
+            let mut st = core.st.borrow_mut(py);
+            let st = &mut *st;
+            match &mut st.io {
+                Io::Native(sel) => {
+                    let had_r = st.readers.contains_key(&fd);
+                    let had_w = st.writers.contains_key(&fd);
+                    let interest = Interest::new(had_r || !write, had_w || write);
+                    let res = if had_r || had_w {
+                        sel.modify(fd, interest, fd as u64)
+                    } else {
+                        sel.register(fd, interest, fd as u64)
+                    };
+                    res.map_err(io_err)?;
+                    None
+                }
+                Io::Python(sel) => Some(sel.clone_ref(py)),
+                Io::Closed => return Err(closed_error()),
+            }
+        };
+        if let Some(sel) = pysel {
+            let sel = sel.bind(py);
+            let bit = if write { EVENT_WRITE } else { EVENT_READ };
+            match sel.call_method1("get_key", (fd,)) {
+                Ok(key) => {
+                    let mask: u32 = key.getattr("events")?.extract()?;
+                    sel.call_method1("modify", (fd, mask | bit, py.None()))?;
+                }
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => {
+                    sel.call_method1("register", (fd, bit, py.None()))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let old = {
+            let mut st = core.st.borrow_mut(py);
+            let map = if write { &mut st.writers } else { &mut st.readers };
+            map.insert(fd, h)
+        };
+        if let Some(old) = old {
+            Handle::cancel_bound(old.bind(py))?;
+        }
+        Ok(())
+    }
+
+    fn unwatch(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let core = slf.get();
+        if core.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd_obj)?;
+        let (old, pysel, other) = {
+            let mut st = core.st.borrow_mut(py);
+            let st = &mut *st;
+            let (map, other_map) = if write {
+                (&mut st.writers, &st.readers)
+            } else {
+                (&mut st.readers, &st.writers)
+            };
+            let Some(old) = map.remove(&fd) else {
+                return Ok(false);
+            };
+            let other = other_map.contains_key(&fd);
+            let pysel = match &mut st.io {
+                Io::Native(sel) => {
+                    let res = if other {
+                        sel.modify(fd, Interest::new(write, !write), fd as u64)
+                    } else {
+                        sel.deregister(fd)
+                    };
+                    if let Err(e) = res {
+                        // Keep the registration as it was and report the error.
+                        map.insert(fd, old);
+                        return Err(io_err(e));
+                    }
+                    None
+                }
+                Io::Python(sel) => Some(sel.clone_ref(py)),
+                Io::Closed => None,
+            };
+            (old, pysel, other)
+        };
+        if let Some(sel) = pysel {
+            let sel = sel.bind(py);
+            if other {
+                let keep = if write { EVENT_READ } else { EVENT_WRITE };
+                sel.call_method1("modify", (fd, keep, py.None()))?;
+            } else {
+                sel.call_method1("unregister", (fd,))?;
+            }
+        }
+        Handle::cancel_bound(old.bind(py))?;
+        Ok(true)
+    }
+
+    /// One pass; see `ferroloop_core::scheduler` for the rules.
+    fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+
+        // Steps 1 and 2: clean timers, compute the wait.
+        enum Wait {
+            Skip,
+            Native(Waiter),
+            Python(Py<PyAny>),
+        }
+        let (wait, timeout) = {
+            let mut st = core.st.borrow_mut(py);
+            let st = &mut *st;
+            let timeout = st.sched.poll_timeout(|| MonotonicClock.now());
+            let wait = match &mut st.io {
+                // Only the waker is registered and nothing needs waking: a
+                // zero wait could report nothing, so skip the system call.
+                Io::Native(sel) if timeout == Some(0.0) && sel.len() <= 1 => Wait::Skip,
+                Io::Native(sel) => Wait::Native(sel.prepare_wait()),
+                Io::Python(sel) => Wait::Python(sel.clone_ref(py)),
+                Io::Closed => Wait::Skip,
+            };
+            (wait, timeout)
+        };
+
+        // Step 3: wait, then queue the callbacks of ready descriptors.
+        match wait {
+            Wait::Skip => {}
+            Wait::Native(mut waiter) => {
+                let res = if timeout == Some(0.0) {
+                    waiter.wait(timeout)
+                } else {
+                    core.sleeping.store(true, Ordering::SeqCst);
+                    let r = py.detach(|| waiter.wait(timeout));
+                    core.sleeping.store(false, Ordering::SeqCst);
+                    r
+                };
+                let mut st = core.st.borrow_mut(py);
+                let st = &mut *st;
+                let mut events = std::mem::take(&mut st.events);
+                if let Io::Native(sel) = &mut st.io {
+                    sel.finish_wait(waiter, &mut events);
+                }
+                match res {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        st.events = events;
+                        return Err(io_err(e));
+                    }
+                }
+                for ev in events.drain(..) {
+                    if ev.token == WAKER_TOKEN {
+                        if let Some(w) = &st.waker {
+                            w.drain();
+                        }
+                        continue;
+                    }
+                    queue_fd(st, ev.fd, ev.readable, ev.writable, py);
+                }
+                st.events = events;
+            }
+            Wait::Python(sel) => {
+                let to: Option<f64> = timeout;
+                core.sleeping.store(to != Some(0.0), Ordering::SeqCst);
+                let ready = sel.bind(py).call_method1("select", (to,));
+                core.sleeping.store(false, Ordering::SeqCst);
+                let ready = ready?;
+                let mut got: Vec<(RawFd, u32)> = Vec::new();
+                for pair in ready.try_iter()? {
+                    let pair = pair?;
+                    let key = pair.get_item(0)?;
+                    let mask: u32 = pair.get_item(1)?.extract()?;
+                    got.push((key.getattr("fd")?.extract()?, mask));
+                }
+                let mut st = core.st.borrow_mut(py);
+                let st = &mut *st;
+                let waker_fd = st.waker.as_ref().map(Waker::fd);
+                for (fd, mask) in got {
+                    if Some(fd) == waker_fd {
+                        if let Some(w) = &st.waker {
+                            w.drain();
+                        }
+                        continue;
+                    }
+                    queue_fd(st, fd, mask & EVENT_READ != 0, mask & EVENT_WRITE != 0, py);
+                }
+            }
+        }
+        // Signals first, as the interpreter would between bytecodes.
+        py.check_signals()?;
+
+        // Step 4: due timers.
+        let n = {
+            let mut st = core.st.borrow_mut(py);
+            let end = MonotonicClock.now() + st.clock_resolution;
+            st.sched.collect_due(end);
+            st.sched.begin_pass()
+        };
+
+        // Step 5: run what was ready when the pass began.
+        let debug = core.debug(py);
+        for _ in 0..n {
+            let item = core.st.borrow_mut(py).sched.pop_ready();
+            let Some(Item(h)) = item else { break };
+            if h.get().is_cancelled() {
+                continue;
+            }
+            let h = h.into_bound(py);
+            if debug {
+                Self::run_debug(slf, &h)?;
+            } else {
+                Handle::run(&h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_debug(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        core.st.borrow_mut(py).current_handle = Some(h.clone().into_any().unbind());
+        let t0 = MonotonicClock.now();
+        let res = Handle::run(h);
+        let dt = MonotonicClock.now() - t0;
+        let old = core.st.borrow_mut(py).current_handle.take();
+        drop(old);
+        res?;
+        let slow = core.st.borrow(py).slow_callback_duration;
+        if dt >= slow {
+            let be = base_events(py)?;
+            let what = be.call_method1("_format_handle", (h,))?;
+            be.getattr("logger")?.call_method1(
+                "warning",
+                ("Executing %s took %.3f seconds", what, dt),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn queue_fd(st: &mut State, fd: RawFd, readable: bool, writable: bool, py: Python<'_>) {
+    if readable {
+        if let Some(h) = st.readers.get(&fd) {
+            if !h.get().is_cancelled() {
+                st.sched.call_soon(Item(h.clone_ref(py)));
+            }
+        }
+    }
+    if writable {
+        if let Some(h) = st.writers.get(&fd) {
+            if !h.get().is_cancelled() {
+                st.sched.call_soon(Item(h.clone_ref(py)));
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let (io, waker) = native_io(BackendKind::best())?;
+        Ok(LoopCore {
+            st: GilCell::new(new_state(io, Some(waker))),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    /// Choose the selector: None (best: epoll), "epoll", "poll", "select",
+    /// or a `selectors.BaseSelector` instance. Only before the loop is used.
+    fn _ff_set_selector(slf: &Bound<'_, Self>, selector: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        {
+            let st = core.st.borrow(py);
+            if !st.readers.is_empty() || !st.writers.is_empty() || st.thread_id.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "the selector can only be chosen before the loop is used",
+                ));
+            }
+        }
+        let (io, waker) = if selector.is_none() {
+            native_io(BackendKind::best())?
+        } else if let Ok(name) = selector.cast::<PyString>() {
+            let name = name.to_str()?;
+            let kind = BackendKind::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "unknown selector {name:?}: expected 'epoll', 'poll', 'select' or a selectors.BaseSelector instance"
+                ))
+            })?;
+            native_io(kind)?
+        } else {
+            let base = py.import("selectors")?.getattr("BaseSelector")?;
+            if !selector.is_instance(&base)? {
+                return Err(PyTypeError::new_err(format!(
+                    "selector must be None, 'epoll', 'poll', 'select' or a selectors.BaseSelector instance, got {}",
+                    repr_of(selector)
+                )));
+            }
+            let waker = Waker::new().map_err(io_err)?;
+            selector.call_method1("register", (waker.fd(), EVENT_READ, py.None()))?;
+            (Io::Python(selector.clone().unbind()), waker)
+        };
+        let old = {
+            let mut st = core.st.borrow_mut(py);
+            let old_io = std::mem::replace(&mut st.io, io);
+            let old_waker = st.waker.replace(waker);
+            (old_io, old_waker)
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// The backend the loop waits on: "epoll", "poll", "select", or
+    /// "selectors:<class name>" for a Python selector object.
+    #[getter]
+    fn backend(&self, py: Python<'_>) -> PyResult<String> {
+        let sel = match &self.st.borrow(py).io {
+            Io::Native(s) => return Ok(s.kind().name().to_owned()),
+            Io::Closed => return Ok("closed".to_owned()),
+            Io::Python(s) => s.clone_ref(py),
+        };
+        Ok(format!(
+            "selectors:{}",
+            sel.bind(py).get_type().name()?
+        ))
+    }
+
+    /// The Python selector object, when the loop runs on one.
+    #[getter]
+    fn _selector(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        match &self.st.borrow(py).io {
+            Io::Python(s) => Some(s.clone_ref(py)),
+            _ => None,
+        }
+    }
+
+    fn time(&self) -> f64 {
+        MonotonicClock.now()
+    }
+
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let core = slf.get();
+        core.check_closed()?;
+        if core.debug(slf.py()) {
+            Self::debug_checks(slf, &callback, "call_soon", true)?;
+        }
+        Self::push_soon(slf, callback, args, context)
+    }
+
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        if core.debug(py) {
+            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        }
+        let h = Self::push_soon(slf, callback, args, context)?;
+        core.wake_if_sleeping(py);
+        Ok(h)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context = None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let now = MonotonicClock.now();
+        let when = match delay.extract::<f64>() {
+            Ok(d) => now + d,
+            // Same error as asyncio's `self.time() + delay`.
+            Err(_) => now.into_pyobject(slf.py())?.add(delay)?.extract()?,
+        };
+        Self::schedule_timer(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context = None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        Self::schedule_timer(slf, when, callback, args, context)
+    }
+
+    fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) {
+        if let Ok(h) = handle.cast::<Handle>() {
+            if let Some(t) = &h.get().timer {
+                if t.scheduled.load(Ordering::Relaxed) {
+                    self.timer_cancelled(py);
+                }
+            }
+        }
+    }
+
+    /// `_add_callback`: queue an existing handle unless it is cancelled.
+    fn _add_callback(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
+        if !handle.get().is_cancelled() {
+            self.st
+                .borrow_mut(py)
+                .sched
+                .call_soon(Item(handle.clone().unbind()));
+        }
+    }
+
+    fn _add_callback_signalsafe(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
+        self._add_callback(py, handle);
+        self._write_to_self(py);
+    }
+
+    /// Wake the loop from any thread.
+    fn _write_to_self(&self, py: Python<'_>) {
+        if let Some(w) = self.st.borrow(py).waker.as_ref() {
+            let _wake_is_best_effort = w.wake();
+        }
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, fd, callback, args, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, fd, callback, args, true)
+    }
+
+    /// Watch `fd` for reading (level-triggered); replaces a previous reader.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_watch(slf, fd, callback, args, false).map(drop)
+    }
+
+    /// Watch `fd` for writing (level-triggered); replaces a previous writer.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_watch(slf, fd, callback, args, true).map(drop)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, fd, false)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, fd, true)
+    }
+
+    /// Stop watching `fd` for reading; True if it was watched.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, fd, false)
+    }
+
+    /// Stop watching `fd` for writing; True if it was watched.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch(slf, fd, true)
+    }
+
+    /// Stop after the current pass.
+    fn stop(&self, py: Python<'_>) {
+        self.st.borrow_mut(py).sched.stop();
+    }
+
+    fn is_running(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).thread_id.is_some()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// One pass of the loop.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_once_impl(slf)
+    }
+
+    /// Run passes until `stop()`; the caller sets up and tears down the
+    /// running-loop state (see `ferroloop.Loop.run_forever`).
+    fn _ff_run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        loop {
+            Self::run_once_impl(slf)?;
+            if core.st.borrow(py).sched.stopping() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The native part of `close()`: drop queued callbacks, close the
+    /// selector and the waker.
+    fn _ff_close(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        let (items, timers, io, waker, readers, writers) = {
+            let mut st = self.st.borrow_mut(py);
+            let (items, timers) = st.sched.take_all();
+            let io = std::mem::replace(&mut st.io, Io::Closed);
+            let waker = st.waker.take();
+            let readers = std::mem::take(&mut st.readers);
+            let writers = std::mem::take(&mut st.writers);
+            (items, timers, io, waker, readers, writers)
+        };
+        drop((items, timers, readers, writers, waker));
+        if let Io::Python(sel) = io {
+            sel.bind(py).call_method0("close")?;
+        }
+        Ok(())
+    }
+
+    // Attributes shared with asyncio.BaseEventLoop's Python code.
+
+    #[getter(_debug)]
+    fn debug_attr(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[getter]
+    fn _closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    #[setter(_closed)]
+    fn set_closed_attr(&self, value: bool) {
+        self.closed.store(value, Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn _stopping(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).sched.stopping()
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, py: Python<'_>, value: bool) {
+        let mut st = self.st.borrow_mut(py);
+        if value {
+            st.sched.stop();
+        } else {
+            st.sched.clear_stopping();
+        }
+    }
+
+    #[getter]
+    fn _thread_id(&self, py: Python<'_>) -> Option<u64> {
+        self.st.borrow(py).thread_id
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id_attr(&self, py: Python<'_>, value: Option<u64>) {
+        self.st.borrow_mut(py).thread_id = value;
+    }
+
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st
+            .borrow(py)
+            .current_handle
+            .as_ref()
+            .map(|h| h.clone_ref(py))
+    }
+
+    #[setter(_current_handle)]
+    fn set_current_handle_attr(&self, py: Python<'_>, value: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut self.st.borrow_mut(py).current_handle, value);
+        drop(old);
+    }
+
+    #[getter]
+    fn slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        self.st.borrow(py).slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        self.st.borrow_mut(py).slow_callback_duration = value;
+    }
+
+    #[getter]
+    fn _clock_resolution(&self, py: Python<'_>) -> f64 {
+        self.st.borrow(py).clock_resolution
+    }
+
+    #[setter(_clock_resolution)]
+    fn set_clock_resolution_attr(&self, py: Python<'_>, value: f64) {
+        self.st.borrow_mut(py).clock_resolution = value;
+    }
+
+    /// Number of cancelled timers still queued (what asyncio keeps in
+    /// `_timer_cancelled_count`), for tests and introspection.
+    #[getter]
+    fn _ff_timer_cancelled_count(&self, py: Python<'_>) -> usize {
+        self.st.borrow(py).sched.timers().cancelled_count()
+    }
+
+    /// Number of queued timers, cancelled ones included.
+    #[getter]
+    fn _ff_timer_count(&self, py: Python<'_>) -> usize {
+        self.st.borrow(py).sched.timers().len()
+    }
+
+    /// Number of callbacks ready to run.
+    #[getter]
+    fn _ff_ready_count(&self, py: Python<'_>) -> usize {
+        self.st.borrow(py).sched.ready_len()
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        let Some(st) = self.st.gc_borrow() else {
+            return Ok(());
+        };
+        for Item(h) in st.sched.iter() {
+            visit.call(h)?;
+        }
+        for h in st.readers.values().chain(st.writers.values()) {
+            visit.call(h)?;
+        }
+        if let Io::Python(sel) = &st.io {
+            visit.call(sel)?;
+        }
+        visit.call(&st.current_handle)?;
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.st.gc_borrow_mut().map(|mut st| {
+            let (items, timers) = st.sched.take_all();
+            (
+                items,
+                timers,
+                std::mem::take(&mut st.readers),
+                std::mem::take(&mut st.writers),
+                st.current_handle.take(),
+            )
+        });
+        drop(taken);
+    }
+}
+
+impl LoopCore {
+    fn add_watch(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        let h = Py::new(
+            py,
+            Handle::new(
+                py,
+                callback.unbind(),
+                args.unbind(),
+                None,
+                slf.clone().unbind(),
+                core.debug(py),
+                None,
+            )?,
+        )?;
+        Self::watch(slf, fd, write, h.clone_ref(py))?;
+        Ok(h)
+    }
+}
