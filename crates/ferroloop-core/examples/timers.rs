@@ -20,8 +20,10 @@ fn main() -> std::io::Result<()> {
     for (delay, name) in [(0.03, "30 ms"), (0.01, "10 ms"), (0.02, "20 ms")] {
         let log = log.clone();
         lp.call_later(delay, move |lp| {
-            log.borrow_mut()
-                .push(format!("{name} timer at +{:.1} ms", (lp.time() - start) * 1e3));
+            log.borrow_mut().push(format!(
+                "{name} timer at +{:.1} ms",
+                (lp.time() - start) * 1e3
+            ));
         });
     }
     let doomed = lp.call_later(0.015, |_| unreachable!("cancelled"));
@@ -43,7 +45,8 @@ fn main() -> std::io::Result<()> {
 
     let remote = lp.remote();
     let writer = std::thread::spawn(move || {
-        a.write_all(b"hello from a thread").expect("socketpair write");
+        a.write_all(b"hello from a thread")
+            .expect("socketpair write");
         remote.call_soon_threadsafe(|lp| {
             lp.call_later(0.05, |lp| lp.stop());
         });

@@ -24,6 +24,8 @@ pub struct MonotonicClock;
 impl MonotonicClock {
     /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds.
     #[inline]
+    // time_t and c_long are i64 on 64-bit Linux but not on every target.
+    #[allow(clippy::unnecessary_cast)]
     pub fn now_ns() -> i64 {
         let mut ts = libc::timespec {
             tv_sec: 0,

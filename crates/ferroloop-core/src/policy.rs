@@ -86,7 +86,9 @@ mod tests {
     fn other_threads_have_no_loop_until_one_is_set() {
         std::thread::spawn(|| {
             let err = get_event_loop().err().expect("no loop in a new thread");
-            assert!(err.to_string().starts_with("There is no current event loop"));
+            assert!(err
+                .to_string()
+                .starts_with("There is no current event loop"));
             let lp = new_event_loop().unwrap();
             set_event_loop(Some(lp.clone()));
             assert!(Rc::ptr_eq(&get_event_loop().unwrap(), &lp));

@@ -34,7 +34,8 @@ static MANY_FDS: Mutex<()> = Mutex::new(());
 // ---------------------------------------------------------------- helpers --
 
 fn new_selector(kind: BackendKind) -> Selector {
-    let sel = Selector::new(kind).unwrap_or_else(|e| panic!("[{}] Selector::new: {e}", kind.name()));
+    let sel =
+        Selector::new(kind).unwrap_or_else(|e| panic!("[{}] Selector::new: {e}", kind.name()));
     assert_eq!(sel.kind(), kind);
     assert!(sel.is_empty());
     sel
@@ -159,7 +160,7 @@ fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn nofile_soft_limit() -> u64 {
+fn nofile_soft_limit() -> libc::rlim_t {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -167,7 +168,7 @@ fn nofile_soft_limit() -> u64 {
     // SAFETY: `rl` is a valid, writable rlimit for the call.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
     assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
-    rl.rlim_cur as u64
+    rl.rlim_cur
 }
 
 // ------------------------------------------------------------- readiness --
@@ -231,7 +232,12 @@ fn write_socket_full_then_drained(kind: BackendKind) {
 
     let (read, eof) = drain(&mut b);
     assert_eq!((read, eof), (written, false));
-    expect_events(&mut sel, READY, &want, "writable again after the peer drained");
+    expect_events(
+        &mut sel,
+        READY,
+        &want,
+        "writable again after the peer drained",
+    );
 }
 
 /// The same on a pipe's write end.
@@ -258,29 +264,59 @@ fn both_interest_and_modify(kind: BackendKind) {
     let (mut a, mut b) = socketpair();
     let fd = a.as_raw_fd();
     sel.register(fd, Interest::BOTH, 31).unwrap();
-    expect_events(&mut sel, NOW, &[ev(fd, 31, false, true)], "BOTH, no data: writable only");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[ev(fd, 31, false, true)],
+        "BOTH, no data: writable only",
+    );
 
     b.write_all(b"x").unwrap();
-    expect_events(&mut sel, READY, &[ev(fd, 31, true, true)], "BOTH, data: both");
+    expect_events(
+        &mut sel,
+        READY,
+        &[ev(fd, 31, true, true)],
+        "BOTH, data: both",
+    );
 
     sel.modify(fd, Interest::WRITE, 32).unwrap();
     assert_eq!(sel.registration(fd), Some((Interest::WRITE, 32)));
-    expect_events(&mut sel, NOW, &[ev(fd, 32, false, true)], "modified to WRITE");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[ev(fd, 32, false, true)],
+        "modified to WRITE",
+    );
 
     sel.modify(fd, Interest::READ, 33).unwrap();
     assert_eq!(sel.registration(fd), Some((Interest::READ, 33)));
-    expect_events(&mut sel, NOW, &[ev(fd, 33, true, false)], "modified to READ");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[ev(fd, 33, true, false)],
+        "modified to READ",
+    );
 
     assert_eq!(drain(&mut a), (1, false));
     expect_none(&mut sel, "READ after draining");
 
     sel.modify(fd, Interest::BOTH, 34).unwrap();
-    expect_events(&mut sel, NOW, &[ev(fd, 34, false, true)], "back to BOTH, drained");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[ev(fd, 34, false, true)],
+        "back to BOTH, drained",
+    );
     assert_eq!(sel.len(), 1);
 
     let (c, _d) = socketpair();
     let err = sel.modify(c.as_raw_fd(), Interest::READ, 1).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::NotFound, "[{}] modify of unregistered fd", kind.name());
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::NotFound,
+        "[{}] modify of unregistered fd",
+        kind.name()
+    );
 }
 
 // --------------------------------------------------------------- hang-up --
@@ -308,7 +344,12 @@ fn hangup_socket_both(kind: BackendKind) {
     let fd = a.as_raw_fd();
     sel.register(fd, Interest::BOTH, 42).unwrap();
     drop(b);
-    expect_events(&mut sel, READY, &[ev(fd, 42, true, true)], "peer closed, BOTH");
+    expect_events(
+        &mut sel,
+        READY,
+        &[ev(fd, 42, true, true)],
+        "peer closed, BOTH",
+    );
 }
 
 /// The read end of a pipe whose write end closed reports readable (EOF).
@@ -322,7 +363,12 @@ fn hangup_pipe_read_end(kind: BackendKind) {
     let want = [ev(fd, 43, true, false)];
     expect_events(&mut sel, READY, &want, "data then hang-up: readable");
     assert_eq!(drain(&mut r), (4, true));
-    expect_events(&mut sel, READY, &want, "hang-up after drain: still readable");
+    expect_events(
+        &mut sel,
+        READY,
+        &want,
+        "hang-up after drain: still readable",
+    );
 }
 
 /// A WRITE-only registration on a pipe write end whose read end closed
@@ -343,9 +389,19 @@ fn hangup_pipe_write_end(kind: BackendKind) {
 
     // With READ interest the same error condition is reported as readable.
     sel.modify(fd, Interest::READ, 45).unwrap();
-    expect_events(&mut sel, READY, &[ev(fd, 45, true, false)], "READ on orphaned write end");
+    expect_events(
+        &mut sel,
+        READY,
+        &[ev(fd, 45, true, false)],
+        "READ on orphaned write end",
+    );
     sel.modify(fd, Interest::BOTH, 46).unwrap();
-    expect_events(&mut sel, READY, &[ev(fd, 46, true, true)], "BOTH on orphaned write end");
+    expect_events(
+        &mut sel,
+        READY,
+        &[ev(fd, 46, true, true)],
+        "BOTH on orphaned write end",
+    );
 }
 
 // ---------------------------------------------------------- registration --
@@ -361,7 +417,12 @@ fn deregister_stops_events(kind: BackendKind) {
     sel.register(fd, Interest::BOTH, 51).unwrap();
     sel.register(c.as_raw_fd(), Interest::READ, 52).unwrap();
     b.write_all(b"x").unwrap();
-    expect_events(&mut sel, READY, &[ev(fd, 51, true, true)], "before deregister");
+    expect_events(
+        &mut sel,
+        READY,
+        &[ev(fd, 51, true, true)],
+        "before deregister",
+    );
 
     sel.deregister(fd).unwrap();
     assert_eq!(sel.registration(fd), None);
@@ -369,15 +430,32 @@ fn deregister_stops_events(kind: BackendKind) {
     expect_none(&mut sel, "after deregister (data still pending)");
 
     let err = sel.deregister(fd).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::NotFound, "[{name}] second deregister");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::NotFound,
+        "[{name}] second deregister"
+    );
     let err = sel.deregister(closed_fd_number()).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::NotFound, "[{name}] deregister of unknown fd");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::NotFound,
+        "[{name}] deregister of unknown fd"
+    );
     let err = sel.deregister(-1).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::NotFound, "[{name}] deregister(-1)");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::NotFound,
+        "[{name}] deregister(-1)"
+    );
 
     // It can be registered again, and reports again.
     sel.register(fd, Interest::READ, 53).unwrap();
-    expect_events(&mut sel, READY, &[ev(fd, 53, true, false)], "registered again");
+    expect_events(
+        &mut sel,
+        READY,
+        &[ev(fd, 53, true, false)],
+        "registered again",
+    );
     sel.deregister(fd).unwrap();
     sel.deregister(c.as_raw_fd()).unwrap();
     assert!(sel.is_empty());
@@ -392,13 +470,26 @@ fn register_twice_and_negative(kind: BackendKind) {
     let fd = a.as_raw_fd();
     sel.register(fd, Interest::WRITE, 61).unwrap();
     let err = sel.register(fd, Interest::READ, 62).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "[{name}] register twice");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::AlreadyExists,
+        "[{name}] register twice"
+    );
     assert_eq!(sel.registration(fd), Some((Interest::WRITE, 61)));
     assert_eq!(sel.len(), 1);
-    expect_events(&mut sel, NOW, &[ev(fd, 61, false, true)], "first registration kept");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[ev(fd, 61, false, true)],
+        "first registration kept",
+    );
 
     let err = sel.register(-1, Interest::READ, 63).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "[{name}] register(-1)");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::InvalidInput,
+        "[{name}] register(-1)"
+    );
     assert_eq!(sel.len(), 1);
 }
 
@@ -446,13 +537,21 @@ fn register_closed_fd(kind: BackendKind) {
                 let mut evs = Vec::new();
                 let err = sel.select(&mut evs, NOW).unwrap_err();
                 assert_eq!(err.raw_os_error(), Some(libc::EBADF), "[{name}] {err}");
-                assert!(evs.is_empty(), "[{name}] events after a failed wait: {evs:?}");
+                assert!(
+                    evs.is_empty(),
+                    "[{name}] events after a failed wait: {evs:?}"
+                );
             }
         }
     }
     sel.deregister(fd).unwrap();
     assert_eq!(sel.len(), 1);
-    expect_events(&mut sel, NOW, &[live_ev], "after deregistering the closed fd");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[live_ev],
+        "after deregistering the closed fd",
+    );
 }
 
 /// Deregistering a descriptor that was closed while registered succeeds (the
@@ -503,7 +602,10 @@ fn timeouts(kind: BackendKind) {
             took >= Duration::from_secs_f64(secs),
             "[{name}] select(Some({secs})) returned early, after {took:?}"
         );
-        assert!(took < Duration::from_secs(2), "[{name}] select(Some({secs})) took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "[{name}] select(Some({secs})) took {took:?}"
+        );
     }
 
     for secs in [0.0, -1.0] {
@@ -511,7 +613,10 @@ fn timeouts(kind: BackendKind) {
         let evs = wait(&mut sel, Some(secs));
         let took = start.elapsed();
         assert!(evs.is_empty(), "[{name}] {evs:?}");
-        assert!(took < Duration::from_millis(500), "[{name}] select(Some({secs})) took {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "[{name}] select(Some({secs})) took {took:?}"
+        );
     }
 
     // An empty selector sleeps for the timeout too.
@@ -520,8 +625,14 @@ fn timeouts(kind: BackendKind) {
     let evs = wait(&mut sel, Some(0.02));
     let took = start.elapsed();
     assert!(evs.is_empty());
-    assert!(took >= Duration::from_millis(20), "[{name}] empty selector: {took:?}");
-    assert!(took < Duration::from_secs(2), "[{name}] empty selector: {took:?}");
+    assert!(
+        took >= Duration::from_millis(20),
+        "[{name}] empty selector: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "[{name}] empty selector: {took:?}"
+    );
 }
 
 // ---------------------------------------------------- high descriptors --
@@ -532,7 +643,7 @@ fn high_fd(kind: BackendKind) {
     const HIGH: RawFd = 1500;
     let name = kind.name();
     let limit = nofile_soft_limit();
-    if limit <= HIGH as u64 {
+    if limit <= HIGH as libc::rlim_t {
         println!("[{name}] skipped: RLIMIT_NOFILE soft limit {limit} does not allow fd {HIGH}");
         return;
     }
@@ -551,18 +662,32 @@ fn high_fd(kind: BackendKind) {
     let res = sel.register(fd, Interest::READ, 101);
     if kind == BackendKind::Select {
         let err = res.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "[{name}] fd {fd}: {err}");
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::InvalidInput,
+            "[{name}] fd {fd}: {err}"
+        );
         assert!(sel.is_empty());
         assert_eq!(sel.registration(fd), None);
         // Below the limit is fine.
         sel.register(a.as_raw_fd(), Interest::READ, 102).unwrap();
         b.write_all(b"x").unwrap();
-        expect_events(&mut sel, READY, &[ev(a.as_raw_fd(), 102, true, false)], "low fd");
+        expect_events(
+            &mut sel,
+            READY,
+            &[ev(a.as_raw_fd(), 102, true, false)],
+            "low fd",
+        );
     } else {
         res.unwrap_or_else(|e| panic!("[{name}] register fd {fd}: {e}"));
         expect_none(&mut sel, "high fd, no data");
         b.write_all(b"x").unwrap();
-        expect_events(&mut sel, READY, &[ev(fd, 101, true, false)], "high fd readable");
+        expect_events(
+            &mut sel,
+            READY,
+            &[ev(fd, 101, true, false)],
+            "high fd readable",
+        );
         sel.deregister(fd).unwrap();
     }
 }
@@ -673,7 +798,12 @@ fn many_fds(kind: BackendKind) {
     for round in 0..2 {
         let mut got = wait(&mut sel, READY);
         got.sort_by_key(|e| e.token);
-        assert_eq!(got.len(), want.len(), "[{name}] round {round}: {} events", got.len());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "[{name}] round {round}: {} events",
+            got.len()
+        );
         assert_eq!(got, want, "[{name}] round {round}");
     }
 
@@ -702,7 +832,12 @@ fn waker_ends_blocking_wait(kind: BackendKind) {
     // A wake before the wait is not lost.
     waker.wake().unwrap();
     waker.wake().unwrap();
-    expect_events(&mut sel, NOW, &[ev(waker.fd(), 2, true, false)], "woken before wait");
+    expect_events(
+        &mut sel,
+        NOW,
+        &[ev(waker.fd(), 2, true, false)],
+        "woken before wait",
+    );
     assert!(waker.drain());
     assert!(!waker.drain());
     expect_none(&mut sel, "drained waker");
@@ -723,7 +858,11 @@ fn waker_ends_blocking_wait(kind: BackendKind) {
         .recv_timeout(Duration::from_secs(10))
         .unwrap_or_else(|_| panic!("[{name}] wake did not end a select(None) within 10 s"));
     res.unwrap_or_else(|e| panic!("[{name}] select(None): {e}"));
-    assert_eq!(evs, vec![ev(wfd, 2, true, false)], "[{name}] woken after {took:?}");
+    assert_eq!(
+        evs,
+        vec![ev(wfd, 2, true, false)],
+        "[{name}] woken after {took:?}"
+    );
     let mut sel = waiter.join().unwrap();
     assert!(waker.drain());
     expect_none(&mut sel, "drained after wake");

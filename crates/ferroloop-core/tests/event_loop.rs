@@ -52,7 +52,10 @@ fn run(lp: &mut Loop, what: &str) {
     let (fired, h) = watchdog(lp, 10.0);
     lp.run_forever()
         .unwrap_or_else(|e| panic!("[{name}] {what}: run_forever: {e}"));
-    assert!(!fired.get(), "[{name}] {what}: the watchdog stopped the loop");
+    assert!(
+        !fired.get(),
+        "[{name}] {what}: the watchdog stopped the loop"
+    );
     lp.cancel(&h);
 }
 
@@ -112,14 +115,24 @@ fn reader_add_remove(kind: BackendKind) {
     })
     .unwrap();
     run(&mut lp, "reader");
-    assert_eq!(hits.get(), 3, "[{name}] level-triggered reader, unread data");
+    assert_eq!(
+        hits.get(),
+        3,
+        "[{name}] level-triggered reader, unread data"
+    );
 
     for _ in 0..3 {
         pass(&mut lp);
     }
     assert_eq!(hits.get(), 3, "[{name}] removed reader ran again");
-    assert!(!lp.remove_reader(fd).unwrap(), "[{name}] second remove_reader");
-    assert!(!lp.remove_writer(fd).unwrap(), "[{name}] remove_writer never added");
+    assert!(
+        !lp.remove_reader(fd).unwrap(),
+        "[{name}] second remove_reader"
+    );
+    assert!(
+        !lp.remove_writer(fd).unwrap(),
+        "[{name}] remove_writer never added"
+    );
 
     // Watch it again: the fd was deregistered cleanly.
     let again = Rc::new(Cell::new(false));
@@ -177,11 +190,19 @@ fn reader_and_writer_on_one_fd(kind: BackendKind) {
     assert_eq!(*l.borrow(), ["w"], "[{name}] writable, not readable");
     b.write_all(b"x").unwrap();
     pass(&mut lp);
-    assert_eq!(*l.borrow(), ["w", "r", "w"], "[{name}] readable and writable");
+    assert_eq!(
+        *l.borrow(),
+        ["w", "r", "w"],
+        "[{name}] readable and writable"
+    );
     assert!(lp.remove_writer(fd).unwrap());
     l.borrow_mut().clear();
     pass(&mut lp);
-    assert_eq!(*l.borrow(), ["r"], "[{name}] reader kept after remove_writer");
+    assert_eq!(
+        *l.borrow(),
+        ["r"],
+        "[{name}] reader kept after remove_writer"
+    );
     assert!(lp.remove_reader(fd).unwrap());
     pass(&mut lp);
     assert_eq!(*l.borrow(), ["r"], "[{name}] nothing after removing both");
@@ -241,7 +262,11 @@ fn replacing_reader_during_pass(kind: BackendKind) {
     }
     run(&mut lp, "first pass");
     let first = l.borrow().clone();
-    assert_eq!(first.len(), 1, "[{name}] one old callback per pass: {first:?}");
+    assert_eq!(
+        first.len(),
+        1,
+        "[{name}] one old callback per pass: {first:?}"
+    );
     let other = if first[0] == "old0" { "new1" } else { "new0" };
     run(&mut lp, "second pass");
     assert_eq!(*l.borrow(), [first[0].as_str(), other], "[{name}]");
@@ -274,7 +299,12 @@ fn remove_reader_in_pending_pass(kind: BackendKind) {
     for _ in 0..2 {
         pass(&mut lp);
     }
-    assert_eq!(l.borrow().len(), 1, "[{name}] ran after removal: {:?}", l.borrow());
+    assert_eq!(
+        l.borrow().len(),
+        1,
+        "[{name}] ran after removal: {:?}",
+        l.borrow()
+    );
 }
 
 /// The same with a reader and a writer of one fd, both queued in one pass.
@@ -303,7 +333,12 @@ fn remove_writer_in_pending_pass_same_fd(kind: BackendKind) {
     run(&mut lp, "pass");
     assert_eq!(l.borrow().len(), 1, "[{name}] both ran: {:?}", l.borrow());
     pass(&mut lp);
-    assert_eq!(l.borrow().len(), 1, "[{name}] ran after removal: {:?}", l.borrow());
+    assert_eq!(
+        l.borrow().len(),
+        1,
+        "[{name}] ran after removal: {:?}",
+        l.borrow()
+    );
 }
 
 /// Watching a bad descriptor. A negative fd is refused by every backend and
@@ -315,7 +350,11 @@ fn add_reader_bad_fd(kind: BackendKind) {
     let name = kind.name();
     let mut lp = new_loop(kind);
     let err = lp.add_reader(-1, |_| {}).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "[{name}] add_reader(-1)");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::InvalidInput,
+        "[{name}] add_reader(-1)"
+    );
     assert!(!lp.remove_reader(-1).unwrap(), "[{name}] -1 left behind");
     pass(&mut lp);
 
@@ -327,7 +366,10 @@ fn add_reader_bad_fd(kind: BackendKind) {
         BackendKind::Epoll => {
             let err = res.unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::EBADF), "[{name}] {err}");
-            assert!(!lp.remove_reader(fd).unwrap(), "[{name}] fd {fd} left behind");
+            assert!(
+                !lp.remove_reader(fd).unwrap(),
+                "[{name}] fd {fd} left behind"
+            );
         }
         BackendKind::Poll => {
             res.unwrap();
@@ -383,7 +425,11 @@ fn timer_ordering(kind: BackendKind) {
     let mut want: Vec<String> = ["10", "20", "30"].iter().map(|s| s.to_string()).collect();
     want.extend((0..20).map(|i| format!("eq{i}")));
     assert_eq!(*l.borrow(), want, "[{name}] timer order");
-    assert_eq!(early.get(), 0, "[{name}] timers fired before their deadline");
+    assert_eq!(
+        early.get(),
+        0,
+        "[{name}] timers fired before their deadline"
+    );
 }
 
 /// A cancelled timer never runs, whether cancelled before the loop runs or
@@ -471,7 +517,10 @@ fn remote_from_threads(kind: BackendKind) {
         assert_eq!(i, next[t], "[{name}] thread {t}'s calls out of order");
         next[t] += 1;
     }
-    assert!(count.iter().all(|&c| c == 1), "[{name}] a call ran twice or never");
+    assert!(
+        count.iter().all(|&c| c == 1),
+        "[{name}] a call ran twice or never"
+    );
 }
 
 /// A loop blocked in a wait without a timeout (no timers, no readers) is
@@ -489,7 +538,10 @@ fn remote_wakes_blocked_loop(kind: BackendKind) {
     run(&mut lp, "remote stop");
     let took = start.elapsed();
     t.join().unwrap();
-    assert!(took < Duration::from_secs(5), "[{name}] not woken: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "[{name}] not woken: {took:?}"
+    );
 
     let remote = lp.remote();
     drop(lp);

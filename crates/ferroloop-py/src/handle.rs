@@ -73,7 +73,9 @@ impl Handle {
             Some(c) if !c.is_none(py) => c,
             // SAFETY: PyContext_CopyCurrent returns a new reference or NULL
             // with an exception set; from_owned_ptr_or_err handles both.
-            _ => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() },
+            _ => unsafe {
+                Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()
+            },
         };
         let source_traceback = if debug {
             Some(extract_stack(py)?)

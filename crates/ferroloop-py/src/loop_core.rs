@@ -65,6 +65,7 @@ struct State {
     events: Vec<Event>,
     thread_id: Option<u64>,
     current_handle: Option<Py<PyAny>>,
+    task_factory: Option<Py<PyAny>>,
     slow_callback_duration: f64,
     clock_resolution: f64,
 }
@@ -79,6 +80,20 @@ pub struct LoopCore {
 }
 
 static BASE_EVENTS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.Task` / `asyncio.Future` (the C implementations when present).
+fn asyncio_type<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("asyncio")?.getattr(name)?.unbind())
+    })
+    .map(|t| t.bind(py))
+}
 
 fn base_events(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     BASE_EVENTS
@@ -101,17 +116,16 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         match obj.call_method0("fileno") {
             Ok(n) => {
                 let py = obj.py();
-                let as_int = py
-                    .get_type::<PyInt>()
-                    .call1((n,))
-                    .map_err(|_| invalid())?;
+                let as_int = py.get_type::<PyInt>().call1((n,)).map_err(|_| invalid())?;
                 as_int.extract().map_err(|_| invalid())?
             }
             Err(_) => return Err(invalid()),
         }
     };
     if fd < 0 || fd > i32::MAX as i64 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     Ok(fd as RawFd)
 }
@@ -132,6 +146,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         events: Vec::new(),
         thread_id: None,
         current_handle: None,
+        task_factory: None,
         slow_callback_duration: 0.1,
         clock_resolution: MonotonicClock.resolution(),
     }
@@ -195,12 +210,18 @@ impl LoopCore {
             None,
         )?;
         let h = Py::new(py, h)?;
-        core.st.borrow_mut(py).sched.call_soon(Item(h.clone_ref(py)));
+        core.st
+            .borrow_mut(py)
+            .sched
+            .call_soon(Item(h.clone_ref(py)));
         Ok(h)
     }
 
+    /// Wake the loop if it is blocked in its wait. Only the first caller
+    /// after the loop went to sleep writes to the eventfd: the others find
+    /// the flag already cleared.
     fn wake_if_sleeping(&self, py: Python<'_>) {
-        if self.sleeping.load(Ordering::SeqCst) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
             if let Some(w) = self.st.borrow(py).waker.as_ref() {
                 let _wake_is_best_effort = w.wake();
             }
@@ -238,7 +259,12 @@ impl LoopCore {
 
     /// Register `handle` as the reader (or writer) of `fd`, replacing and
     /// cancelling the previous one, as `BaseSelectorEventLoop._add_reader` does.
-    fn watch(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool, h: Py<Handle>) -> PyResult<()> {
+    fn watch(
+        slf: &Bound<'_, Self>,
+        fd_obj: &Bound<'_, PyAny>,
+        write: bool,
+        h: Py<Handle>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
         let fd = fileobj_to_fd(fd_obj)?;
@@ -278,7 +304,11 @@ impl LoopCore {
         }
         let old = {
             let mut st = core.st.borrow_mut(py);
-            let map = if write { &mut st.writers } else { &mut st.readers };
+            let map = if write {
+                &mut st.writers
+            } else {
+                &mut st.readers
+            };
             map.insert(fd, h)
         };
         if let Some(old) = old {
@@ -434,8 +464,10 @@ impl LoopCore {
         // Step 4: due timers.
         let n = {
             let mut st = core.st.borrow_mut(py);
-            let end = MonotonicClock.now() + st.clock_resolution;
-            st.sched.collect_due(end);
+            if !st.sched.timers().is_empty() {
+                let end = MonotonicClock.now() + st.clock_resolution;
+                st.sched.collect_due(end);
+            }
             st.sched.begin_pass()
         };
 
@@ -471,10 +503,8 @@ impl LoopCore {
         if dt >= slow {
             let be = base_events(py)?;
             let what = be.call_method1("_format_handle", (h,))?;
-            be.getattr("logger")?.call_method1(
-                "warning",
-                ("Executing %s took %.3f seconds", what, dt),
-            )?;
+            be.getattr("logger")?
+                .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
         }
         Ok(())
     }
@@ -566,10 +596,7 @@ impl LoopCore {
             Io::Closed => return Ok("closed".to_owned()),
             Io::Python(s) => s.clone_ref(py),
         };
-        Ok(format!(
-            "selectors:{}",
-            sel.bind(py).get_type().name()?
-        ))
+        Ok(format!("selectors:{}", sel.bind(py).get_type().name()?))
     }
 
     /// The Python selector object, when the loop runs on one.
@@ -583,6 +610,58 @@ impl LoopCore {
 
     fn time(&self) -> f64 {
         MonotonicClock.now()
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// A new `asyncio.Future` attached to this loop.
+    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let kw = PyDict::new(py);
+        kw.set_item(pyo3::intern!(py, "loop"), slf)?;
+        Ok(asyncio_type(py, &FUTURE_TYPE, "Future")?
+            .call((), Some(&kw))?
+            .unbind())
+    }
+
+    /// Schedule a coroutine; returns its task. Without a task factory this
+    /// builds an `asyncio.Task` directly; with one it defers to asyncio's
+    /// Python implementation (same factory protocol and naming rules).
+    #[pyo3(signature = (coro, *, name = None, context = None))]
+    fn create_task(
+        slf: &Bound<'_, Self>,
+        coro: &Bound<'_, PyAny>,
+        name: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        let has_factory = core.st.borrow(py).task_factory.is_some();
+        if has_factory || core.debug(py) {
+            let be = base_events(py)?;
+            let kw = PyDict::new(py);
+            kw.set_item("name", name)?;
+            kw.set_item("context", context)?;
+            return Ok(be
+                .getattr("BaseEventLoop")?
+                .getattr("create_task")?
+                .call((slf, coro), Some(&kw))?
+                .unbind());
+        }
+        let kw = PyDict::new(py);
+        kw.set_item(pyo3::intern!(py, "loop"), slf)?;
+        if let Some(n) = name {
+            kw.set_item(pyo3::intern!(py, "name"), n)?;
+        }
+        if let Some(c) = context {
+            kw.set_item(pyo3::intern!(py, "context"), c)?;
+        }
+        Ok(asyncio_type(py, &TASK_TYPE, "Task")?
+            .call((coro,), Some(&kw))?
+            .unbind())
     }
 
     #[pyo3(signature = (callback, *args, context = None))]
@@ -860,6 +939,22 @@ impl LoopCore {
     }
 
     #[getter]
+    fn _task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, value: Option<Py<PyAny>>) {
+        let value = value.filter(|v| !v.is_none(py));
+        let old = std::mem::replace(&mut self.st.borrow_mut(py).task_factory, value);
+        drop(old);
+    }
+
+    #[getter]
     fn slow_callback_duration(&self, py: Python<'_>) -> f64 {
         self.st.borrow(py).slow_callback_duration
     }
@@ -912,6 +1007,7 @@ impl LoopCore {
             visit.call(sel)?;
         }
         visit.call(&st.current_handle)?;
+        visit.call(&st.task_factory)?;
         Ok(())
     }
 
@@ -924,6 +1020,7 @@ impl LoopCore {
                 std::mem::take(&mut st.readers),
                 std::mem::take(&mut st.writers),
                 st.current_handle.take(),
+                st.task_factory.take(),
             )
         });
         drop(taken);

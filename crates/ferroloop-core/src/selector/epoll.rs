@@ -123,7 +123,10 @@ impl Epoll {
         for ev in &w.buf[..w.ready] {
             let bits = ev.events;
             let fd = ev.u64 as RawFd;
-            if let Some(e) = self.table.event(fd, bits & out_only != 0, bits & in_only != 0) {
+            if let Some(e) = self
+                .table
+                .event(fd, bits & out_only != 0, bits & in_only != 0)
+            {
                 events.push(e);
             }
         }

@@ -140,7 +140,9 @@ impl FdTable {
     }
 
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<(Interest, u64)> {
-        let slot = usize::try_from(fd).ok().and_then(|i| self.slots.get_mut(i))?;
+        let slot = usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))?;
         let old = slot.take();
         if old.is_some() {
             self.count -= 1;
@@ -205,6 +207,9 @@ pub enum Selector {
 
 /// What one wait needs, detached from its [`Selector`]; `Send`, so it can be
 /// moved to wherever the caller blocks.
+// The select variant holds two fd_sets inline (256 bytes); boxing it would
+// cost an allocation per wait.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Waiter {
     /// epoll wait state.
