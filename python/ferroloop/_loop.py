@@ -58,7 +58,11 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         for name in ("_ready", "_scheduled", "_timer_cancelled_count"):
             self.__dict__.pop(name, None)
         if selector is not None:
-            self._ff_set_selector(selector)
+            try:
+                self._ff_set_selector(selector)
+            except BaseException:
+                self.close()
+                raise
 
     def run_forever(self):
         """Run until stop() is called."""

@@ -627,25 +627,31 @@ impl LoopCore {
     }
 
     /// Schedule a coroutine; returns its task. Without a task factory this
-    /// builds an `asyncio.Task` directly; with one it defers to asyncio's
-    /// Python implementation (same factory protocol and naming rules).
-    #[pyo3(signature = (coro, *, name = None, context = None))]
+    /// builds an `asyncio.Task` directly; with one, in debug mode, or with
+    /// keyword arguments of newer Pythons (e.g. `eager_start`), it defers to
+    /// asyncio's own `create_task`, so the factory protocol, task naming and
+    /// source tracebacks are asyncio's.
+    #[pyo3(signature = (coro, *, name = None, context = None, **kwargs))]
     fn create_task(
         slf: &Bound<'_, Self>,
         coro: &Bound<'_, PyAny>,
         name: Option<&Bound<'_, PyAny>>,
         context: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let core = slf.get();
         core.check_closed()?;
         let has_factory = core.st.borrow(py).task_factory.is_some();
-        if has_factory || core.debug(py) {
-            let be = base_events(py)?;
-            let kw = PyDict::new(py);
+        let extra = kwargs.is_some_and(|k| !k.is_empty());
+        if has_factory || extra || core.debug(py) {
+            let kw = match kwargs {
+                Some(k) => k.copy()?,
+                None => PyDict::new(py),
+            };
             kw.set_item("name", name)?;
             kw.set_item("context", context)?;
-            return Ok(be
+            return Ok(base_events(py)?
                 .getattr("BaseEventLoop")?
                 .getattr("create_task")?
                 .call((slf, coro), Some(&kw))?

@@ -207,17 +207,14 @@ pub enum Selector {
 
 /// What one wait needs, detached from its [`Selector`]; `Send`, so it can be
 /// moved to wherever the caller blocks.
-// The select variant holds two fd_sets inline (256 bytes); boxing it would
-// cost an allocation per wait.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Waiter {
     /// epoll wait state.
     Epoll(epoll::EpollWaiter),
     /// poll wait state.
     Poll(poll::PollWaiter),
-    /// select wait state.
-    Select(select::SelectWaiter),
+    /// select wait state (boxed: two `fd_set`s are large).
+    Select(Box<select::SelectWaiter>),
 }
 
 macro_rules! dispatch {
@@ -289,7 +286,7 @@ impl Selector {
         match self {
             Selector::Epoll(s) => Waiter::Epoll(s.prepare_wait()),
             Selector::Poll(s) => Waiter::Poll(s.prepare_wait()),
-            Selector::Select(s) => Waiter::Select(s.prepare_wait()),
+            Selector::Select(s) => Waiter::Select(Box::new(s.prepare_wait())),
         }
     }
 
@@ -299,7 +296,7 @@ impl Selector {
         match (self, waiter) {
             (Selector::Epoll(s), Waiter::Epoll(w)) => s.finish_wait(w, events),
             (Selector::Poll(s), Waiter::Poll(w)) => s.finish_wait(w, events),
-            (Selector::Select(s), Waiter::Select(w)) => s.finish_wait(w, events),
+            (Selector::Select(s), Waiter::Select(w)) => s.finish_wait(*w, events),
             _ => {}
         }
     }

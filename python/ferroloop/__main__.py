@@ -1,0 +1,40 @@
+"""Run an unmodified asyncio program on ferroloop.
+
+    python -m ferroloop script.py [args...]
+    python -m ferroloop -m package.module [args...]
+
+ferroloop's policy is installed first, so ``asyncio.run()``,
+``asyncio.new_event_loop()`` and ``asyncio.get_event_loop()`` in the program
+make ferroloop loops. The program sees ``sys.argv`` as it would if started
+directly.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+import ferroloop
+
+USAGE = "usage: python -m ferroloop (script.py | -m module) [args...]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    ferroloop.install()
+    if argv[0] == "-m":
+        if len(argv) < 2:
+            print(USAGE, file=sys.stderr)
+            return 2
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(argv)
+        runpy.run_path(argv[0], run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
