@@ -354,7 +354,9 @@ impl<C: Clock> EventLoop<C> {
     pub fn run_once(&mut self) -> io::Result<()> {
         self.take_remote();
         let clock = &self.clock;
-        let mut timeout = self.sched.poll_timeout(|| clock.now());
+        let mut purged = Vec::new();
+        let mut timeout = self.sched.poll_timeout(|| clock.now(), &mut purged);
+        drop(purged);
         self.shared.sleeping.store(true, Ordering::SeqCst);
         if self.take_remote() > 0 {
             timeout = Some(0.0);

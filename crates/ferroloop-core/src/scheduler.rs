@@ -92,10 +92,11 @@ impl<T: Cancel> Scheduler<T> {
         &self.timers
     }
 
-    /// Steps 1 and 2: purge cancelled timers and compute how long to wait, in
-    /// seconds; `None` means no limit. `now` is read only when a timer needs it.
-    pub fn poll_timeout(&mut self, now: impl FnOnce() -> f64) -> Option<f64> {
-        self.timers.purge_cancelled();
+    /// Steps 1 and 2: purge cancelled timers (appended to `removed`, for the
+    /// caller to drop) and compute how long to wait, in seconds; `None` means
+    /// no limit. `now` is read only when a timer needs it.
+    pub fn poll_timeout(&mut self, now: impl FnOnce() -> f64, removed: &mut Vec<T>) -> Option<f64> {
+        self.timers.purge_cancelled(removed);
         if !self.ready.is_empty() || self.stopping {
             return Some(0.0);
         }
@@ -160,18 +161,21 @@ mod tests {
     #[test]
     fn timeout_rules() {
         let mut s: Scheduler<Cb> = Scheduler::new();
-        assert_eq!(s.poll_timeout(|| 0.0), None);
+        assert_eq!(s.poll_timeout(|| 0.0, &mut vec![]), None);
         s.call_at(5.0, cb(1));
-        assert_eq!(s.poll_timeout(|| 2.0), Some(3.0));
-        assert_eq!(s.poll_timeout(|| 9.0), Some(0.0));
+        assert_eq!(s.poll_timeout(|| 2.0, &mut vec![]), Some(3.0));
+        assert_eq!(s.poll_timeout(|| 9.0, &mut vec![]), Some(0.0));
         s.call_at(1e9, cb(2));
         s.call_soon(cb(3));
-        assert_eq!(s.poll_timeout(|| 2.0), Some(0.0));
+        assert_eq!(s.poll_timeout(|| 2.0, &mut vec![]), Some(0.0));
         let mut far: Scheduler<Cb> = Scheduler::new();
         far.call_at(1e9, cb(1));
-        assert_eq!(far.poll_timeout(|| 0.0), Some(MAXIMUM_SELECT_TIMEOUT));
+        assert_eq!(
+            far.poll_timeout(|| 0.0, &mut vec![]),
+            Some(MAXIMUM_SELECT_TIMEOUT)
+        );
         far.stop();
-        assert_eq!(far.poll_timeout(|| 0.0), Some(0.0));
+        assert_eq!(far.poll_timeout(|| 0.0, &mut vec![]), Some(0.0));
     }
 
     #[test]
@@ -182,7 +186,7 @@ mod tests {
         s.call_at(10.0, cb(2));
         early.1.set(true);
         s.timer_cancelled();
-        assert_eq!(s.poll_timeout(|| 0.0), Some(10.0));
+        assert_eq!(s.poll_timeout(|| 0.0, &mut vec![]), Some(10.0));
     }
 
     #[test]

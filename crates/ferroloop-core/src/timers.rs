@@ -109,8 +109,10 @@ impl<T: Cancel> TimerQueue<T> {
 
     /// asyncio's clean-up at the start of a pass: compact the whole heap when
     /// cancelled items are more than half of a queue of over 100, otherwise
-    /// drop cancelled items from its head.
-    pub fn purge_cancelled(&mut self) {
+    /// drop cancelled items from its head. The items taken out are appended
+    /// to `removed`, so the caller decides when they are dropped (dropping a
+    /// Python handle can run arbitrary code).
+    pub fn purge_cancelled(&mut self, removed: &mut Vec<T>) {
         let len = self.heap.len();
         if len > MIN_SCHEDULED_FOR_COMPACTION && self.cancelled * 2 > len {
             let old = std::mem::take(&mut self.heap).into_vec();
@@ -118,6 +120,7 @@ impl<T: Cancel> TimerQueue<T> {
             for e in old {
                 if e.item.is_cancelled() {
                     e.item.unscheduled();
+                    removed.push(e.item);
                 } else {
                     kept.push(e);
                 }
@@ -132,6 +135,7 @@ impl<T: Cancel> TimerQueue<T> {
                 if let Some(e) = self.heap.pop() {
                     self.cancelled = self.cancelled.saturating_sub(1);
                     e.item.unscheduled();
+                    removed.push(e.item);
                 }
             }
         }
@@ -232,7 +236,7 @@ mod tests {
             items[n].cancelled.set(true);
             q.note_cancelled();
         }
-        q.purge_cancelled();
+        q.purge_cancelled(&mut vec![]);
         // 0 and 1 are at the head and go; 3 sits behind 2 and stays.
         assert_eq!(q.len(), 3);
         assert_eq!(q.cancelled_count(), 1);
@@ -253,7 +257,7 @@ mod tests {
             it.cancelled.set(true);
             q.note_cancelled();
         }
-        q.purge_cancelled();
+        q.purge_cancelled(&mut vec![]);
         assert_eq!(q.len(), 99);
         assert_eq!(q.cancelled_count(), 0);
         assert!(items.iter().take(101).all(|i| !i.scheduled.get()));
@@ -272,7 +276,7 @@ mod tests {
             it.cancelled.set(true);
             q.note_cancelled();
         }
-        q.purge_cancelled();
+        q.purge_cancelled(&mut vec![]);
         // 100 items is not "over 100": only the head is examined, and it is live.
         assert_eq!(q.len(), 100);
     }

@@ -20,6 +20,9 @@ use crate::loop_core::LoopCore;
 
 pub struct TimerData {
     pub when: f64,
+    /// The object given to `call_at`, when it was not a float: asyncio's
+    /// `when()` returns it as given.
+    pub when_obj: Option<Py<PyAny>>,
     pub scheduled: AtomicBool,
 }
 
@@ -50,12 +53,15 @@ pub fn format_helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|m| m.bind(py))
 }
 
-/// `format_helpers.extract_stack(sys._getframe(0))`: where the caller of the
-/// native method that schedules a callback stands.
-pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
+/// `format_helpers.extract_stack(sys._getframe(0), limit)`: where the caller
+/// of the native method that schedules a callback stands. asyncio takes
+/// `DEBUG_STACK_DEPTH` (10) frames from inside its own methods and then drops
+/// its own frames, so the caller gets 10 minus that many: 8 for `call_soon`
+/// and `call_at`, 7 for `call_later`; the callers pass that limit.
+pub fn extract_stack(py: Python<'_>, limit: usize) -> PyResult<Py<PyAny>> {
     let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
     Ok(format_helpers(py)?
-        .call_method1("extract_stack", (frame,))?
+        .call_method1("extract_stack", (frame, limit))?
         .unbind())
 }
 
@@ -66,8 +72,8 @@ impl Handle {
         args: Py<PyTuple>,
         context: Option<Py<PyAny>>,
         loop_: Py<LoopCore>,
-        debug: bool,
-        timer: Option<f64>,
+        debug_stack_depth: Option<usize>,
+        timer: Option<(f64, Option<Py<PyAny>>)>,
     ) -> PyResult<Self> {
         let context = match context {
             Some(c) if !c.is_none(py) => c,
@@ -77,10 +83,9 @@ impl Handle {
                 Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()
             },
         };
-        let source_traceback = if debug {
-            Some(extract_stack(py)?)
-        } else {
-            None
+        let source_traceback = match debug_stack_depth {
+            Some(limit) => Some(extract_stack(py, limit)?),
+            None => None,
         };
         Ok(Handle {
             callback: GilCell::new(Some(callback)),
@@ -90,8 +95,9 @@ impl Handle {
             cancelled: AtomicBool::new(false),
             source_traceback,
             repr: GilCell::new(None),
-            timer: timer.map(|when| TimerData {
+            timer: timer.map(|(when, when_obj)| TimerData {
                 when,
+                when_obj,
                 scheduled: AtomicBool::new(true),
             }),
         })
@@ -153,8 +159,26 @@ impl Handle {
             }
         };
         let ctx = h.context.as_ptr();
-        // SAFETY: `ctx` is a live object owned by the handle; PyContext_Enter
-        // checks its type and returns -1 with an exception set on failure.
+        // SAFETY: `ctx` is a live object owned by the handle; the check only
+        // reads its type.
+        if unsafe { ffi::PyContext_CheckExact(ctx) } == 0 {
+            // asyncio calls `context.run(callback, *args)` on whatever object
+            // it was given; do the same, with the same errors.
+            let res = h
+                .context
+                .bind(py)
+                .getattr(pyo3::intern!(py, "run"))
+                .and_then(|run| {
+                    let mut all = vec![cb.clone_ref(py).into_any()];
+                    all.extend(args.bind(py).iter().map(Bound::unbind));
+                    run.call1(PyTuple::new(py, all)?)
+                })
+                .map(drop);
+            return Self::finish(slf, &cb, &args, res);
+        }
+        // SAFETY: `ctx` is an exact Context owned by the handle;
+        // PyContext_Enter returns -1 with an exception set on failure (e.g.
+        // the context is already entered).
         let entered = unsafe { ffi::PyContext_Enter(ctx) } == 0;
         let result = if entered {
             let args_ptr = args.as_ptr();
@@ -183,6 +207,16 @@ impl Handle {
         } else {
             Err(PyErr::fetch(py))
         };
+        Self::finish(slf, &cb, &args, result)
+    }
+
+    fn finish(
+        slf: &Bound<'_, Handle>,
+        cb: &Py<PyAny>,
+        args: &Py<PyTuple>,
+        result: PyResult<()>,
+    ) -> PyResult<()> {
+        let py = slf.py();
         match result {
             Ok(()) => Ok(()),
             Err(err) => {
@@ -191,7 +225,7 @@ impl Handle {
                 {
                     return Err(err);
                 }
-                report_callback_error(slf, &cb, &args, err)
+                report_callback_error(slf, cb, args, err)
             }
         }
     }
@@ -229,7 +263,7 @@ fn repr_info(slf: &Bound<'_, Handle>, class_name: &str) -> PyResult<Vec<String>>
         info.push("cancelled".into());
     }
     if let Some(t) = &h.timer {
-        info.push(format!("when={}", t.when.into_pyobject(py)?.repr()?));
+        info.push(format!("when={}", when_object(py, t)?.bind(py).repr()?));
     }
     let cb = h.callback.borrow(py).as_ref().map(|c| c.clone_ref(py));
     let args = h.args.borrow(py).as_ref().map(|a| a.clone_ref(py));
@@ -313,6 +347,9 @@ impl Handle {
         visit.call(&self.context)?;
         visit.call(&self.loop_)?;
         visit.call(&self.source_traceback)?;
+        if let Some(t) = &self.timer {
+            visit.call(&t.when_obj)?;
+        }
         if let Some(cb) = self.callback.gc_borrow() {
             visit.call(cb.as_ref())?;
         }
@@ -329,6 +366,13 @@ impl Handle {
     }
 }
 
+fn when_object(py: Python<'_>, t: &TimerData) -> PyResult<Py<PyAny>> {
+    Ok(match &t.when_obj {
+        Some(w) => w.clone_ref(py),
+        None => t.when.into_pyobject(py)?.into_any().unbind(),
+    })
+}
+
 fn timer_data<'a>(slf: &'a Bound<'_, TimerHandle>) -> &'a TimerData {
     slf.as_super()
         .get()
@@ -340,13 +384,13 @@ fn timer_data<'a>(slf: &'a Bound<'_, TimerHandle>) -> &'a TimerData {
 #[pymethods]
 impl TimerHandle {
     /// The absolute time the callback is scheduled for, in loop time.
-    fn when(slf: &Bound<'_, Self>) -> f64 {
-        timer_data(slf).when
+    fn when(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        when_object(slf.py(), timer_data(slf))
     }
 
     #[getter]
-    fn _when(slf: &Bound<'_, Self>) -> f64 {
-        timer_data(slf).when
+    fn _when(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        when_object(slf.py(), timer_data(slf))
     }
 
     #[getter]
@@ -355,7 +399,9 @@ impl TimerHandle {
     }
 
     fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
-        timer_data(slf).when.into_pyobject(slf.py())?.hash()
+        when_object(slf.py(), timer_data(slf))?
+            .bind(slf.py())
+            .hash()
     }
 
     fn __richcmp__(

@@ -24,7 +24,7 @@ use ferroloop_core::{
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
 
 use crate::cell::GilCell;
 use crate::errors::io_err;
@@ -62,6 +62,10 @@ struct State {
     waker: Option<Waker>,
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
+    /// The object each watched descriptor was first registered with, so a
+    /// closed socket object (whose `fileno()` is now -1) can still be found,
+    /// as Python's selectors find it.
+    fileobjs: HashMap<RawFd, Py<PyAny>>,
     events: Vec<Event>,
     thread_id: Option<u64>,
     current_handle: Option<Py<PyAny>>,
@@ -77,6 +81,9 @@ pub struct LoopCore {
     closed: AtomicBool,
     debug: AtomicBool,
     sleeping: AtomicBool,
+    /// `time()` is overridden (by a subclass or on the instance): the loop
+    /// then reads its clock through it, as asyncio does.
+    custom_time: AtomicBool,
 }
 
 static BASE_EVENTS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -122,12 +129,32 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             Err(_) => return Err(invalid()),
         }
     };
-    if fd < 0 || fd > i32::MAX as i64 {
+    if fd < 0 {
         return Err(PyValueError::new_err(format!(
             "Invalid file descriptor: {fd}"
         )));
     }
+    if fd > i32::MAX as i64 {
+        // What Python's selectors raise when the number reaches the C call.
+        return Err(pyo3::exceptions::PyOverflowError::new_err(
+            "Python int too large to convert to C int",
+        ));
+    }
     Ok(fd as RawFd)
+}
+
+/// The check asyncio's public `add_reader` / `remove_reader` (and writer)
+/// make first, even on a closed loop (`_ensure_fd_no_transport`): an int, or
+/// an object whose `fileno()` gives one.
+fn check_fileobj(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(());
+    }
+    let py = obj.py();
+    obj.call_method0("fileno")
+        .and_then(|n| py.get_type::<PyInt>().call1((n,)))
+        .map(drop)
+        .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj))))
 }
 
 fn repr_of(obj: &Bound<'_, PyAny>) -> String {
@@ -143,6 +170,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         waker,
         readers: HashMap::new(),
         writers: HashMap::new(),
+        fileobjs: HashMap::new(),
         events: Vec::new(),
         thread_id: None,
         current_handle: None,
@@ -206,7 +234,7 @@ impl LoopCore {
             args.unbind(),
             context.map(Bound::unbind),
             slf.clone().unbind(),
-            core.debug(py),
+            core.debug(py).then_some(8),
             None,
         )?;
         let h = Py::new(py, h)?;
@@ -228,12 +256,15 @@ impl LoopCore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
+        when_obj: Option<Py<PyAny>>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
+        stack_depth: usize,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let core = slf.get();
@@ -247,8 +278,8 @@ impl LoopCore {
             args.unbind(),
             context.map(Bound::unbind),
             slf.clone().unbind(),
-            core.debug(py),
-            Some(when),
+            core.debug(py).then_some(stack_depth),
+            Some((when, when_obj)),
         )?;
         let init = PyClassInitializer::from(h).add_subclass(TimerHandle);
         let th = Bound::new(py, init)?;
@@ -309,12 +340,33 @@ impl LoopCore {
             } else {
                 &mut st.readers
             };
-            map.insert(fd, h)
+            let old = map.insert(fd, h);
+            st.fileobjs
+                .entry(fd)
+                .or_insert_with(|| fd_obj.clone().unbind());
+            old
         };
         if let Some(old) = old {
             Handle::cancel_bound(old.bind(py))?;
         }
         Ok(())
+    }
+
+    /// The descriptor of `fd_obj`; for an object whose `fileno()` no longer
+    /// works (a closed socket), the descriptor it was registered under.
+    fn registered_fd(&self, py: Python<'_>, fd_obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        match fileobj_to_fd(fd_obj) {
+            Ok(fd) => Ok(fd),
+            Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                let st = self.st.borrow(py);
+                st.fileobjs
+                    .iter()
+                    .find(|(_, o)| o.is(fd_obj))
+                    .map(|(fd, _)| *fd)
+                    .ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn unwatch(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
@@ -323,7 +375,8 @@ impl LoopCore {
         if core.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd_obj)?;
+        let fd = core.registered_fd(py, fd_obj)?;
+        let mut forgotten = None;
         let (old, pysel, other) = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
@@ -353,8 +406,12 @@ impl LoopCore {
                 Io::Python(sel) => Some(sel.clone_ref(py)),
                 Io::Closed => None,
             };
+            if !other {
+                forgotten = st.fileobjs.remove(&fd);
+            }
             (old, pysel, other)
         };
+        drop(forgotten);
         if let Some(sel) = pysel {
             let sel = sel.bind(py);
             if other {
@@ -379,10 +436,23 @@ impl LoopCore {
             Native(Waiter),
             Python(Py<PyAny>),
         }
+        let custom_time = core.custom_time.load(Ordering::Relaxed);
+        let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
+            Some(
+                slf.call_method0(pyo3::intern!(py, "time"))?
+                    .extract::<f64>()?,
+            )
+        } else {
+            None
+        };
+        let mut purged = Vec::new();
         let (wait, timeout) = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
-            let timeout = st.sched.poll_timeout(|| MonotonicClock.now());
+            let timeout = st.sched.poll_timeout(
+                || now_py.unwrap_or_else(|| MonotonicClock.now()),
+                &mut purged,
+            );
             let wait = match &mut st.io {
                 // Only the waker is registered and nothing needs waking: a
                 // zero wait could report nothing, so skip the system call.
@@ -393,6 +463,9 @@ impl LoopCore {
             };
             (wait, timeout)
         };
+        // Cancelled timers leave the queue here; dropping them may run Python
+        // code (finalizers, weakref callbacks), so only now, unborrowed.
+        drop(purged);
 
         // Step 3: wait, then queue the callbacks of ready descriptors.
         match wait {
@@ -462,10 +535,19 @@ impl LoopCore {
         py.check_signals()?;
 
         // Step 4: due timers.
+        let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
+            Some(
+                slf.call_method0(pyo3::intern!(py, "time"))?
+                    .extract::<f64>()?,
+            )
+        } else {
+            None
+        };
         let n = {
             let mut st = core.st.borrow_mut(py);
             if !st.sched.timers().is_empty() {
-                let end = MonotonicClock.now() + st.clock_resolution;
+                let now = now_py.unwrap_or_else(|| MonotonicClock.now());
+                let end = now + st.clock_resolution;
                 st.sched.collect_due(end);
             }
             st.sched.begin_pass()
@@ -538,6 +620,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
+            custom_time: AtomicBool::new(false),
         })
     }
 
@@ -610,6 +693,11 @@ impl LoopCore {
 
     fn time(&self) -> f64 {
         MonotonicClock.now()
+    }
+
+    /// Tell the core that `time()` is overridden (or no longer is).
+    fn _ff_set_custom_time(&self, value: bool) {
+        self.custom_time.store(value, Ordering::Relaxed);
     }
 
     fn get_debug(&self) -> bool {
@@ -714,13 +802,23 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let now = MonotonicClock.now();
-        let when = match delay.extract::<f64>() {
-            Ok(d) => now + d,
-            // Same error as asyncio's `self.time() + delay`.
-            Err(_) => now.into_pyobject(slf.py())?.add(delay)?.extract()?,
+        let py = slf.py();
+        let core = slf.get();
+        let now = if core.custom_time.load(Ordering::Relaxed) {
+            slf.call_method0(pyo3::intern!(py, "time"))?
+        } else {
+            MonotonicClock.now().into_pyobject(py)?.into_any()
         };
-        Self::schedule_timer(slf, when, callback, args, context)
+        // asyncio computes `self.time() + delay`: exact ints and floats take
+        // the fast path, anything else gets Python's addition and its errors.
+        let exact =
+            delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>();
+        let when = if exact {
+            now.extract::<f64>()? + delay.extract::<f64>()?
+        } else {
+            now.add(delay)?.extract::<f64>()?
+        };
+        Self::schedule_timer(slf, when, None, callback, args, context, 7)
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]
@@ -734,8 +832,10 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
-        Self::schedule_timer(slf, when, callback, args, context)
+        let when_f: f64 = when.extract()?;
+        // asyncio's `when()` returns the object it was given.
+        let keep = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+        Self::schedule_timer(slf, when_f, keep, callback, args, context, 8)
     }
 
     fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) {
@@ -798,6 +898,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        check_fileobj(fd)?;
         Self::add_watch(slf, fd, callback, args, false).map(drop)
     }
 
@@ -809,6 +910,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        check_fileobj(fd)?;
         Self::add_watch(slf, fd, callback, args, true).map(drop)
     }
 
@@ -822,11 +924,13 @@ impl LoopCore {
 
     /// Stop watching `fd` for reading; True if it was watched.
     fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        check_fileobj(fd)?;
         Self::unwatch(slf, fd, false)
     }
 
     /// Stop watching `fd` for writing; True if it was watched.
     fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        check_fileobj(fd)?;
         Self::unwatch(slf, fd, true)
     }
 
@@ -872,7 +976,8 @@ impl LoopCore {
             let waker = st.waker.take();
             let readers = std::mem::take(&mut st.readers);
             let writers = std::mem::take(&mut st.writers);
-            (items, timers, io, waker, readers, writers)
+            let fileobjs = std::mem::take(&mut st.fileobjs);
+            (items, timers, io, waker, readers, (writers, fileobjs))
         };
         drop((items, timers, readers, writers, waker));
         if let Io::Python(sel) = io {
@@ -1009,6 +1114,9 @@ impl LoopCore {
         for h in st.readers.values().chain(st.writers.values()) {
             visit.call(h)?;
         }
+        for o in st.fileobjs.values() {
+            visit.call(o)?;
+        }
         if let Io::Python(sel) = &st.io {
             visit.call(sel)?;
         }
@@ -1025,6 +1133,7 @@ impl LoopCore {
                 timers,
                 std::mem::take(&mut st.readers),
                 std::mem::take(&mut st.writers),
+                std::mem::take(&mut st.fileobjs),
                 st.current_handle.take(),
                 st.task_factory.take(),
             )
@@ -1052,7 +1161,7 @@ impl LoopCore {
                 args.unbind(),
                 None,
                 slf.clone().unbind(),
-                core.debug(py),
+                core.debug(py).then_some(10),
                 None,
             )?,
         )?;
