@@ -471,38 +471,46 @@ impl LoopCore {
         match wait {
             Wait::Skip => {}
             Wait::Native(mut waiter) => {
-                let res = if timeout == Some(0.0) {
-                    waiter.wait(timeout)
-                } else {
+                let blocking = timeout != Some(0.0);
+                let res = if blocking {
                     core.sleeping.store(true, Ordering::SeqCst);
                     let r = py.detach(|| waiter.wait(timeout));
                     core.sleeping.store(false, Ordering::SeqCst);
                     r
+                } else {
+                    waiter.wait(timeout)
                 };
-                let mut st = core.st.borrow_mut(py);
-                let st = &mut *st;
-                let mut events = std::mem::take(&mut st.events);
-                if let Io::Native(sel) = &mut st.io {
-                    sel.finish_wait(waiter, &mut events);
-                }
-                match res {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        st.events = events;
-                        return Err(io_err(e));
+                {
+                    let mut st = core.st.borrow_mut(py);
+                    let st = &mut *st;
+                    let mut events = std::mem::take(&mut st.events);
+                    if let Io::Native(sel) = &mut st.io {
+                        sel.finish_wait(waiter, &mut events);
                     }
-                }
-                for ev in events.drain(..) {
-                    if ev.token == WAKER_TOKEN {
-                        if let Some(w) = &st.waker {
-                            w.drain();
+                    match res {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            st.events = events;
+                            return Err(io_err(e));
                         }
-                        continue;
                     }
-                    queue_fd(st, ev.fd, ev.readable, ev.writable, py);
+                    for ev in events.drain(..) {
+                        if ev.token == WAKER_TOKEN {
+                            if let Some(w) = &st.waker {
+                                w.drain();
+                            }
+                            continue;
+                        }
+                        queue_fd(st, ev.fd, ev.readable, ev.writable, py);
+                    }
+                    st.events = events;
                 }
-                st.events = events;
+                if blocking {
+                    // A signal (Ctrl-C) may have ended the wait: run its Python
+                    // handler now, as asyncio's selector call would.
+                    py.check_signals()?;
+                }
             }
             Wait::Python(sel) => {
                 let to: Option<f64> = timeout;
@@ -531,9 +539,6 @@ impl LoopCore {
                 }
             }
         }
-        // Signals first, as the interpreter would between bytecodes.
-        py.check_signals()?;
-
         // Step 4: due timers.
         let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
             Some(
