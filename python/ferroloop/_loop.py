@@ -57,8 +57,6 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         # BaseEventLoop keeps its queues in these; the native core has its own.
         for name in ("_ready", "_scheduled", "_timer_cancelled_count"):
             self.__dict__.pop(name, None)
-        if type(self).time is not Loop.time:
-            self._ff_set_custom_time(True)
         if selector is not None:
             try:
                 self._ff_set_selector(selector)
@@ -76,7 +74,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
     def __delattr__(self, name):
         super().__delattr__(name)
         if name == "time":
-            self._ff_set_custom_time(type(self).time is not Loop.time)
+            self._ff_set_custom_time(False)
 
     def run_forever(self):
         """Run until stop() is called."""

@@ -29,5 +29,19 @@ class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
             return running
         return super().get_event_loop()
 
+    # asyncio's Unix policy (3.8-3.13) also manages child watchers; they come
+    # with subprocess support (issue #4).
+    def get_child_watcher(self):
+        raise NotImplementedError(
+            "ferroloop: child watchers are not implemented yet; they come with "
+            "issue #4 (pipes, subprocesses and signals)"
+        )
+
+    def set_child_watcher(self, watcher):
+        raise NotImplementedError(
+            "ferroloop: child watchers are not implemented yet; they come with "
+            "issue #4 (pipes, subprocesses and signals)"
+        )
+
     def __repr__(self):
         return f"<{type(self).__module__}.{type(self).__qualname__}>"

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ferroloop_core::selector::Waiter;
 use ferroloop_core::{
@@ -81,12 +81,18 @@ pub struct LoopCore {
     closed: AtomicBool,
     debug: AtomicBool,
     sleeping: AtomicBool,
-    /// `time()` is overridden (by a subclass or on the instance): the loop
-    /// then reads its clock through it, as asyncio does.
-    custom_time: AtomicBool,
+    /// `time` was set on the instance: the loop reads its clock through
+    /// `self.time()`, as asyncio does.
+    instance_time: AtomicBool,
+    /// Whether the class's `time` is the native one, cached with the type's
+    /// version tag (`tag << 1 | overridden`); a change to the class or its
+    /// bases (a subclass override, `mock.patch.object(type(loop), "time")`)
+    /// changes the tag and the answer is looked up again.
+    class_time: AtomicU64,
 }
 
 static BASE_EVENTS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static NATIVE_TIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -248,6 +254,35 @@ impl LoopCore {
     /// Wake the loop if it is blocked in its wait. Only the first caller
     /// after the loop went to sleep writes to the eventfd: the others find
     /// the flag already cleared.
+    /// True when the loop's clock is not the native one: `time` set on the
+    /// instance, or a class in the MRO defining another `time`.
+    fn time_overridden(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let core = slf.get();
+        if core.instance_time.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let tp = slf.get_type();
+        let tp_ptr = tp.as_type_ptr();
+        // SAFETY: `tp_ptr` is the live type object of `slf`; reading its
+        // version tag is a plain field read under the GIL.
+        let tag = unsafe { (*tp_ptr).tp_version_tag } as u64;
+        let cached = core.class_time.load(Ordering::Relaxed);
+        if tag != 0 && cached >> 1 == tag {
+            return Ok(cached & 1 == 1);
+        }
+        let py = slf.py();
+        let native = NATIVE_TIME.get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.get_type::<LoopCore>().getattr("time")?.unbind())
+        })?;
+        let overridden = !tp.getattr(pyo3::intern!(py, "time"))?.is(native.bind(py));
+        // The lookup above gives the type a valid tag if it had none.
+        // SAFETY: as above.
+        let tag = unsafe { (*tp_ptr).tp_version_tag } as u64;
+        core.class_time
+            .store((tag << 1) | overridden as u64, Ordering::Relaxed);
+        Ok(overridden)
+    }
+
     fn wake_if_sleeping(&self, py: Python<'_>) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             if let Some(w) = self.st.borrow(py).waker.as_ref() {
@@ -436,7 +471,7 @@ impl LoopCore {
             Native(Waiter),
             Python(Py<PyAny>),
         }
-        let custom_time = core.custom_time.load(Ordering::Relaxed);
+        let custom_time = Self::time_overridden(slf)?;
         let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
             Some(
                 slf.call_method0(pyo3::intern!(py, "time"))?
@@ -506,11 +541,6 @@ impl LoopCore {
                     }
                     st.events = events;
                 }
-                if blocking {
-                    // A signal (Ctrl-C) may have ended the wait: run its Python
-                    // handler now, as asyncio's selector call would.
-                    py.check_signals()?;
-                }
             }
             Wait::Python(sel) => {
                 let to: Option<f64> = timeout;
@@ -539,6 +569,11 @@ impl LoopCore {
                 }
             }
         }
+        // Run the Python handlers of signals that arrived (Ctrl-C), as
+        // asyncio's selector call would. Every pass: a pass may run only C
+        // callbacks, and then nothing else would ever check.
+        py.check_signals()?;
+
         // Step 4: due timers.
         let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
             Some(
@@ -625,7 +660,8 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
-            custom_time: AtomicBool::new(false),
+            instance_time: AtomicBool::new(false),
+            class_time: AtomicU64::new(0),
         })
     }
 
@@ -700,9 +736,9 @@ impl LoopCore {
         MonotonicClock.now()
     }
 
-    /// Tell the core that `time()` is overridden (or no longer is).
+    /// Tell the core that `time` is set on the instance (or no longer is).
     fn _ff_set_custom_time(&self, value: bool) {
-        self.custom_time.store(value, Ordering::Relaxed);
+        self.instance_time.store(value, Ordering::Relaxed);
     }
 
     fn get_debug(&self) -> bool {
@@ -808,8 +844,7 @@ impl LoopCore {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let py = slf.py();
-        let core = slf.get();
-        let now = if core.custom_time.load(Ordering::Relaxed) {
+        let now = if Self::time_overridden(slf)? {
             slf.call_method0(pyo3::intern!(py, "time"))?
         } else {
             MonotonicClock.now().into_pyobject(py)?.into_any()
