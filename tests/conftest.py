@@ -25,6 +25,10 @@ import time
 import ferroloop
 import pytest
 
+# Each test names the backend it runs on; a FERROLOOP_SELECTOR left in the
+# environment would silently change what "ferroloop" (the default) means.
+os.environ.pop("FERROLOOP_SELECTOR", None)
+
 # The backstop for every test (pytest-timeout); tests bound themselves far
 # tighter with loop watchdogs and explicit timeouts.
 DEFAULT_TIMEOUT = 30

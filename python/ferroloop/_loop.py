@@ -10,6 +10,7 @@ resolution order, so every hot method is the native one.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from asyncio import base_events, events
@@ -50,6 +51,8 @@ class Loop(LoopCore, base_events.BaseEventLoop):
     given native backend, or any ``selectors.BaseSelector`` instance (for
     example ``selectors.SelectSelector()`` for character devices), which the
     loop then drives through its Python API. ``loop.backend`` says which.
+    With ``selector=None``, the environment variable ``FERROLOOP_SELECTOR``
+    (``epoll``, ``poll`` or ``select``) forces a native backend.
     """
 
     def __init__(self, selector=None):
@@ -57,6 +60,9 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         # BaseEventLoop keeps its queues in these; the native core has its own.
         for name in ("_ready", "_scheduled", "_timer_cancelled_count"):
             self.__dict__.pop(name, None)
+        if selector is None:
+            # Force a backend for a whole program or test run.
+            selector = os.environ.get("FERROLOOP_SELECTOR") or None
         if selector is not None:
             try:
                 self._ff_set_selector(selector)
