@@ -8,6 +8,7 @@ import contextvars
 import errno
 import os
 import socket
+import time
 
 import pytest
 from conftest import make_loop, run_bounded, run_passes
@@ -515,3 +516,20 @@ def test_invalid_file_object_on_a_closed_loop(fd_loop):
         with pytest.raises(ValueError) as info:
             getattr(fd_loop, method)(obj, *args)
         assert str(info.value) == f"Invalid file object: {obj!r}"
+
+
+def test_cancelled_reader_handle_is_unregistered_when_ready(fd_loop, pair):
+    # asyncio's _process_events unregisters a reader whose handle was
+    # cancelled (without remove_reader) the first time its fd is ready;
+    # leaving it registered would make every level-triggered wait return at
+    # once and the loop spin.
+    a, b = pair
+    handle = fd_loop._add_reader(b.fileno(), lambda: None)
+    handle.cancel()
+    a.send(b"x")
+    fd_loop.call_later(0.2, fd_loop.stop)
+    start = time.process_time()
+    fd_loop.run_forever()
+    used = time.process_time() - start
+    assert used < 0.1, f"the loop spun for {used:.3f} s of CPU"
+    assert fd_loop.remove_reader(b) is False

@@ -411,6 +411,12 @@ impl LoopCore {
             return Ok(false);
         }
         let fd = core.registered_fd(py, fd_obj)?;
+        Self::unwatch_fd(slf, fd, write)
+    }
+
+    fn unwatch_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let core = slf.get();
         let mut forgotten = None;
         let (old, pysel, other) = {
             let mut st = core.st.borrow_mut(py);
@@ -503,6 +509,7 @@ impl LoopCore {
         drop(purged);
 
         // Step 3: wait, then queue the callbacks of ready descriptors.
+        let mut stale = Vec::new();
         match wait {
             Wait::Skip => {}
             Wait::Native(mut waiter) => {
@@ -537,7 +544,7 @@ impl LoopCore {
                             }
                             continue;
                         }
-                        queue_fd(st, ev.fd, ev.readable, ev.writable, py);
+                        queue_fd(st, ev.fd, ev.readable, ev.writable, py, &mut stale);
                     }
                     st.events = events;
                 }
@@ -565,10 +572,15 @@ impl LoopCore {
                         }
                         continue;
                     }
-                    queue_fd(st, fd, mask & EVENT_READ != 0, mask & EVENT_WRITE != 0, py);
+                    let (r, w) = (mask & EVENT_READ != 0, mask & EVENT_WRITE != 0);
+                    queue_fd(st, fd, r, w, py, &mut stale);
                 }
             }
         }
+        for (fd, write) in stale {
+            Self::unwatch_fd(slf, fd, write)?;
+        }
+
         // Run the Python handlers of signals that arrived (Ctrl-C), as
         // asyncio's selector call would. Every pass: a pass may run only C
         // callbacks, and then nothing else would ever check.
@@ -632,17 +644,27 @@ impl LoopCore {
     }
 }
 
-fn queue_fd(st: &mut State, fd: RawFd, readable: bool, writable: bool, py: Python<'_>) {
-    if readable {
-        if let Some(h) = st.readers.get(&fd) {
-            if !h.get().is_cancelled() {
-                st.sched.call_soon(Item(h.clone_ref(py)));
-            }
+/// Queue the reader and/or writer of a ready descriptor. A watcher whose
+/// handle was cancelled (without `remove_reader`) is not queued but noted in
+/// `stale`, to be unregistered as asyncio's `_process_events` does; left
+/// registered, a level-triggered descriptor would make every wait return.
+fn queue_fd(
+    st: &mut State,
+    fd: RawFd,
+    readable: bool,
+    writable: bool,
+    py: Python<'_>,
+    stale: &mut Vec<(RawFd, bool)>,
+) {
+    for (ready, write) in [(readable, false), (writable, true)] {
+        if !ready {
+            continue;
         }
-    }
-    if writable {
-        if let Some(h) = st.writers.get(&fd) {
-            if !h.get().is_cancelled() {
+        let map = if write { &st.writers } else { &st.readers };
+        if let Some(h) = map.get(&fd) {
+            if h.get().is_cancelled() {
+                stale.push((fd, write));
+            } else {
                 st.sched.call_soon(Item(h.clone_ref(py)));
             }
         }
@@ -811,6 +833,18 @@ impl LoopCore {
         if core.debug(slf.py()) {
             Self::debug_checks(slf, &callback, "call_soon", true)?;
         }
+        Self::push_soon(slf, callback, args, context)
+    }
+
+    /// asyncio's internal `_call_soon(callback, args, context)`, which some
+    /// stdlib and third-party code calls directly.
+    #[pyo3(signature = (callback, args, context = None))]
+    fn _call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         Self::push_soon(slf, callback, args, context)
     }
 
