@@ -1,0 +1,517 @@
+"""How the conformance worker points CPython's asyncio tests at a loop.
+
+Three pieces, all applied inside the worker process before the test module
+is imported (see ``_worker.py``):
+
+* :func:`bind_default_policy` makes ferroloop asyncio's *default* policy,
+  not just the current one. Test modules reset the policy with
+  ``asyncio.set_event_loop_policy(None)`` in ``tearDown``/``tearDownModule``;
+  that stores ``None`` and the next ``get_event_loop_policy()`` rebuilds the
+  default through ``asyncio.events._init_event_loop_policy()``. We replace
+  that one function, so every reset -- through ``set_event_loop_policy(None)``,
+  through assigning ``events._event_loop_policy = None``, from the C
+  accelerator's ``get_event_loop()`` -- lands on ``ferroloop.EventLoopPolicy``
+  again, while ``set_event_loop_policy`` itself keeps its exact behaviour
+  (type checks, ``None`` accepted). Tests that install a policy of their own
+  (``asyncio.DefaultEventLoopPolicy()``, test_runners' ``TestPolicy``) still
+  get it: those tests are meant to exercise that policy.
+
+* :class:`LoopTracker` records which loops *ran* during each test, by
+  wrapping ``asyncio.events._set_running_loop`` (every loop that follows the
+  asyncio protocol calls it when it starts running) and, for ferroloop,
+  ``ferroloop.Loop.run_forever`` as well (some tests swap
+  ``events._set_running_loop`` for the pure-Python one; the native core may
+  one day set the running loop itself). It also notes ferroloop loops that
+  were created but never run.
+
+* :func:`bind_test_events` adds TestCase classes to ``test_events`` that run
+  its loop-test mixins on ferroloop loops (see the function).
+
+* :func:`bind_real_loop_variants` adds ``RealLoop_<Class>`` copies of the
+  test classes of test_tasks, test_futures, test_base_events, test_pep492 and
+  test_runners that run on the fake-clock ``test_utils.TestLoop`` or on a bare
+  ``BaseEventLoop`` with a mocked selector: the copies run on a real loop of
+  the run (ferroloop's, or asyncio's ``SelectorEventLoop`` in the asyncio
+  run), so the same tests exercise the loop under test. Both runs define
+  them, so their outcomes can be compared one to one.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import threading
+import unittest
+from unittest import mock
+
+# --------------------------------------------------------------------------
+# Policy
+
+
+def bind_default_policy():
+    """Make ``ferroloop.EventLoopPolicy`` asyncio's default policy."""
+    import asyncio
+    from asyncio import events
+
+    import ferroloop
+
+    def _init_event_loop_policy():
+        with events._lock:
+            if events._event_loop_policy is None:
+                events._event_loop_policy = ferroloop.EventLoopPolicy()
+
+    _init_event_loop_policy.__wrapped_original__ = events._init_event_loop_policy
+    events._init_event_loop_policy = _init_event_loop_policy
+    asyncio.set_event_loop_policy(None)
+    policy = asyncio.get_event_loop_policy()
+    assert isinstance(policy, ferroloop.EventLoopPolicy), policy
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(loop, ferroloop.Loop), loop
+    finally:
+        loop.close()
+
+
+class PolicyGuard:
+    """Undo asyncio-policy leaks between tests (ferroloop mode).
+
+    Some tests install ``asyncio.DefaultEventLoopPolicy()`` and never restore
+    the previous policy (test_events' ``PolicyTests.test_set_event_loop_policy``):
+    on asyncio that is harmless, the leaked policy is the default one; here
+    every later test of the module would silently run on asyncio's loops.
+    Before each test, a policy whose type is exactly one of asyncio's stock
+    policies is therefore reset to the default (ferroloop's). Custom policies
+    are left alone: the tests that install them remove them themselves.
+    """
+
+    def __init__(self, loop_name):
+        self.active = loop_name == "ferroloop"
+        if self.active:
+            import asyncio
+
+            stock = {asyncio.DefaultEventLoopPolicy, asyncio.events.BaseDefaultEventLoopPolicy}
+            unix = getattr(asyncio, "unix_events", None)
+            if unix is not None:
+                stock.add(unix._UnixDefaultEventLoopPolicy)
+            self.stock = frozenset(stock)
+
+    def check(self):
+        """Reset a leaked stock policy; return its class name, or None."""
+        if not self.active:
+            return None
+        from asyncio import events
+
+        policy = events._event_loop_policy
+        if policy is not None and type(policy) in self.stock:
+            events._event_loop_policy = None
+            return type(policy).__qualname__
+        return None
+
+
+def is_default_policy(policy, loop_name):
+    """True if ``policy`` is the policy ``loop_name`` runs the tests under."""
+    if policy is None:
+        return True
+    if loop_name == "ferroloop":
+        import ferroloop
+
+        return type(policy) is ferroloop.EventLoopPolicy
+    import asyncio
+
+    return type(policy) is asyncio.DefaultEventLoopPolicy
+
+
+# --------------------------------------------------------------------------
+# Which loops ran
+
+
+def _class_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class LoopTracker:
+    """Per-test record of the loops that ran (and ferroloop loops created).
+
+    ``target`` is the loop family under test: for ferroloop any instance of
+    the native ``LoopCore`` (so ``ferroloop.Loop`` and its subclasses); for
+    asyncio, a real selector loop (``BaseSelectorEventLoop``), so that the
+    fake-clock ``test_utils.TestLoop`` and bare mocked ``BaseEventLoop``
+    objects count as "not on the target loop" in both modes alike.
+    """
+
+    def __init__(self, loop_name):
+        self.loop_name = loop_name
+        self._lock = threading.Lock()
+        self.ran = set()
+        self.ran_target = False
+        self.created_target = False
+        if loop_name == "ferroloop":
+            from ferroloop._ferroloop import LoopCore
+
+            self._target = LoopCore
+        else:
+            from asyncio.selector_events import BaseSelectorEventLoop
+
+            self._target = BaseSelectorEventLoop
+
+    def reset(self):
+        with self._lock:
+            self.ran = set()
+            self.ran_target = False
+            self.created_target = False
+
+    def snapshot(self):
+        with self._lock:
+            return sorted(self.ran), self.ran_target, self.created_target
+
+    def note_running(self, loop):
+        if loop is None:
+            return
+        with self._lock:
+            self.ran.add(_class_name(type(loop)))
+            if isinstance(loop, self._target):
+                self.ran_target = True
+
+    def note_created(self, loop):
+        with self._lock:
+            self.created_target = True
+
+    def install(self):
+        import asyncio
+        from asyncio import events
+
+        original = events._set_running_loop
+        note = self.note_running
+
+        def _set_running_loop(loop):
+            note(loop)
+            return original(loop)
+
+        _set_running_loop.__wrapped__ = original
+        events._set_running_loop = _set_running_loop
+        asyncio._set_running_loop = _set_running_loop
+
+        if self.loop_name == "ferroloop":
+            import ferroloop
+
+            cls = ferroloop.Loop
+            run_forever = cls.run_forever
+            init = cls.__init__
+            note_created = self.note_created
+
+            @functools.wraps(run_forever)
+            def tracked_run_forever(loop):
+                note(loop)
+                return run_forever(loop)
+
+            @functools.wraps(init)
+            def tracked_init(loop, *args, **kwargs):
+                note_created(loop)
+                return init(loop, *args, **kwargs)
+
+            cls.run_forever = tracked_run_forever
+            cls.__init__ = tracked_init
+
+
+# --------------------------------------------------------------------------
+# test_events
+
+#: Classes of test_events that run EventLoopTestsMixin on asyncio's own
+#: selector loops; in ferroloop mode they are replaced by the classes below.
+ASYNCIO_LOOP_CLASSES = (
+    "EPollEventLoopTests",
+    "PollEventLoopTests",
+    "SelectEventLoopTests",
+    "KqueueEventLoopTests",
+)
+
+#: ferroloop class in test_events -> the class it stands for on asyncio
+#: (run.py uses this to compare a ferroloop run with an asyncio run).
+TEST_EVENTS_COUNTERPARTS = {
+    "FerroloopEventLoopTests": "EPollEventLoopTests",
+    "FerroloopPollEventLoopTests": "PollEventLoopTests",
+    "FerroloopSelectEventLoopTests": "SelectEventLoopTests",
+    "FerroloopPolicyTests": "PolicyTests",
+    "FerroloopPyGetEventLoopTests": "TestPyGetEventLoop",
+    "FerroloopCGetEventLoopTests": "TestCGetEventLoop",
+}
+
+
+def later_issue_api_names():
+    """Names of loop methods ferroloop does not implement yet (their
+    docstring says so); a test using one is not a scheduling test."""
+    import ferroloop
+
+    names = set()
+    for name in dir(ferroloop.Loop):
+        doc = getattr(getattr(ferroloop.Loop, name, None), "__doc__", None) or ""
+        if "is not implemented yet" in doc:
+            names.add(name)
+    return names
+
+
+_SELF_CALL = re.compile(r"\bself\.(\w+)")
+
+
+def _uses_any(cls, method_name, pattern, seen=None):
+    """True if the source of ``cls.method_name`` or of any ``self.<helper>``
+    it reaches (transitively, within ``cls``) matches ``pattern``."""
+    seen = set() if seen is None else seen
+    if method_name in seen:
+        return False
+    seen.add(method_name)
+    func = getattr(cls, method_name, None)
+    if not callable(func):
+        return False
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    if pattern.search(source):
+        return True
+    return any(_uses_any(cls, helper, pattern, seen) for helper in _SELF_CALL.findall(source))
+
+
+def scheduling_only(cls, names):
+    """Drop the tests of ``cls`` that use a later-issue API (set to None, so
+    the loader does not collect them); return the names kept."""
+    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r"|ssl)\b")
+    kept = []
+    for name in unittest.defaultTestLoader.getTestCaseNames(cls):
+        if _uses_any(cls, name, pattern):
+            setattr(cls, name, None)
+        else:
+            kept.append(name)
+    return kept
+
+
+class _NoChildWatcher:
+    """Stands in for ``asyncio.SafeChildWatcher`` in the get_event_loop tests:
+    the real one needs ``loop.add_signal_handler`` (issue #4)."""
+
+    def attach_loop(self, loop):
+        pass
+
+    def close(self):
+        pass
+
+
+def bind_test_events(mod):
+    """Run test_events' loop tests on ferroloop.
+
+    * ``FerroloopEventLoopTests``: ``EventLoopTestsMixin`` +
+      ``SubprocessTestsMixin`` on ``ferroloop.new_event_loop()`` (the default
+      native backend, epoll). Unlike asyncio's Unix classes it does not attach
+      a ``SafeChildWatcher`` in setUp (that needs ``add_signal_handler``,
+      issue #4, and would fail every test); the subprocess tests fail on their
+      own until issue #4.
+    * ``FerroloopPollEventLoopTests`` / ``FerroloopSelectEventLoopTests``: the
+      scheduling-only tests of ``EventLoopTestsMixin`` (those that do not
+      reach a loop method ferroloop does not implement yet, nor ssl) on the
+      native "poll" and "select" backends.
+    * ``FerroloopPolicyTests``: ``PolicyTests`` with
+      ``asyncio.DefaultEventLoopPolicy`` replaced by ``ferroloop.EventLoopPolicy``.
+    * ``FerroloopPyGetEventLoopTests`` / ``FerroloopCGetEventLoopTests``: the
+      get_event_loop tests (loop from the ferroloop policy) without the
+      child-watcher setup they do not test.
+
+    asyncio's own loop classes (``EPollEventLoopTests``...) are removed: they
+    test asyncio's loops, which the asyncio run covers.
+    """
+    import asyncio
+
+    import ferroloop
+    from test.test_asyncio import utils as test_utils
+
+    for name in ASYNCIO_LOOP_CLASSES:
+        if hasattr(mod, name):
+            delattr(mod, name)
+
+    def make(name, bases, namespace):
+        namespace = dict(namespace, __module__=mod.__name__, __qualname__=name)
+        cls = type(name, bases, namespace)
+        setattr(mod, name, cls)
+        return cls
+
+    make(
+        "FerroloopEventLoopTests",
+        (mod.EventLoopTestsMixin, mod.SubprocessTestsMixin, test_utils.TestCase),
+        {"create_event_loop": lambda self: ferroloop.new_event_loop()},
+    )
+    later = later_issue_api_names()
+    for backend in ("poll", "select"):
+        cls = make(
+            f"Ferroloop{backend.capitalize()}EventLoopTests",
+            (mod.EventLoopTestsMixin, test_utils.TestCase),
+            {"create_event_loop": lambda self, b=backend: ferroloop.new_event_loop(b)},
+        )
+        scheduling_only(cls, later)
+
+    def policy_setup(self):
+        patcher = mock.patch.object(asyncio, "DefaultEventLoopPolicy", ferroloop.EventLoopPolicy)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    make("FerroloopPolicyTests", (mod.PolicyTests,), {"setUp": policy_setup})
+
+    def get_loop_setup(self):
+        patchers = [
+            mock.patch.object(asyncio, "SafeChildWatcher", _NoChildWatcher),
+            mock.patch.object(asyncio, "set_child_watcher", lambda watcher: None),
+        ]
+        for p in patchers:
+            p.start()
+        self._ff_patchers = patchers
+        type(self).__mro__[1].setUp(self)
+
+    def get_loop_teardown(self):
+        try:
+            type(self).__mro__[1].tearDown(self)
+        finally:
+            for p in reversed(self._ff_patchers):
+                p.stop()
+
+    for impl in ("Py", "C"):
+        base = getattr(mod, f"Test{impl}GetEventLoop", None)
+        if base is not None:
+            make(
+                f"Ferroloop{impl}GetEventLoopTests",
+                (base,),
+                {"setUp": get_loop_setup, "tearDown": get_loop_teardown},
+            )
+
+
+# --------------------------------------------------------------------------
+# Real-loop copies of fake-loop test classes
+
+#: Modules that get ``RealLoop_<Class>`` copies.
+REAL_LOOP_MODULES = (
+    "test_tasks",
+    "test_futures",
+    "test_base_events",
+    "test_pep492",
+    "test_runners",
+)
+
+
+def real_loop_factory(loop_name):
+    """The loop class/factory of the run, called directly (not through the
+    policy: test_runners installs a policy whose factory is our factory)."""
+    if loop_name == "ferroloop":
+        import ferroloop
+
+        return ferroloop.new_event_loop
+    import asyncio
+
+    return asyncio.SelectorEventLoop
+
+
+_GEN_LOOP = re.compile(r"new_test_loop\(\s*[^)\s]")
+_USES_LOOP = re.compile(r"\bloop\b|_loop\b")
+
+
+def _defined_tests(mod):
+    """The TestCase classes of ``mod`` that have tests, by name."""
+    out = {}
+    for name, obj in vars(mod).items():
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, unittest.TestCase)
+            and obj.__module__ == mod.__name__
+            and unittest.defaultTestLoader.getTestCaseNames(obj)
+        ):
+            out[name] = obj
+    return out
+
+
+def _setup_source(cls):
+    try:
+        return inspect.getsource(cls.setUp)
+    except (OSError, TypeError):
+        return ""
+
+
+def bind_real_loop_variants(mod, display, loop_name):
+    """Add ``RealLoop_<Class>`` classes to ``mod``; return their names.
+
+    * test_tasks, test_futures: classes whose setUp calls
+      ``self.new_test_loop()`` (no time generator: such a TestLoop never
+      advances its clock, so the tests do not depend on fake time). In the
+      copy ``new_test_loop()`` without a generator returns a real loop;
+      tests that call ``new_test_loop(gen)`` (they need the fake clock) and
+      tests that do not touch a loop are left out of the copy.
+    * test_base_events ``BaseEventLoopTests`` (a bare ``BaseEventLoop`` with a
+      mocked selector) and ``BaseEventLoopWithSelectorTests`` (an explicit
+      ``asyncio.SelectorEventLoop()``), test_pep492's classes (bare
+      ``BaseEventLoop``): setUp makes a real loop instead.
+    * test_runners: ``new_loop()`` (the factory of the test policy) makes a
+      real loop, still recording that ``shutdown_asyncgens`` ran.
+    """
+    if display not in REAL_LOOP_MODULES:
+        return []
+    from test.test_asyncio import utils as test_utils
+
+    factory = real_loop_factory(loop_name)
+
+    def real_loop(self):
+        loop = factory()
+        self.set_event_loop(loop)
+        return loop
+
+    def new_test_loop(self, gen=None):
+        if gen is None:
+            return real_loop(self)
+        return test_utils.TestCase.new_test_loop(self, gen)
+
+    def real_setup(self):
+        test_utils.TestCase.setUp(self)
+        self.loop = real_loop(self)
+
+    def runners_new_loop(self):
+        loop = factory()
+        loop.shutdown_ag_run = False
+        shutdown_asyncgens = loop.shutdown_asyncgens
+
+        async def tracked_shutdown_asyncgens():
+            loop.shutdown_ag_run = True
+            await shutdown_asyncgens()
+
+        loop.shutdown_asyncgens = tracked_shutdown_asyncgens
+        return loop
+
+    made = []
+    for name, cls in _defined_tests(mod).items():
+        if name.startswith(("RealLoop_", "Ferroloop")):
+            continue
+        keep = None
+        if display in ("test_tasks", "test_futures"):
+            if "new_test_loop()" not in _setup_source(cls):
+                continue
+            namespace = {"new_test_loop": new_test_loop}
+
+            def keep(c, test):
+                return not _uses_any(c, test, _GEN_LOOP) and _uses_any(c, test, _USES_LOOP)
+        elif display == "test_base_events":
+            if name not in ("BaseEventLoopTests", "BaseEventLoopWithSelectorTests"):
+                continue
+            namespace = {"setUp": real_setup, "new_test_loop": new_test_loop}
+        elif display == "test_pep492":
+            if not issubclass(cls, mod.BaseTest):
+                continue
+            namespace = {"setUp": real_setup}
+        else:  # test_runners
+            if not issubclass(cls, mod.BaseTest):
+                continue
+            namespace = {"new_loop": runners_new_loop}
+        vname = f"RealLoop_{name}"
+        variant = type(vname, (cls,), dict(namespace, __module__=mod.__name__, __qualname__=vname))
+        if keep is not None:
+            for test in unittest.defaultTestLoader.getTestCaseNames(variant):
+                if not keep(variant, test):
+                    setattr(variant, test, None)
+            if not unittest.defaultTestLoader.getTestCaseNames(variant):
+                continue
+        setattr(mod, vname, variant)
+        made.append(vname)
+    return made
