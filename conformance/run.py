@@ -708,6 +708,10 @@ def main(argv=None):
         f"{total['xfail']} expected failures; "
         f"{'FAILED' if bad else 'OK'} in {time.monotonic() - t0:.1f}s"
     )
+    # The closing line in the plain "N passed, N failed" form: failures are the
+    # tests that broke the expectations (unexpected failures and passes).
+    n_bad = len(problems["unexpected_failures"]) + len(problems["unexpected_passes"])
+    print(f"conformance: {total['passed']} passed, {n_bad} failed, {total['skipped']} skipped")
     return 1 if bad else 0
 
 

@@ -9,7 +9,14 @@ from ._loop import Loop
 __all__ = ("EventLoopPolicy",)
 
 
-class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
+# Python 3.14 renamed the base class when it deprecated the policy system.
+if hasattr(events, "BaseDefaultEventLoopPolicy"):
+    _BasePolicy = events.BaseDefaultEventLoopPolicy
+else:
+    _BasePolicy = events._BaseDefaultEventLoopPolicy
+
+
+class EventLoopPolicy(_BasePolicy):
     """asyncio's default policy contract, with ferroloop loops.
 
     One loop per thread; in the main thread ``get_event_loop()`` creates one
