@@ -1,49 +1,61 @@
 """ferroloop's event loop class.
 
 `Loop` joins the native core (`ferroloop._ferroloop.LoopCore`: queues, timers,
-selector, the loop's passes, fd watching) with `asyncio.BaseEventLoop`, whose
-Python code provides the rarely used and intricate parts unchanged: tasks and
-futures, `run_until_complete`, executors, async generator hooks, exception
-handlers, debug helpers, DNS. The native class comes first in the method
-resolution order, so every hot method is the native one.
+selector, the loop's passes, fd watching) with asyncio's own Unix selector
+loop classes, whose Python code provides the rarely used and intricate parts
+unchanged: tasks and futures, `run_until_complete`, executors, async
+generator hooks, exception handlers, debug helpers, DNS, and, on top of the
+native fd watching, sockets, transports, servers, TLS, pipes, subprocesses
+and signal handlers. The native class comes first in the method resolution
+order, so every hot method (scheduling, timers, the loop's passes,
+`add_reader` and friends) is the native one.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
+import socket
 import sys
 import threading
-from asyncio import base_events, events
+import warnings
+import weakref
+from asyncio import base_events, events, unix_events
 
-from ._ferroloop import LoopCore
+from ._ferroloop import Handle, LoopCore
 
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
 
-_LATER = {
-    "networking": "issue #3 (networking on the selector loop)",
-    "processes": "issue #4 (pipes, subprocesses and signals)",
-}
+
+class _NativeSelectorView:
+    """What ``loop._selector`` is on a native backend: enough of the
+    ``selectors.BaseSelector`` API for code that inspects registrations
+    (asyncio's transports do, in their repr); the loop itself never calls it."""
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj):
+        loop = self._loop()
+        fd = selectors._fileobj_to_fd(fileobj)
+        mask = loop._ff_watch_mask(fd) if loop is not None and not loop.is_closed() else 0
+        if not mask:
+            raise KeyError(f"{fileobj!r} is not registered")
+        return selectors.SelectorKey(fileobj, fd, mask, None)
+
+    def close(self):
+        pass
 
 
-def _not_yet(name: str, area: str, is_coroutine: bool):
-    message = f"ferroloop: loop.{name}() is not implemented yet; it comes with {_LATER[area]}"
-
-    if is_coroutine:
-
-        async def method(self, *args, **kwargs):
-            raise NotImplementedError(message)
-
-    else:
-
-        def method(self, *args, **kwargs):
-            raise NotImplementedError(message)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = message
-    return method
+def _run_foreign_handle(handle):
+    # An asyncio.Handle queued through _add_callback (asyncio's signal code
+    # makes those): run it unless it was cancelled meanwhile, as asyncio's
+    # pass does.
+    if not handle._cancelled:
+        handle._run()
 
 
-class Loop(LoopCore, base_events.BaseEventLoop):
+class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose core runs in Rust.
 
     ``selector`` picks what the loop waits on: ``None`` for the best native
@@ -56,10 +68,19 @@ class Loop(LoopCore, base_events.BaseEventLoop):
     """
 
     def __init__(self, selector=None):
+        # BaseEventLoop's state; BaseSelectorEventLoop.__init__ is not called:
+        # the native core is the selector and wakes itself with an eventfd.
         base_events.BaseEventLoop.__init__(self)
         # BaseEventLoop keeps its queues in these; the native core has its own.
         for name in ("_ready", "_scheduled", "_timer_cancelled_count"):
             self.__dict__.pop(name, None)
+        self._transports = weakref.WeakValueDictionary()
+        self._signal_handlers = {}
+        self._unix_server_sockets = {}  # Python 3.12+ keeps server paths here
+        # asyncio's self-pipe carries signal numbers (set_wakeup_fd); it is
+        # made on first use, so a loop without signal handlers watches no fd.
+        self._ff_self_pipe = None
+        self._selector = _NativeSelectorView(self)
         if selector is None:
             # Force a backend for a whole program or test run.
             selector = os.environ.get("FERROLOOP_SELECTOR") or None
@@ -69,6 +90,128 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             except BaseException:
                 self.close()
                 raise
+            self._selector = self._ff_python_selector() or self._selector
+
+    # The self-pipe, made when asyncio's signal code first asks for it.
+
+    def _make_self_pipe(self):
+        ssock, csock = socket.socketpair()
+        ssock.setblocking(False)
+        csock.setblocking(False)
+        self._ff_self_pipe = (ssock, csock)
+        self._internal_fds += 1
+        self._add_reader(ssock.fileno(), self._read_from_self)
+
+    def _close_self_pipe(self):
+        if self._ff_self_pipe is None:
+            return
+        ssock, csock = self._ff_self_pipe
+        self._ff_self_pipe = None
+        self._remove_reader(ssock.fileno())
+        ssock.close()
+        csock.close()
+        self._internal_fds -= 1
+
+    @property
+    def _ssock(self):
+        if self._ff_self_pipe is None:
+            self._make_self_pipe()
+        return self._ff_self_pipe[0]
+
+    @property
+    def _csock(self):
+        if self._ff_self_pipe is None:
+            self._make_self_pipe()
+        return self._ff_self_pipe[1]
+
+    # The public fd methods also refuse a descriptor a transport owns, as
+    # asyncio's do; the check costs nothing while no transport exists.
+
+    def add_reader(self, fd, callback, *args):
+        if self._transports:
+            self._ensure_fd_no_transport(fd)
+        LoopCore.add_reader(self, fd, callback, *args)
+
+    def add_writer(self, fd, callback, *args):
+        if self._transports:
+            self._ensure_fd_no_transport(fd)
+        LoopCore.add_writer(self, fd, callback, *args)
+
+    def remove_reader(self, fd):
+        if self._transports:
+            self._ensure_fd_no_transport(fd)
+        return LoopCore.remove_reader(self, fd)
+
+    def remove_writer(self, fd):
+        if self._transports:
+            self._ensure_fd_no_transport(fd)
+        return LoopCore.remove_writer(self, fd)
+
+    def _add_callback(self, handle):
+        if isinstance(handle, Handle):
+            LoopCore._add_callback(self, handle)
+        elif not handle._cancelled:
+            self._call_soon(_run_foreign_handle, (handle,), None)
+
+    def _add_callback_signalsafe(self, handle):
+        self._add_callback(handle)
+        self._write_to_self()
+
+    # Child processes: watched through a pidfd on the loop itself (no global
+    # child watcher, works from any thread), or by a waiting thread where
+    # pidfd_open is missing.
+
+    async def _make_subprocess_transport(
+        self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
+    ):
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self,
+            protocol,
+            args,
+            shell,
+            stdin,
+            stdout,
+            stderr,
+            bufsize,
+            waiter=waiter,
+            extra=extra,
+            **kwargs,
+        )
+        self._ff_watch_child(transp.get_pid(), transp)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    def _ff_watch_child(self, pid, transp):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            thread = threading.Thread(
+                target=self._ff_wait_child_thread,
+                args=(pid, transp),
+                daemon=True,
+                name=f"ferroloop-waitpid-{pid}",
+            )
+            thread.start()
+            return
+        self._add_reader(pidfd, self._ff_child_ready, pid, pidfd, transp)
+
+    def _ff_child_ready(self, pid, pidfd, transp):
+        self._remove_reader(pidfd)
+        os.close(pidfd)
+        self._child_watcher_callback(pid, _reap(pid), transp)
+
+    def _ff_wait_child_thread(self, pid, transp):
+        returncode = _reap(pid)
+        if not self.is_closed():
+            self._child_watcher_callback(pid, returncode, transp)
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -104,51 +247,46 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             sys.set_asyncgen_hooks(*saved_hooks)
 
     def close(self):
-        """Close the loop: drop pending callbacks, close the selector, and
-        shut the default executor down without waiting for it."""
+        """Close the loop: drop pending callbacks, close the selector, shut
+        the default executor down without waiting for it, and remove the
+        signal handlers."""
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
         if self._debug:
             base_events.logger.debug("Close %r", self)
+        self._close_self_pipe()
         self._ff_close()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, "
+                "skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
 
-    # What later issues bring. Each raises NotImplementedError with a message
-    # naming the issue; coroutine methods raise when awaited, as asyncio's
-    # coroutine methods report their errors.
-    for _name, _area, _coro in (
-        ("create_connection", "networking", True),
-        ("create_server", "networking", True),
-        ("create_unix_connection", "networking", True),
-        ("create_unix_server", "networking", True),
-        ("create_datagram_endpoint", "networking", True),
-        ("connect_accepted_socket", "networking", True),
-        ("start_tls", "networking", True),
-        ("sendfile", "networking", True),
-        ("sock_recv", "networking", True),
-        ("sock_recv_into", "networking", True),
-        ("sock_recvfrom", "networking", True),
-        ("sock_recvfrom_into", "networking", True),
-        ("sock_sendall", "networking", True),
-        ("sock_sendto", "networking", True),
-        ("sock_connect", "networking", True),
-        ("sock_accept", "networking", True),
-        ("sock_sendfile", "networking", True),
-        ("connect_read_pipe", "processes", True),
-        ("connect_write_pipe", "processes", True),
-        ("subprocess_exec", "processes", True),
-        ("subprocess_shell", "processes", True),
-        ("add_signal_handler", "processes", False),
-        ("remove_signal_handler", "processes", False),
-    ):
-        locals()[_name] = _not_yet(_name, _area, _coro)
-    del _name, _area, _coro
+
+def _reap(pid):
+    """Wait for child `pid` and return its exit code (negative: killed by
+    that signal), or 255 when it was reaped elsewhere, as asyncio reports it."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        base_events.logger.warning(
+            "child process pid %d exit status already read:  will report returncode 255", pid
+        )
+        return 255
+    return os.waitstatus_to_exitcode(status)
 
 
 SelectorEventLoop = Loop

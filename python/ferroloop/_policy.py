@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from asyncio import events
+from asyncio import events, unix_events
 
 from ._loop import Loop
 
 __all__ = ("EventLoopPolicy",)
 
 
-# Python 3.14 renamed the base class when it deprecated the policy system.
-if hasattr(events, "BaseDefaultEventLoopPolicy"):
-    _BasePolicy = events.BaseDefaultEventLoopPolicy
+# asyncio's Unix policy: the default-policy contract plus the child-watcher
+# API that Python 3.8-3.13 programs and test suites call (ferroloop's loop
+# watches its children itself, through pidfds). Python 3.14 renamed it.
+if hasattr(unix_events, "_UnixDefaultEventLoopPolicy"):
+    _BasePolicy = unix_events._UnixDefaultEventLoopPolicy
 else:
-    _BasePolicy = events._BaseDefaultEventLoopPolicy
+    _BasePolicy = unix_events._DefaultEventLoopPolicy
 
 
 class EventLoopPolicy(_BasePolicy):
@@ -35,20 +37,6 @@ class EventLoopPolicy(_BasePolicy):
         if running is not None:
             return running
         return super().get_event_loop()
-
-    # asyncio's Unix policy (3.8-3.13) also manages child watchers; they come
-    # with subprocess support (issue #4).
-    def get_child_watcher(self):
-        raise NotImplementedError(
-            "ferroloop: child watchers are not implemented yet; they come with "
-            "issue #4 (pipes, subprocesses and signals)"
-        )
-
-    def set_child_watcher(self, watcher):
-        raise NotImplementedError(
-            "ferroloop: child watchers are not implemented yet; they come with "
-            "issue #4 (pipes, subprocesses and signals)"
-        )
 
     def __repr__(self):
         return f"<{type(self).__module__}.{type(self).__qualname__}>"

@@ -746,12 +746,28 @@ impl LoopCore {
     }
 
     /// The Python selector object, when the loop runs on one.
-    #[getter]
-    fn _selector(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn _ff_python_selector(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         match &self.st.borrow(py).io {
             Io::Python(s) => Some(s.clone_ref(py)),
             _ => None,
         }
+    }
+
+    /// What `fd` is watched for: `selectors.EVENT_READ` and/or `EVENT_WRITE`
+    /// bits, 0 when it is not watched.
+    fn _ff_watch_mask(&self, py: Python<'_>, fd: RawFd) -> u32 {
+        let st = self.st.borrow(py);
+        let r = if st.readers.contains_key(&fd) {
+            EVENT_READ
+        } else {
+            0
+        };
+        let w = if st.writers.contains_key(&fd) {
+            EVENT_WRITE
+        } else {
+            0
+        };
+        r | w
     }
 
     fn time(&self) -> f64 {
