@@ -4,7 +4,8 @@ ferroloop, side by side.
     python examples/demo.py
 
 Each workload is an ordinary asyncio program (queues, timeouts, task groups,
-threads, a fd watched with add_reader); it runs once on each loop, the
+threads, a fd watched with add_reader, a TCP echo server with clients on
+127.0.0.1, child processes with pipes); it runs once on each loop, the
 results must be identical, and the wall time of each is printed with the
 ratio. The machine is shared, so treat the times as indicative; the
 benchmarks in benches/ measure properly.
@@ -125,7 +126,47 @@ async def context_and_fds() -> list[str]:
     return seen
 
 
-WORKLOADS = [pipeline, timers, timeouts, threads, context_and_fds]
+async def tcp_echo(n_clients: int = 20, n_messages: int = 200) -> int:
+    """A streams echo server on 127.0.0.1 and concurrent clients."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(i: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        total = 0
+        for j in range(n_messages):
+            writer.write(f"{i}:{j}\n".encode())
+            total += len(await reader.readline())
+        writer.close()
+        await writer.wait_closed()
+        return total
+
+    async with server:
+        sizes = await asyncio.gather(*(client(i) for i in range(n_clients)))
+    return sum(sizes)
+
+
+async def subprocesses(n: int = 10) -> list[bytes]:
+    """Children with piped stdin/stdout, run concurrently."""
+
+    async def upper(text: str) -> bytes:
+        proc = await asyncio.create_subprocess_exec(
+            "tr", "a-z", "A-Z", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate(text.encode())
+        return out + str(proc.returncode).encode()
+
+    return await asyncio.gather(*(upper(f"child {i}") for i in range(n)))
+
+
+WORKLOADS = [pipeline, timers, timeouts, threads, context_and_fds, tcp_echo, subprocesses]
 
 
 def run_on(name: str, workload):

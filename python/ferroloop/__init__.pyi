@@ -1,7 +1,7 @@
 import asyncio
 import contextvars
 import selectors
-from asyncio import base_events, events
+from asyncio import unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeAlias, TypeVar
 
@@ -19,7 +19,7 @@ class TimerHandle(Handle):
 
 _Selector: TypeAlias = None | str | selectors.BaseSelector
 
-class Loop(base_events.BaseEventLoop):
+class Loop(unix_events._UnixSelectorEventLoop):
     def __init__(self, selector: _Selector = None) -> None: ...
     @property
     def backend(self) -> str: ...
@@ -56,7 +56,7 @@ class Loop(base_events.BaseEventLoop):
 
 SelectorEventLoop = Loop
 
-class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
+class EventLoopPolicy(unix_events._UnixDefaultEventLoopPolicy):
     def get_event_loop(self) -> asyncio.AbstractEventLoop: ...
     def new_event_loop(self) -> asyncio.AbstractEventLoop: ...
 
