@@ -2,9 +2,11 @@
 //!
 //! It owns the ready queue, the timer queue, the selector and the waker, and
 //! runs the loop's passes. The Python class `ferroloop.Loop` derives from it
-//! and from `asyncio.BaseEventLoop`, which provides the rarely used, intricate
-//! parts (tasks, futures, executors, async generators, exception handlers).
-//! The attributes that `BaseEventLoop`'s code reads and writes (`_debug`,
+//! and from asyncio's `_UnixSelectorEventLoop`, which provides the rarely
+//! used, intricate parts (tasks, futures, executors, async generators,
+//! exception handlers, and the transports, which reach the loop through the
+//! fd-watching methods here). The attributes that asyncio's code reads and
+//! writes (`_debug`,
 //! `_stopping`, `_closed`, `_thread_id`, `_current_handle`,
 //! `slow_callback_duration`, `_clock_resolution`) are native descriptors, so
 //! both halves see one state.
@@ -120,20 +122,27 @@ fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+/// The descriptor number of an int, or of an object whose `fileno()` gives
+/// one (`int(obj.fileno())`), unchecked; `ValueError("Invalid file object")`
+/// otherwise, as Python's selectors and asyncio say it.
+fn fileno_of(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
+    let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj)));
+    if obj.is_instance_of::<PyInt>() {
+        return obj.extract().map_err(|_| invalid());
+    }
+    let py = obj.py();
+    obj.call_method0("fileno")
+        .and_then(|n| py.get_type::<PyInt>().call1((n,)))
+        .and_then(|n| n.extract())
+        .map_err(|_| invalid())
+}
+
+/// `selectors._fileobj_to_fd`: [`fileno_of`], then a valid descriptor.
 pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+    let fd = if obj.is_instance_of::<PyInt>() {
+        obj.extract::<i64>()?
     } else {
-        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj)));
-        match obj.call_method0("fileno") {
-            Ok(n) => {
-                let py = obj.py();
-                let as_int = py.get_type::<PyInt>().call1((n,)).map_err(|_| invalid())?;
-                as_int.extract().map_err(|_| invalid())?
-            }
-            Err(_) => return Err(invalid()),
-        }
+        fileno_of(obj)?
     };
     if fd < 0 {
         return Err(PyValueError::new_err(format!(
@@ -150,17 +159,12 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 /// The check asyncio's public `add_reader` / `remove_reader` (and writer)
-/// make first, even on a closed loop (`_ensure_fd_no_transport`): an int, or
-/// an object whose `fileno()` gives one.
+/// make first, even on a closed loop (`_ensure_fd_no_transport`).
 fn check_fileobj(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     if obj.is_instance_of::<PyInt>() {
         return Ok(());
     }
-    let py = obj.py();
-    obj.call_method0("fileno")
-        .and_then(|n| py.get_type::<PyInt>().call1((n,)))
-        .map(drop)
-        .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj))))
+    fileno_of(obj).map(drop)
 }
 
 fn repr_of(obj: &Bound<'_, PyAny>) -> String {
