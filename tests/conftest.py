@@ -263,3 +263,37 @@ def pytest_collection_modifyitems(config, items):
         if kinds is not None and kind not in kinds:
             continue
         item.add_marker(pytest.mark.xfail(strict=True, reason=f"ferroloop bug: {bug.args[0]}"))
+
+
+# ---------------------------------------------------------------- I/O suites
+
+# The loops the network / TLS / pipe / subprocess tests run on: asyncio, and
+# ferroloop on its three native backends and on a selectors.SelectSelector.
+# (Modules parametrize a ``kind`` fixture with these, so the ``ferroloop_bug``
+# marker sees the kind.)
+IO_KINDS = [
+    "asyncio",
+    "ferroloop",
+    "ferroloop-poll",
+    "ferroloop-select",
+    "ferroloop-SelectSelector",
+]
+
+
+def children_of_self() -> list[int]:
+    """PIDs of this process's children (zombies included), from /proc."""
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(name))
+    return found

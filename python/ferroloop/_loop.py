@@ -80,6 +80,7 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         # asyncio's self-pipe carries signal numbers (set_wakeup_fd); it is
         # made on first use, so a loop without signal handlers watches no fd.
         self._ff_self_pipe = None
+        self._ff_children = {}  # pid -> pidfd, for children still running
         self._selector = _NativeSelectorView(self)
         if selector is None:
             # Force a backend for a whole program or test run.
@@ -201,17 +202,31 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             )
             thread.start()
             return
+        self._ff_children[pid] = pidfd
         self._add_reader(pidfd, self._ff_child_ready, pid, pidfd, transp)
 
     def _ff_child_ready(self, pid, pidfd, transp):
         self._remove_reader(pidfd)
+        self._ff_children.pop(pid, None)
         os.close(pidfd)
-        self._child_watcher_callback(pid, _reap(pid), transp)
+        self._child_watcher_callback(pid, _reap(pid, transp), transp)
 
     def _ff_wait_child_thread(self, pid, transp):
-        returncode = _reap(pid)
+        returncode = _reap(pid, transp)
         if not self.is_closed():
             self._child_watcher_callback(pid, returncode, transp)
+
+    def _ff_release_children(self):
+        # The loop closes with children still running: nobody will read
+        # their pidfds any more, so reap them from a thread instead (no
+        # zombie, no fd left open).
+        children, self._ff_children = self._ff_children, {}
+        for pid, pidfd in children.items():
+            self._remove_reader(pidfd)
+            os.close(pidfd)
+            threading.Thread(
+                target=_reap, args=(pid, None), daemon=True, name=f"ferroloop-waitpid-{pid}"
+            ).start()
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -257,6 +272,7 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         if self._debug:
             base_events.logger.debug("Close %r", self)
         self._close_self_pipe()
+        self._ff_release_children()
         self._ff_close()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -276,12 +292,17 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             self._signal_handlers.clear()
 
 
-def _reap(pid):
+def _reap(pid, transp):
     """Wait for child `pid` and return its exit code (negative: killed by
-    that signal), or 255 when it was reaped elsewhere, as asyncio reports it."""
+    that signal). When it was reaped already, by `Popen` itself (sending a
+    signal polls the child first) the code is on the transport's `Popen`;
+    otherwise it is lost and reported as 255, as asyncio does."""
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
+        proc = getattr(transp, "_proc", None)
+        if proc is not None and proc.returncode is not None:
+            return proc.returncode
         base_events.logger.warning(
             "child process pid %d exit status already read:  will report returncode 255", pid
         )
