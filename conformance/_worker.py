@@ -222,8 +222,8 @@ def main():
 
         try:
             mod = importlib.import_module(args.module)
-            if args.loop == "ferroloop" and args.module.endswith("test_asyncio.test_events"):
-                bindings.bind_test_events(mod)
+            if args.loop == "ferroloop":
+                bindings.bind_loop_classes(mod, args.name)
             bindings.bind_real_loop_variants(mod, args.name, args.loop)
             suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
         except Exception:  # noqa: BLE001 - any import failure is reported as a result

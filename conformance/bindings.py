@@ -1,6 +1,6 @@
 """How the conformance worker points CPython's asyncio tests at a loop.
 
-Three pieces, all applied inside the worker process before the test module
+The pieces, all applied inside the worker process before the test module
 is imported (see ``_worker.py``):
 
 * :func:`bind_default_policy` makes ferroloop asyncio's *default* policy,
@@ -24,8 +24,12 @@ is imported (see ``_worker.py``):
   one day set the running loop itself). It also notes ferroloop loops that
   were created but never run.
 
-* :func:`bind_test_events` adds TestCase classes to ``test_events`` that run
-  its loop-test mixins on ferroloop loops (see the function).
+* :func:`bind_loop_classes` replaces, in the ferroloop run, the test
+  classes that run on loops of asyncio's own (``asyncio.SelectorEventLoop``
+  with a given selector, in test_events, test_sock_lowlevel, test_sendfile,
+  test_server, test_buffered_proto, test_sslproto, test_unix_events) by
+  subclasses that make ferroloop loops, and adds copies of the policy tests
+  on ferroloop's policy (see ``LOOP_CLASSES``).
 
 * :func:`bind_real_loop_variants` adds ``RealLoop_<Class>`` copies of the
   test classes of test_tasks, test_futures, test_base_events, test_pep492 and
@@ -215,171 +219,139 @@ class LoopTracker:
 
 
 # --------------------------------------------------------------------------
-# test_events
+# asyncio's loop classes -> ferroloop classes
 
-#: Classes of test_events that run EventLoopTestsMixin on asyncio's own
-#: selector loops; in ferroloop mode they are replaced by the classes below.
-ASYNCIO_LOOP_CLASSES = (
-    "EPollEventLoopTests",
-    "PollEventLoopTests",
-    "SelectEventLoopTests",
-    "KqueueEventLoopTests",
-)
-
-#: ferroloop class in test_events -> the class it stands for on asyncio
-#: (run.py uses this to compare a ferroloop run with an asyncio run).
-TEST_EVENTS_COUNTERPARTS = {
-    "FerroloopEventLoopTests": "EPollEventLoopTests",
-    "FerroloopPollEventLoopTests": "PollEventLoopTests",
-    "FerroloopSelectEventLoopTests": "SelectEventLoopTests",
-    "FerroloopPolicyTests": "PolicyTests",
-    "FerroloopPyGetEventLoopTests": "TestPyGetEventLoop",
-    "FerroloopCGetEventLoopTests": "TestCGetEventLoop",
+#: Per module, the test classes that run on a loop of asyncio's own
+#: (``asyncio.SelectorEventLoop(...)``, made in ``create_event_loop()``,
+#: ``new_loop()`` or ``setUp()``): in the ferroloop run each is removed and a
+#: subclass of it is added under the ferroloop name, with the loop made by
+#: ``ferroloop.new_event_loop(backend)`` instead (``None``: the default
+#: native backend, epoll, or ``FERROLOOP_SELECTOR`` under ``--backend``). The
+#: subclass keeps everything else of asyncio's class: its setUp/tearDown
+#: (test_events' child watcher included), its overrides and skips.
+#: asyncio class -> (ferroloop class, native backend).
+_PER_SELECTOR = {
+    "EPollEventLoopTests": ("FerroloopEventLoopTests", None),
+    "PollEventLoopTests": ("FerroloopPollEventLoopTests", "poll"),
+    "SelectEventLoopTests": ("FerroloopSelectEventLoopTests", "select"),
+    # not on Linux; removed if present, nothing stands for it
+    "KqueueEventLoopTests": (None, None),
+}
+LOOP_CLASSES = {
+    "test_events": _PER_SELECTOR,
+    "test_sock_lowlevel": _PER_SELECTOR,
+    "test_sendfile": _PER_SELECTOR,
+    "test_server": {"SelectorStartServerTests": ("FerroloopStartServerTests", None)},
+    "test_buffered_proto": {
+        "BufferedProtocolSelectorTests": ("BufferedProtocolFerroloopTests", None)
+    },
+    "test_sslproto": {"SelectorStartTLSTests": ("FerroloopStartTLSTests", None)},
+    "test_unix_events": {
+        "SelectorEventLoopSignalTests": ("FerroloopSignalTests", None),
+        "SelectorEventLoopUnixSocketTests": ("FerroloopUnixSocketTests", None),
+    },
 }
 
+#: Classes that test asyncio's policy; the ferroloop run adds a copy on
+#: ferroloop's (both run there). asyncio class -> ferroloop class.
+POLICY_CLASSES = {
+    "test_events": {"PolicyTests": "FerroloopPolicyTests"},
+    "test_unix_events": {"PolicyTests": "FerroloopPolicyTests"},
+}
 
-def later_issue_api_names():
-    """Names of loop methods ferroloop does not implement yet (their
-    docstring says so); a test using one is not a scheduling test."""
+#: module -> {ferroloop class: the asyncio class it stands for}; run.py uses
+#: it to compare a ferroloop run with an asyncio run test by test.
+COUNTERPARTS = {}
+for _mod, _classes in LOOP_CLASSES.items():
+    for _aio, (_ff, _backend) in _classes.items():
+        if _ff:
+            COUNTERPARTS.setdefault(_mod, {})[_ff] = _aio
+for _mod, _classes in POLICY_CLASSES.items():
+    for _aio, _ff in _classes.items():
+        COUNTERPARTS.setdefault(_mod, {})[_ff] = _aio
+
+#: The methods through which asyncio's test classes make their loop.
+_FACTORY_METHODS = ("create_event_loop", "new_loop")
+
+
+def _loop_factory(backend):
+    """Stands for ``asyncio.SelectorEventLoop(selector=None)``: a ferroloop
+    loop on ``backend``, whatever Python selector the test passes (the
+    asyncio class named by the selector maps to that native backend)."""
     import ferroloop
 
-    names = set()
-    for name in dir(ferroloop.Loop):
-        doc = getattr(getattr(ferroloop.Loop, name, None), "__doc__", None) or ""
-        if "is not implemented yet" in doc:
-            names.add(name)
-    return names
+    def new_loop(*args, **kwargs):
+        return ferroloop.new_event_loop(backend)
+
+    return new_loop
 
 
-_SELF_CALL = re.compile(r"\bself\.(\w+)")
+def _make_class(mod, name, bases, namespace):
+    namespace = dict(namespace, __module__=mod.__name__, __qualname__=name)
+    cls = type(name, bases, namespace)
+    setattr(mod, name, cls)
+    return cls
 
 
-def _uses_any(cls, method_name, pattern, seen=None):
-    """True if the source of ``cls.method_name`` or of any ``self.<helper>``
-    it reaches (transitively, within ``cls``) matches ``pattern``."""
-    seen = set() if seen is None else seen
-    if method_name in seen:
-        return False
-    seen.add(method_name)
-    func = getattr(cls, method_name, None)
-    if not callable(func):
-        return False
-    try:
-        source = inspect.getsource(func)
-    except (OSError, TypeError):
-        return False
-    if pattern.search(source):
-        return True
-    return any(_uses_any(cls, helper, pattern, seen) for helper in _SELF_CALL.findall(source))
+def bind_loop_classes(mod, display):
+    """Replace the module's asyncio-loop classes by ferroloop ones (see
+    ``LOOP_CLASSES``) and add the policy copies (``POLICY_CLASSES``); return
+    the names of the classes added.
 
-
-def scheduling_only(cls, names):
-    """Drop the tests of ``cls`` that use a later-issue API (set to None, so
-    the loader does not collect them); return the names kept."""
-    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r"|ssl)\b")
-    kept = []
-    for name in unittest.defaultTestLoader.getTestCaseNames(cls):
-        if _uses_any(cls, name, pattern):
-            setattr(cls, name, None)
-        else:
-            kept.append(name)
-    return kept
-
-
-class _NoChildWatcher:
-    """Stands in for ``asyncio.SafeChildWatcher`` in the get_event_loop tests:
-    the real one needs ``loop.add_signal_handler`` (issue #4)."""
-
-    def attach_loop(self, loop):
-        pass
-
-    def close(self):
-        pass
-
-
-def bind_test_events(mod):
-    """Run test_events' loop tests on ferroloop.
-
-    * ``FerroloopEventLoopTests``: ``EventLoopTestsMixin`` +
-      ``SubprocessTestsMixin`` on ``ferroloop.new_event_loop()`` (the default
-      native backend, epoll). Unlike asyncio's Unix classes it does not attach
-      a ``SafeChildWatcher`` in setUp (that needs ``add_signal_handler``,
-      issue #4, and would fail every test); the subprocess tests fail on their
-      own until issue #4.
-    * ``FerroloopPollEventLoopTests`` / ``FerroloopSelectEventLoopTests``: the
-      scheduling-only tests of ``EventLoopTestsMixin`` (those that do not
-      reach a loop method ferroloop does not implement yet, nor ssl) on the
-      native "poll" and "select" backends.
-    * ``FerroloopPolicyTests``: ``PolicyTests`` with
-      ``asyncio.DefaultEventLoopPolicy`` replaced by ``ferroloop.EventLoopPolicy``.
-    * ``FerroloopPyGetEventLoopTests`` / ``FerroloopCGetEventLoopTests``: the
-      get_event_loop tests (loop from the ferroloop policy) without the
-      child-watcher setup they do not test.
-
-    asyncio's own loop classes (``EPollEventLoopTests``...) are removed: they
-    test asyncio's loops, which the asyncio run covers.
+    A class that makes its loop in a factory method of its own
+    (``create_event_loop``, ``new_loop``; some tests call it again in their
+    body) gets that method overridden; a class that makes it in ``setUp``
+    (``self.loop = asyncio.SelectorEventLoop()``) runs its ``setUp`` with
+    ``asyncio.SelectorEventLoop`` standing for the ferroloop factory.
     """
     import asyncio
 
     import ferroloop
-    from test.test_asyncio import utils as test_utils
 
-    for name in ASYNCIO_LOOP_CLASSES:
-        if hasattr(mod, name):
-            delattr(mod, name)
+    made = []
+    for aio_name, (ff_name, backend) in LOOP_CLASSES.get(display, {}).items():
+        base = getattr(mod, aio_name, None)
+        if base is None:
+            continue
+        delattr(mod, aio_name)
+        if ff_name is None:
+            continue
+        factory = _loop_factory(backend)
+        own = [m for m in _FACTORY_METHODS if m in vars(base)]
+        if own:
+            namespace = {m: (lambda self, f=factory: f()) for m in own}
+        else:
 
-    def make(name, bases, namespace):
-        namespace = dict(namespace, __module__=mod.__name__, __qualname__=name)
-        cls = type(name, bases, namespace)
-        setattr(mod, name, cls)
-        return cls
+            def setUp(self, _base=base, _factory=factory):
+                with mock.patch.object(asyncio, "SelectorEventLoop", _factory):
+                    _base.setUp(self)
+                # Loud if CPython's setUp stops making its loop that way.
+                self.assertIsInstance(
+                    getattr(self, "loop", None), ferroloop.Loop, "conformance binding"
+                )
 
-    make(
-        "FerroloopEventLoopTests",
-        (mod.EventLoopTestsMixin, mod.SubprocessTestsMixin, test_utils.TestCase),
-        {"create_event_loop": lambda self: ferroloop.new_event_loop()},
-    )
-    later = later_issue_api_names()
-    for backend in ("poll", "select"):
-        cls = make(
-            f"Ferroloop{backend.capitalize()}EventLoopTests",
-            (mod.EventLoopTestsMixin, test_utils.TestCase),
-            {"create_event_loop": lambda self, b=backend: ferroloop.new_event_loop(b)},
-        )
-        scheduling_only(cls, later)
+            namespace = {"setUp": setUp}
+        _make_class(mod, ff_name, (base,), namespace)
+        made.append(ff_name)
 
-    def policy_setup(self):
+    def policy_setup(self, _base):
         patcher = mock.patch.object(asyncio, "DefaultEventLoopPolicy", ferroloop.EventLoopPolicy)
         patcher.start()
         self.addCleanup(patcher.stop)
+        _base.setUp(self)
 
-    make("FerroloopPolicyTests", (mod.PolicyTests,), {"setUp": policy_setup})
-
-    def get_loop_setup(self):
-        patchers = [
-            mock.patch.object(asyncio, "SafeChildWatcher", _NoChildWatcher),
-            mock.patch.object(asyncio, "set_child_watcher", lambda watcher: None),
-        ]
-        for p in patchers:
-            p.start()
-        self._ff_patchers = patchers
-        type(self).__mro__[1].setUp(self)
-
-    def get_loop_teardown(self):
-        try:
-            type(self).__mro__[1].tearDown(self)
-        finally:
-            for p in reversed(self._ff_patchers):
-                p.stop()
-
-    for impl in ("Py", "C"):
-        base = getattr(mod, f"Test{impl}GetEventLoop", None)
-        if base is not None:
-            make(
-                f"Ferroloop{impl}GetEventLoopTests",
-                (base,),
-                {"setUp": get_loop_setup, "tearDown": get_loop_teardown},
-            )
+    for aio_name, ff_name in POLICY_CLASSES.get(display, {}).items():
+        base = getattr(mod, aio_name, None)
+        if base is None:
+            continue
+        _make_class(
+            mod,
+            ff_name,
+            (base,),
+            {"setUp": lambda self, _base=base: policy_setup(self, _base)},
+        )
+        made.append(ff_name)
+    return made
 
 
 # --------------------------------------------------------------------------
@@ -405,6 +377,28 @@ def real_loop_factory(loop_name):
     import asyncio
 
     return asyncio.SelectorEventLoop
+
+
+_SELF_CALL = re.compile(r"\bself\.(\w+)")
+
+
+def _uses_any(cls, method_name, pattern, seen=None):
+    """True if the source of ``cls.method_name`` or of any ``self.<helper>``
+    it reaches (transitively, within ``cls``) matches ``pattern``."""
+    seen = set() if seen is None else seen
+    if method_name in seen:
+        return False
+    seen.add(method_name)
+    func = getattr(cls, method_name, None)
+    if not callable(func):
+        return False
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    if pattern.search(source):
+        return True
+    return any(_uses_any(cls, helper, pattern, seen) for helper in _SELF_CALL.findall(source))
 
 
 _GEN_LOOP = re.compile(r"new_test_loop\(\s*[^)\s]")

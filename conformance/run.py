@@ -18,7 +18,6 @@ import concurrent.futures
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,9 +30,9 @@ EXPECTED = HERE / "expected_failures.txt"
 RESULTS = HERE / ".results"
 WORKER = HERE / "_worker.py"
 
-#: (display name, dotted module). Scheduling-related modules only: the
-#: networking, streams, subprocess and unix_events modules wait for
-#: issues #3 and #4.
+#: (display name, dotted module). test_asyncio's modules that apply to a Unix
+#: selector loop (not test_selector_events: see README), then modules outside
+#: it that run asyncio loops.
 DEFAULT_MODULES = [
     ("test_base_events", "test.test_asyncio.test_base_events"),
     ("test_context", "test.test_asyncio.test_context"),
@@ -49,6 +48,18 @@ DEFAULT_MODULES = [
     ("test_threads", "test.test_asyncio.test_threads"),
     ("test_timeouts", "test.test_asyncio.test_timeouts"),
     ("test_waitfor", "test.test_asyncio.test_waitfor"),
+    # Networking, TLS, pipes, subprocesses, signals.
+    ("test_sock_lowlevel", "test.test_asyncio.test_sock_lowlevel"),
+    ("test_server", "test.test_asyncio.test_server"),
+    ("test_streams", "test.test_asyncio.test_streams"),
+    ("test_buffered_proto", "test.test_asyncio.test_buffered_proto"),
+    ("test_sendfile", "test.test_asyncio.test_sendfile"),
+    ("test_ssl", "test.test_asyncio.test_ssl"),
+    ("test_sslproto", "test.test_asyncio.test_sslproto"),
+    ("test_subprocess", "test.test_asyncio.test_subprocess"),
+    ("test_unix_events", "test.test_asyncio.test_unix_events"),
+    ("test_protocols", "test.test_asyncio.test_protocols"),
+    ("test_transports", "test.test_asyncio.test_transports"),
     # Outside test_asyncio, but they run asyncio loops (through the policy).
     ("test_asyncgen", "test.test_asyncgen"),
     ("test_coroutines", "test.test_coroutines"),
@@ -64,8 +75,6 @@ ASYNCIO_ONLY = "asyncio only"
 #: The reason categories, by prefix, for the summary.
 CATEGORIES = [
     ("white-box", "white-box"),
-    ("issue #3", "issue #3"),
-    ("issue #4", "issue #4"),
     (ASYNCIO_TOO, ASYNCIO_TOO),
     (ASYNCIO_ONLY, ASYNCIO_ONLY),
     ("ferroloop bug", "ferroloop bug"),
@@ -293,23 +302,8 @@ def category(reason):
     return "other"
 
 
-_NOT_YET = re.compile(
-    r"ferroloop: loop\.(\w+)\(\) is not implemented yet; it comes with (issue #\d)"
-)
-
-
 def guess_reason(rec):
-    """A first reason for a new entry, from its traceback; to be reviewed."""
-    tb = rec.get("tb") or ""
-    m = _NOT_YET.search(tb)
-    if m:
-        what = (
-            "networking not implemented"
-            if m.group(2) == "issue #3"
-            else "pipes/subprocesses/signals not implemented"
-        )
-        where = " in setUp" if re.search(r", in setUp\n", tb[: m.start()]) else ""
-        return f"{m.group(2)}: {what}: loop.{m.group(1)}() raises NotImplementedError{where}"
+    """A first reason for a new entry; to be replaced by hand."""
     if rec.get("crash") == "hang":
         return f"TODO: classify {HANGS}"
     if rec.get("crash"):
@@ -327,8 +321,6 @@ def write_expected(expected, module_order, path=EXPECTED):
         "# Tests of CPython 3.11's asyncio suite that are expected to fail on ferroloop.",
         "# One test id per line, then ' # ' and the reason. Reason prefixes:",
         "#   white-box: ...          the test inspects asyncio internals ferroloop does not have",
-        "#   issue #3: ...           networking (sockets, transports, servers) not implemented yet",
-        "#   issue #4: ...           pipes, subprocesses, signal handlers not implemented yet",
         f"#   {ASYNCIO_TOO}: ...  also expected to fail in the --loop asyncio run",
         f"#   {ASYNCIO_ONLY}: ...          expected to fail in the --loop asyncio run only",
         "#   ferroloop bug: ...      a behaviour difference in a public API, see BUGS.md",
@@ -446,15 +438,16 @@ def excerpt(tb, lines=6):
 
 
 def counterpart_id(tid):
-    """The id the same test has in the other loop's run (test_events binds
-    ferroloop classes that stand for asyncio's)."""
-    from bindings import TEST_EVENTS_COUNTERPARTS
+    """The id the same test has in the other loop's run (the ferroloop run
+    replaces asyncio's loop classes by classes of its own, see
+    ``bindings.LOOP_CLASSES``)."""
+    from bindings import COUNTERPARTS
 
     parts = tid.split(".")
-    if len(parts) == 3 and parts[0] == "test_events":
-        for ff, aio in TEST_EVENTS_COUNTERPARTS.items():
-            if parts[1] == ff:
-                return f"test_events.{aio}.{parts[2]}"
+    if len(parts) == 3:
+        aio = COUNTERPARTS.get(parts[0], {}).get(parts[1])
+        if aio is not None:
+            return f"{parts[0]}.{aio}.{parts[2]}"
     return tid
 
 
@@ -517,7 +510,7 @@ def main(argv=None):
         nargs="+",
         action="extend",
         metavar="NAME",
-        help="test modules (default: the scheduling modules, see README)",
+        help="test modules (default: see README)",
     )
     ap.add_argument(
         "--update-expected",

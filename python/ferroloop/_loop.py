@@ -113,17 +113,19 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         csock.close()
         self._internal_fds -= 1
 
+    def _ff_get_self_pipe(self):
+        if self._ff_self_pipe is None:
+            self._check_closed()
+            self._make_self_pipe()
+        return self._ff_self_pipe
+
     @property
     def _ssock(self):
-        if self._ff_self_pipe is None:
-            self._make_self_pipe()
-        return self._ff_self_pipe[0]
+        return self._ff_get_self_pipe()[0]
 
     @property
     def _csock(self):
-        if self._ff_self_pipe is None:
-            self._make_self_pipe()
-        return self._ff_self_pipe[1]
+        return self._ff_get_self_pipe()[1]
 
     # The public fd methods also refuse a descriptor a transport owns, as
     # asyncio's do; the check costs nothing while no transport exists.
@@ -165,6 +167,14 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
     ):
+        watcher = _policy_child_watcher()
+        if watcher is not None:
+            # A child watcher was set on the policy (Python 3.8-3.13): honour
+            # it as asyncio does, so watchers that reap every child
+            # (FastChildWatcher's waitpid(-1)) cannot take ours.
+            return await unix_events._UnixSelectorEventLoop._make_subprocess_transport(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
+            )
         waiter = self.create_future()
         transp = unix_events._UnixSubprocessTransport(
             self,
@@ -274,6 +284,8 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         self._close_self_pipe()
         self._ff_release_children()
         self._ff_close()
+        # As asyncio's close(): transports' reprs read loop._selector.
+        self._selector = None
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -290,6 +302,14 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                 source=self,
             )
             self._signal_handlers.clear()
+
+
+def _policy_child_watcher():
+    """The child watcher set on (or already made by) the current policy, if
+    the policy has the child-watcher API; None otherwise."""
+    policy = events._event_loop_policy
+    watcher = getattr(policy, "_watcher", None) if policy is not None else None
+    return watcher if hasattr(watcher, "add_child_handler") else None
 
 
 def _reap(pid, transp):
