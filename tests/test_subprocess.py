@@ -742,3 +742,52 @@ def test_fork_child_runs_a_fresh_loop(kind, where):
     proc = run_python(FORK_SCRIPT.format(kind=kind, where=where), timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["child 0", "parent ('parent', b'x')"], proc.stderr
+
+
+# ---------------------------------------------------------------- issue-size loads
+# The sizes issue #4 names, on asyncio and on ferroloop's default backend only
+# (the other backends run the smaller versions above).
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+def test_hundred_megabytes_from_a_child(kind):
+    loop = make_loop(kind)
+    size = 100 * 1024 * 1024
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            "head", "-c", str(size), "/dev/zero", stdout=PIPE
+        )
+        n = 0
+        zero = True
+        while chunk := await proc.stdout.read(1 << 18):
+            n += len(chunk)
+            zero = zero and not chunk.strip(b"\0")
+        return n, zero, await proc.wait()
+
+    try:
+        assert run_coro(loop, main(), timeout=60) == (size, True, 0)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+def test_two_hundred_concurrent_children(kind):
+    loop = make_loop(kind)
+
+    async def one(i):
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", f"echo child {i}; exit {i % 7}", stdout=PIPE
+        )
+        out, _ = await proc.communicate()
+        return out, proc.returncode
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    try:
+        results = run_coro(loop, main(), timeout=60)
+    finally:
+        loop.close()
+    assert results == [(b"child %d\n" % i, i % 7) for i in range(200)]
+    assert not children_of_self()
