@@ -297,3 +297,26 @@ def children_of_self() -> list[int]:
         if len(fields) > 1 and int(fields[1]) == me:
             found.append(int(name))
     return found
+
+
+# The networking, TLS, pipe and subprocess modules run each test on every
+# IO_KINDS loop: ``kind`` names it, ``lf`` makes (and closes) its loops,
+# ``io_loop`` is one of them. Modules that define their own ``kind`` fixture,
+# or parametrize ``kind`` directly, override this one.
+
+
+@pytest.fixture(params=IO_KINDS)
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def lf(kind):
+    factory = LoopFactory(kind)
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def io_loop(lf):
+    return lf()

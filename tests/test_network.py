@@ -16,7 +16,7 @@ import struct
 import uuid
 
 import pytest
-from conftest import IO_KINDS, LoopFactory, make_loop, normalise, run_coro
+from conftest import make_loop, normalise, run_coro
 
 HAS_IPV6 = False
 if socket.has_ipv6:
@@ -28,23 +28,6 @@ if socket.has_ipv6:
         pass
 
 HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not HAS_IPV6, reason="no ::1"))]
-
-
-@pytest.fixture(params=IO_KINDS)
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def lf(kind):
-    factory = LoopFactory(kind)
-    yield factory
-    factory.close_all()
-
-
-@pytest.fixture
-def io_loop(lf):
-    return lf()
 
 
 class Recorder(asyncio.Protocol):

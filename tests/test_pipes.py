@@ -10,24 +10,7 @@ import os
 import socket
 
 import pytest
-from conftest import IO_KINDS, LoopFactory, collect, fd_count, run_coro
-
-
-@pytest.fixture(params=IO_KINDS)
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def lf(kind):
-    factory = LoopFactory(kind)
-    yield factory
-    factory.close_all()
-
-
-@pytest.fixture
-def io_loop(lf):
-    return lf()
+from conftest import collect, fd_count, run_coro
 
 
 @pytest.fixture

@@ -18,8 +18,6 @@ import warnings
 
 import pytest
 from conftest import (
-    IO_KINDS,
-    LoopFactory,
     children_of_self,
     collect,
     fd_count,
@@ -34,23 +32,6 @@ PY = sys.executable
 PIPE = asyncio.subprocess.PIPE
 DEVNULL = asyncio.subprocess.DEVNULL
 STDOUT = asyncio.subprocess.STDOUT
-
-
-@pytest.fixture(params=IO_KINDS)
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def lf(kind):
-    factory = LoopFactory(kind)
-    yield factory
-    factory.close_all()
-
-
-@pytest.fixture
-def io_loop(lf):
-    return lf()
 
 
 def sh(loop, script, **kwargs):

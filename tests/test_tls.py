@@ -15,7 +15,7 @@ import ssl
 import subprocess
 
 import pytest
-from conftest import IO_KINDS, LoopFactory, run_coro
+from conftest import run_coro
 
 HOST = "127.0.0.1"
 NAME = "localhost"
@@ -89,23 +89,6 @@ def server_ctx(cert_files):
 def client_ctx(cert_files):
     _, _, cafile = cert_files
     return ssl.create_default_context(cafile=cafile)
-
-
-@pytest.fixture(params=IO_KINDS)
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def lf(kind):
-    factory = LoopFactory(kind)
-    yield factory
-    factory.close_all()
-
-
-@pytest.fixture
-def io_loop(lf):
-    return lf()
 
 
 def tls_info(transport):
