@@ -140,10 +140,6 @@ impl Handle {
         }
     }
 
-    pub fn context_ref(&self) -> &Py<PyAny> {
-        &self.context
-    }
-
     /// Run the callback in its context. Exceptions other than `SystemExit`
     /// and `KeyboardInterrupt` go to the loop's exception handler, as in
     /// asyncio's `Handle._run`; those two propagate.

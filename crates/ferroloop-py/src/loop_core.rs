@@ -287,6 +287,19 @@ impl LoopCore {
         Ok(overridden)
     }
 
+    /// `self.time()` when `time` is overridden and a queued timer needs the
+    /// clock; `None` means the native clock is the loop's clock.
+    fn overridden_now(slf: &Bound<'_, Self>, custom_time: bool) -> PyResult<Option<f64>> {
+        let py = slf.py();
+        if !custom_time || slf.get().st.borrow(py).sched.timers().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            slf.call_method0(pyo3::intern!(py, "time"))?
+                .extract::<f64>()?,
+        ))
+    }
+
     fn wake_if_sleeping(&self, py: Python<'_>) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             if let Some(w) = self.st.borrow(py).waker.as_ref() {
@@ -482,14 +495,7 @@ impl LoopCore {
             Python(Py<PyAny>),
         }
         let custom_time = Self::time_overridden(slf)?;
-        let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
-            Some(
-                slf.call_method0(pyo3::intern!(py, "time"))?
-                    .extract::<f64>()?,
-            )
-        } else {
-            None
-        };
+        let now_py = Self::overridden_now(slf, custom_time)?;
         let mut purged = Vec::new();
         let (wait, timeout) = {
             let mut st = core.st.borrow_mut(py);
@@ -591,14 +597,7 @@ impl LoopCore {
         py.check_signals()?;
 
         // Step 4: due timers.
-        let now_py = if custom_time && !core.st.borrow(py).sched.timers().is_empty() {
-            Some(
-                slf.call_method0(pyo3::intern!(py, "time"))?
-                    .extract::<f64>()?,
-            )
-        } else {
-            None
-        };
+        let now_py = Self::overridden_now(slf, custom_time)?;
         let n = {
             let mut st = core.st.borrow_mut(py);
             if !st.sched.timers().is_empty() {
@@ -1177,25 +1176,6 @@ impl LoopCore {
     #[setter(_clock_resolution)]
     fn set_clock_resolution_attr(&self, py: Python<'_>, value: f64) {
         self.st.borrow_mut(py).clock_resolution = value;
-    }
-
-    /// Number of cancelled timers still queued (what asyncio keeps in
-    /// `_timer_cancelled_count`), for tests and introspection.
-    #[getter]
-    fn _ff_timer_cancelled_count(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).sched.timers().cancelled_count()
-    }
-
-    /// Number of queued timers, cancelled ones included.
-    #[getter]
-    fn _ff_timer_count(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).sched.timers().len()
-    }
-
-    /// Number of callbacks ready to run.
-    #[getter]
-    fn _ff_ready_count(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).sched.ready_len()
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
