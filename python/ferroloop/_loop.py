@@ -23,6 +23,7 @@ import weakref
 from asyncio import base_events, events, unix_events
 
 from ._ferroloop import Handle, LoopCore
+from ._transports import ReadPipeTransport, SocketTransport, WritePipeTransport
 
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
 
@@ -159,6 +160,20 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     def _add_callback_signalsafe(self, handle):
         self._add_callback(handle)
         self._write_to_self()
+
+    # Stream sockets get the native transport (TCP and Unix, plain or under
+    # TLS, whose SSLProtocol sits on top of it).
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    # Pipes (connect_read_pipe / connect_write_pipe and subprocess pipes).
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     # Child processes: watched through a pidfd on the loop itself (no global
     # child watcher, works from any thread), or by a waiting thread where

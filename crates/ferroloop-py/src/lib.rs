@@ -7,7 +7,10 @@
 mod cell;
 mod errors;
 mod handle;
+mod link;
 mod loop_core;
+mod pipe;
+mod stream;
 
 use pyo3::prelude::*;
 
@@ -16,6 +19,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loop_core::LoopCore>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    m.add_class::<stream::StreamCore>()?;
+    m.add_class::<pipe::ReadPipeCore>()?;
+    m.add_class::<pipe::WritePipeCore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

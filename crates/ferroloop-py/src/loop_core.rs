@@ -787,7 +787,7 @@ impl LoopCore {
     }
 
     /// A new `asyncio.Future` attached to this loop.
-    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let kw = PyDict::new(py);
         kw.set_item(pyo3::intern!(py, "loop"), slf)?;
@@ -841,7 +841,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon(
+    pub(crate) fn call_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
@@ -1217,7 +1217,16 @@ impl LoopCore {
 }
 
 impl LoopCore {
-    fn add_watch(
+    /// `_remove_reader(fd)` / `_remove_writer(fd)` by descriptor number,
+    /// for the native transports: nothing on a closed loop, as asyncio.
+    pub(crate) fn remove_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<bool> {
+        if slf.get().closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        Self::unwatch_fd(slf, fd, write)
+    }
+
+    pub(crate) fn add_watch(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,

@@ -1,0 +1,441 @@
+//! What every native transport shares: its link to the loop and the
+//! protocol ([`Link`]), the protocol-facing write half ([`WriteBuf`] and the
+//! water marks in [`Flow`]), byte views of Python buffers, and the error
+//! rules of asyncio's transports. The I/O-facing halves are `stream.rs`
+//! (sockets) and `pipe.rs` (pipes).
+//!
+//! Locking discipline is the loop's: state sits in a [`GilCell`], and no
+//! borrow is held across a call into Python (protocol callbacks may call
+//! `write`, `close` or `pause_reading` on the same transport).
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::cell::GilCell;
+use crate::loop_core::LoopCore;
+
+/// Bytes asked of `recv` per read, as asyncio's `max_size`.
+pub const MAX_READ: usize = 256 * 1024;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// asyncio's default high-water mark.
+const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
+
+thread_local! {
+    /// Where reads land before they are copied into a `bytes` of the exact
+    /// size; one per thread, as every loop runs on one thread.
+    pub static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_READ].into_boxed_slice());
+}
+
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+pub fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    LOGGER
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio.log")?.getattr("logger")?.unbind())
+        })
+        .map(|l| l.bind(py))
+}
+
+pub fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = protocol.py();
+    let cls = BUFFERED_PROTOCOL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("asyncio")?.getattr("BufferedProtocol")?.unbind())
+    })?;
+    protocol.is_instance(cls.bind(py))
+}
+
+/// SystemExit and KeyboardInterrupt leave a callback at once, as asyncio's
+/// `except (SystemExit, KeyboardInterrupt): raise` clauses make them.
+pub fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+pub fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// A contiguous byte view of a bytes-like object, released on drop.
+pub struct ByteView {
+    view: ffi::Py_buffer,
+}
+
+impl ByteView {
+    pub fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: `obj` is a live object; PyObject_GetBuffer fills `view` on
+        // success (returns 0) and leaves an exception set on failure.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) };
+        if rc != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        // SAFETY: the call succeeded, so `view` is initialised.
+        let view = unsafe { view.assume_init() };
+        Ok(ByteView { view })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        if self.view.len <= 0 || self.view.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a PyBUF_SIMPLE (or WRITABLE) buffer is `len` contiguous
+        // bytes at `buf`, valid until the view is released in `drop`.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.view.len as usize) }
+    }
+
+    pub fn as_mut_ptr(&mut self) -> (*mut u8, usize) {
+        (self.view.buf as *mut u8, self.view.len.max(0) as usize)
+    }
+}
+
+impl Drop for ByteView {
+    fn drop(&mut self) {
+        // SAFETY: the view was filled by a successful PyObject_GetBuffer and
+        // is released exactly once; the GIL is held wherever a view lives.
+        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    }
+}
+
+/// Bytes accepted by `write` but not yet taken by the kernel.
+#[derive(Default)]
+pub struct WriteBuf {
+    data: Vec<u8>,
+    start: usize,
+}
+
+impl WriteBuf {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.data.len() - self.start
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn pending(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.is_empty() {
+            self.data.clear();
+            self.start = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        if self.start == self.data.len() {
+            self.clear();
+        } else if self.start >= 64 * 1024 && self.start * 2 >= self.data.len() {
+            self.data.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.start = 0;
+        if self.data.capacity() > 1024 * 1024 {
+            self.data.shrink_to(64 * 1024);
+        }
+    }
+}
+
+/// Write flow control: asyncio's `_FlowControlMixin` state.
+pub struct Flow {
+    pub high: i64,
+    pub low: i64,
+    pub paused: bool,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            high: DEFAULT_HIGH_WATER,
+            low: DEFAULT_HIGH_WATER / 4,
+            paused: false,
+        }
+    }
+}
+
+impl Flow {
+    /// `_set_write_buffer_limits`, with its defaults and its check.
+    pub fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, None) => DEFAULT_HIGH_WATER,
+            (None, Some(l)) => 4 * l,
+        };
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        self.high = high;
+        self.low = low;
+        Ok(())
+    }
+
+    /// True when the protocol must now be told to pause.
+    pub fn should_pause(&mut self, size: usize) -> bool {
+        if size as i64 <= self.high || self.paused {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    /// True when the protocol must now be told to resume.
+    pub fn should_resume(&mut self, size: usize) -> bool {
+        if self.paused && size as i64 <= self.low {
+            self.paused = false;
+            return true;
+        }
+        false
+    }
+}
+
+/// A transport's link to its loop, its protocol and the Python transport
+/// object the protocol sees. The loop and protocol references are dropped
+/// when the connection is lost, as asyncio drops them.
+pub struct Link {
+    pub fd: RawFd,
+    pub lp: Option<Py<LoopCore>>,
+    pub protocol: Option<Py<PyAny>>,
+    pub transport: Option<Py<PyAny>>,
+}
+
+pub struct LinkCell(GilCell<Link>);
+
+impl LinkCell {
+    pub fn new(
+        fd: RawFd,
+        lp: &Bound<'_, LoopCore>,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+    ) -> Self {
+        LinkCell(GilCell::new(Link {
+            fd,
+            lp: Some(lp.clone().unbind()),
+            protocol: Some(protocol.clone().unbind()),
+            transport: Some(transport.clone().unbind()),
+        }))
+    }
+
+    #[inline]
+    pub fn fd(&self, py: Python<'_>) -> RawFd {
+        self.0.borrow(py).fd
+    }
+
+    pub fn lp<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        self.0.borrow(py).lp.as_ref().map(|l| l.bind(py).clone())
+    }
+
+    pub fn transport_obj(&self, py: Python<'_>) -> Py<PyAny> {
+        self.0
+            .borrow(py)
+            .transport
+            .as_ref()
+            .map_or_else(|| py.None(), |t| t.clone_ref(py))
+    }
+
+    pub fn protocol_obj(&self, py: Python<'_>) -> Py<PyAny> {
+        self.0
+            .borrow(py)
+            .protocol
+            .as_ref()
+            .map_or_else(|| py.None(), |p| p.clone_ref(py))
+    }
+
+    pub fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.0.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Replace the protocol; the old one is dropped after the borrow.
+    pub fn set_protocol(&self, protocol: &Bound<'_, PyAny>) {
+        let old = self
+            .0
+            .borrow_mut(protocol.py())
+            .protocol
+            .replace(protocol.clone().unbind());
+        drop(old);
+    }
+
+    /// Drop the loop and protocol references (end of `_call_connection_lost`).
+    pub fn release(&self, py: Python<'_>) {
+        let taken = {
+            let mut l = self.0.borrow_mut(py);
+            (l.lp.take(), l.protocol.take())
+        };
+        drop(taken);
+    }
+
+    pub fn debug(&self, py: Python<'_>) -> bool {
+        self.lp(py).is_some_and(|l| l.get().debug(py))
+    }
+
+    /// `logger.<level>("%r <what>", transport)`.
+    pub fn log(&self, py: Python<'_>, level: &str, what: &str) -> PyResult<()> {
+        let t = self.transport_obj(py);
+        logger(py)?.call_method1(level, (format!("%r {what}"), t))?;
+        Ok(())
+    }
+
+    /// `loop._remove_reader(fd)` / `_remove_writer(fd)`.
+    pub fn remove_watch(&self, py: Python<'_>, write: bool) -> PyResult<()> {
+        let (lp, fd) = {
+            let l = self.0.borrow(py);
+            (l.lp.as_ref().map(|l| l.clone_ref(py)), l.fd)
+        };
+        if let Some(lp) = lp {
+            LoopCore::remove_fd(lp.bind(py), fd, write)?;
+        }
+        Ok(())
+    }
+
+    /// `loop._add_reader(fd, owner.<method>)` (or the writer).
+    pub fn add_watch(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        method: &Bound<'_, pyo3::types::PyString>,
+        write: bool,
+    ) -> PyResult<()> {
+        let py = owner.py();
+        let Some(lp) = self.lp(py) else {
+            return Ok(());
+        };
+        let cb = owner.getattr(method)?;
+        let fd_obj = self.fd(py).into_pyobject(py)?.into_any();
+        LoopCore::add_watch(&lp, &fd_obj, cb, PyTuple::empty(py), write)?;
+        Ok(())
+    }
+
+    /// `loop.call_soon(cb, *args)`; nothing once the loop is released.
+    pub fn call_soon(
+        &self,
+        py: Python<'_>,
+        cb: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let Some(lp) = self.lp(py) else {
+            return Ok(());
+        };
+        LoopCore::call_soon(&lp, cb, args, None)?;
+        Ok(())
+    }
+
+    /// `loop.call_exception_handler({message, exception, transport, protocol})`.
+    pub fn report(&self, py: Python<'_>, message: &str, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(lp) = self.lp(py) else {
+            return Ok(());
+        };
+        let ctx = PyDict::new(py);
+        ctx.set_item("message", message)?;
+        ctx.set_item("exception", exc)?;
+        ctx.set_item("transport", self.transport_obj(py))?;
+        ctx.set_item("protocol", self.protocol_obj(py))?;
+        lp.call_method1("call_exception_handler", (ctx,))?;
+        Ok(())
+    }
+
+    /// The debug-mode log of an error that is not reported:
+    /// `logger.debug("%r: %s", transport, message, exc_info=exc)`.
+    pub fn log_error(&self, py: Python<'_>, message: &str, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        let kw = PyDict::new(py);
+        kw.set_item("exc_info", exc)?;
+        logger(py)?.call_method(
+            "debug",
+            ("%r: %s", self.transport_obj(py), message),
+            Some(&kw),
+        )?;
+        Ok(())
+    }
+
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        let Some(l) = self.0.gc_borrow() else {
+            return Ok(());
+        };
+        if let Some(lp) = &l.lp {
+            visit.call(lp)?;
+        }
+        visit.call(&l.protocol)?;
+        visit.call(&l.transport)?;
+        Ok(())
+    }
+
+    pub fn clear(&self) {
+        let taken = self
+            .0
+            .gc_borrow_mut()
+            .map(|mut l| (l.lp.take(), l.protocol.take(), l.transport.take()));
+        drop(taken);
+    }
+}
+
+/// `fut.set_exception(exc)`, or `fut.set_result(None)` without one.
+pub fn set_future(py: Python<'_>, fut: &Py<PyAny>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let f = fut.bind(py);
+    match exc {
+        Some(e) => f.call_method1("set_exception", (e,))?,
+        None => f.call_method1("set_result", (py.None(),))?,
+    };
+    Ok(())
+}
+
+/// `os.read`-style system calls on a raw descriptor.
+pub fn read_fd(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the callers pass a writable region of `len` bytes that stays
+    // valid for the call.
+    let n = unsafe { libc::read(fd, ptr.cast(), len) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid slice for the duration of the call; write
+    // only reads it.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Read once into the thread's scratch buffer and copy what came into a
+/// new `bytes` (empty at EOF).
+pub fn read_bytes<'py>(
+    py: Python<'py>,
+    read: impl FnOnce(*mut u8, usize) -> io::Result<usize>,
+) -> io::Result<Bound<'py, PyBytes>> {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let len = s.len();
+        read(s.as_mut_ptr(), len).map(|n| PyBytes::new(py, &s[..n]))
+    })
+}

@@ -1,0 +1,373 @@
+"""ferroloop's transports: asyncio transport classes around native cores.
+
+`SocketTransport` (TCP and Unix streams), `ReadPipeTransport` and
+`WritePipeTransport` (pipes, FIFOs, character devices, and the pipes of
+subprocesses) keep their state and do their work in native cores.
+
+A `SocketTransport` is an `asyncio.Transport` and, like asyncio's own, a
+`_FlowControlMixin` (so `isinstance` checks and asyncio's own helpers, such as
+the sendfile fallback, accept it) whose state and work live in a native
+`StreamCore`: reads go from the socket straight to the protocol, writes are
+tried at once and buffered in Rust, and flow control, EOF and the close /
+abort ordering follow asyncio's `_SelectorSocketTransport`. This class only
+builds the `extra` mapping, registers the transport with its loop and server,
+and forwards; the hot methods (`write`, `is_closing`) are the core's own bound
+methods, set on the instance, so calling them costs no Python frame.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from asyncio import base_events, constants, transports, trsock
+
+from ._ferroloop import ReadPipeCore, StreamCore, WritePipeCore
+
+__all__ = ("ReadPipeTransport", "SocketTransport", "WritePipeTransport")
+
+_REPR_NAME = "_SelectorSocketTransport"
+_EVENT_READ = 1
+_EVENT_WRITE = 2
+
+
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A TCP or Unix stream socket transport with a native core.
+
+    Its repr names it as asyncio names its own (``_SelectorSocketTransport``),
+    so logs and reprs read the same on both loops.
+    """
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    max_size = 256 * 1024
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        # Only BaseTransport's part: the flow-control state is the core's.
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        core = StreamCore(loop, sock, protocol, self, server)
+        self._core = core
+        self._sock_fd = core.fd
+        # The hot methods, without a Python frame in between.
+        self.write = core.write
+        self.is_closing = core.is_closing
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        core._start(waiter)
+
+    def __repr__(self):
+        core = self.__dict__.get("_core")
+        if core is None:
+            return f"<{_REPR_NAME} uninitialized>"
+        info = [_REPR_NAME]
+        if core.sock is None:
+            info.append("closed")
+        elif core.is_closing():
+            info.append("closing")
+        info.append(f"fd={core.fd}")
+        loop = core.loop
+        if loop is not None and not loop.is_closed():
+            mask = loop._ff_watch_mask(core.fd)
+            info.append("read=polling" if mask & _EVENT_READ else "read=idle")
+            state = "polling" if mask & _EVENT_WRITE else "idle"
+            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        core = self.__dict__.get("_core")
+        if core is not None and core.sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core._close_sock()
+
+    # asyncio's attribute names, read by its sendfile code and by tests.
+
+    @property
+    def _sock(self):
+        return self._core.sock
+
+    @property
+    def _loop(self):
+        return self._core.loop
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _server(self):
+        return self._core.server
+
+    @property
+    def _closing(self):
+        return self._core.is_closing()
+
+    @property
+    def _conn_lost(self):
+        return self._core.conn_lost
+
+    @property
+    def _paused(self):
+        return self._core.paused
+
+    @property
+    def _eof(self):
+        return self._core.eof
+
+    @property
+    def _empty_waiter(self):
+        return self._core.empty_waiter
+
+    @property
+    def _protocol_paused(self):
+        return self._core.protocol_paused
+
+    # The Transport interface.
+
+    def write(self, data):
+        self._core.write(data)
+
+    def is_closing(self):
+        return self._core.is_closing()
+
+    def writelines(self, list_of_data):
+        self._core.writelines(list_of_data)
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def can_write_eof(self):
+        return True
+
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._core.abort()
+
+    def is_reading(self):
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    # asyncio's internal interface, used by loop.sendfile and TLS.
+
+    def _force_close(self, exc):
+        self._core._force_close(exc)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        self._core._fatal_error(exc, message)
+
+    def _make_empty_waiter(self):
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self):
+        self._core._reset_empty_waiter()
+
+
+def _pipe_mode(fileno):
+    mode = os.fstat(fileno).st_mode
+    return stat.S_ISFIFO(mode), stat.S_ISSOCK(mode), stat.S_ISCHR(mode)
+
+
+def _pipe_repr(name, core, event, bufsize):
+    info = [name]
+    pipe = core.pipe
+    if pipe is None:
+        info.append("closed")
+    elif core.is_closing():
+        info.append("closing")
+    info.append(f"fd={core.fd}")
+    loop = core.loop
+    if pipe is not None and getattr(loop, "_selector", None) is not None:
+        mask = loop._ff_watch_mask(core.fd)
+        info.append("polling" if mask & event else "idle")
+        if bufsize:
+            info.append(f"bufsize={core.get_write_buffer_size()}")
+    elif pipe is not None:
+        info.append("open")
+    else:
+        info.append("closed")
+    return "<{}>".format(" ".join(info))
+
+
+class _PipeTransportMixin:
+    """What both pipe transports share: the finalizer and asyncio's
+    attribute names."""
+
+    def __del__(self, _warn=warnings.warn):
+        core = self.__dict__.get("_core")
+        if core is not None and core.pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core._close_pipe()
+
+    @property
+    def _pipe(self):
+        return self._core.pipe
+
+    @_pipe.setter
+    def _pipe(self, value):
+        self._core.pipe = value
+
+    @property
+    def _loop(self):
+        return self._core.loop
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self):
+        return self._core.is_closing()
+
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def is_closing(self):
+        return self._core.is_closing()
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        self._core._fatal_error(exc, message)
+
+    def _call_connection_lost(self, exc):
+        self._core._call_connection_lost(exc)
+
+
+class ReadPipeTransport(_PipeTransportMixin, transports.ReadTransport):
+    """The read end of a pipe, FIFO, socket or character device."""
+
+    max_size = 256 * 1024
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["pipe"] = pipe
+        fileno = pipe.fileno()
+        is_fifo, is_socket, is_char = _pipe_mode(fileno)
+        if not (is_fifo or is_socket or is_char):
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+        os.set_blocking(fileno, False)
+        self._fileno = fileno
+        self._core = core = ReadPipeCore(loop, pipe, fileno, protocol, self)
+        core._start(waiter)
+
+    def __repr__(self):
+        core = self.__dict__.get("_core")
+        if core is None:
+            return "<_UnixReadPipeTransport uninitialized>"
+        return _pipe_repr("_UnixReadPipeTransport", core, _EVENT_READ, False)
+
+    @property
+    def _paused(self):
+        return self._core.paused
+
+    def is_reading(self):
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+    def close(self):
+        self._core.close()
+
+    def _close(self, exc):
+        self._core._close(exc)
+
+
+class WritePipeTransport(
+    _PipeTransportMixin, transports._FlowControlMixin, transports.WriteTransport
+):
+    """The write end of a pipe, FIFO, socket or character device."""
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        transports.BaseTransport.__init__(self, extra)
+        self._extra["pipe"] = pipe
+        fileno = pipe.fileno()
+        is_fifo, is_socket, is_char = _pipe_mode(fileno)
+        if not (is_fifo or is_socket or is_char):
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+        os.set_blocking(fileno, False)
+        self._fileno = fileno
+        self._core = core = WritePipeCore(loop, pipe, fileno, protocol, self)
+        self.write = core.write
+        core._start(waiter, is_socket or is_fifo)
+
+    def __repr__(self):
+        core = self.__dict__.get("_core")
+        if core is None:
+            return "<_UnixWritePipeTransport uninitialized>"
+        return _pipe_repr("_UnixWritePipeTransport", core, _EVENT_WRITE, True)
+
+    @property
+    def _conn_lost(self):
+        return self._core.conn_lost
+
+    @property
+    def _protocol_paused(self):
+        return self._core.protocol_paused
+
+    def write(self, data):
+        self._core.write(data)
+
+    def writelines(self, list_of_data):
+        self._core.writelines(list_of_data)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._core.abort()
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    def _close(self, exc=None):
+        self._core._close(exc)

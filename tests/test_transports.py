@@ -1,0 +1,398 @@
+"""The transport objects themselves: argument checks, BufferedProtocol
+reads, write buffering, flow-control limits, pause/resume, close versus
+abort, writes after the connection is lost, descriptor reuse, and that a
+closed transport is freed. ferroloop's stream and pipe transports are native;
+each test runs on asyncio's loop too and asserts the same concrete results
+on both."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import gc
+import logging
+import os
+import socket
+import weakref
+
+import pytest
+from conftest import fd_count, run_coro
+
+BIG = 4 * 1024 * 1024
+
+
+class Proto(asyncio.Protocol):
+    def __init__(self, loop):
+        self.loop = loop
+        self.data = bytearray()
+        self.events = []
+        self.lost = loop.create_future()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        self.data += data
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def pause_writing(self):
+        self.events.append("pause_writing")
+
+    def resume_writing(self):
+        self.events.append("resume_writing")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def _connected(loop, proto_factory):
+    """A transport on one end of a socketpair; the other end, non-blocking,
+    for the test to drive with the loop's sock_* methods."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    transport, proto = await loop.create_connection(proto_factory, sock=a)
+    return transport, proto, b
+
+
+async def _recv_all(loop, sock, timeout=10.0):
+    out = bytearray()
+    async with asyncio.timeout(timeout):
+        while True:
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                return bytes(out)
+            out += chunk
+
+
+def test_transport_classes(io_loop):
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        flags = (
+            isinstance(t, asyncio.Transport),
+            isinstance(t, asyncio.transports._FlowControlMixin),
+            t.get_extra_info("socket").family == socket.AF_UNIX,
+            t.get_protocol() is p,
+            t.can_write_eof(),
+            t.is_reading(),
+            t.is_closing(),
+        )
+        t.close()
+        await p.lost
+        peer.close()
+        return flags
+
+    assert run_coro(io_loop, main()) == (True, True, True, True, True, True, False)
+
+
+def test_write_argument_checks(io_loop):
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        errors = []
+        for bad in ("text", 42, None):
+            with pytest.raises(TypeError) as e:
+                t.write(bad)
+            errors.append(str(e.value))
+        t.write(b"")
+        t.write(bytearray(b"ab"))
+        t.write(memoryview(b"xcdx")[1:3])
+        t.write(memoryview(array.array("i", [1, 2])))
+        t.writelines([b"ef", bytearray(b"gh"), memoryview(b"ij")])
+        t.write_eof()
+        with pytest.raises(RuntimeError) as e:
+            t.write(b"late")
+        errors.append(str(e.value))
+        got = await _recv_all(io_loop, peer)
+        t.close()
+        await p.lost
+        peer.close()
+        return errors, got
+
+    errors, got = run_coro(io_loop, main())
+    assert errors == [
+        "data argument must be a bytes-like object, not 'str'",
+        "data argument must be a bytes-like object, not 'int'",
+        "data argument must be a bytes-like object, not 'NoneType'",
+        "Cannot call write() after write_eof()",
+    ]
+    assert got == b"abcd" + array.array("i", [1, 2]).tobytes() + b"efghij"
+
+
+class SmallBuffers(asyncio.BufferedProtocol):
+    def __init__(self, loop, size):
+        self.loop = loop
+        self.size = size
+        self.buf = bytearray(size)
+        self.data = bytearray()
+        self.calls = 0
+        self.events = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        self.calls += 1
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        assert 0 < nbytes <= self.size
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", exc))
+        self.lost.set_result(exc)
+
+
+def test_buffered_protocol_reads_into_its_buffer(io_loop):
+    payload = os.urandom(200_000)
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: SmallBuffers(io_loop, 7))
+        await io_loop.sock_sendall(peer, payload)
+        peer.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(p.lost, 10)
+        peer.close()
+        return bytes(p.data), p.calls, p.events
+
+    data, calls, events = run_coro(io_loop, main(), timeout=15)
+    assert data == payload
+    assert calls >= len(payload) // 7
+    assert events == ["eof", ("lost", None)]
+
+
+def test_empty_buffer_from_get_buffer_is_fatal(io_loop):
+    contexts = []
+    io_loop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: SmallBuffers(io_loop, 0))
+        await io_loop.sock_sendall(peer, b"x")
+        exc = await asyncio.wait_for(p.lost, 5)
+        peer.close()
+        return exc
+
+    exc = run_coro(io_loop, main())
+    assert isinstance(exc, RuntimeError)
+    assert str(exc) == "get_buffer() returned an empty buffer"
+    assert [c["message"] for c in contexts] == ["Fatal error: protocol.get_buffer() call failed."]
+    assert contexts[0]["exception"] is exc
+
+
+def test_write_buffer_limits(io_loop):
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        seen = [t.get_write_buffer_limits()]
+        t.set_write_buffer_limits(high=100)
+        seen.append(t.get_write_buffer_limits())
+        t.set_write_buffer_limits(low=10)
+        seen.append(t.get_write_buffer_limits())
+        t.set_write_buffer_limits(high=0)
+        seen.append(t.get_write_buffer_limits())
+        with pytest.raises(ValueError) as e:
+            t.set_write_buffer_limits(high=10, low=20)
+        seen.append(str(e.value))
+        with pytest.raises(ValueError) as e:
+            t.set_write_buffer_limits(high=-4)
+        seen.append(str(e.value))
+        seen.append(t.get_write_buffer_limits())
+        t.close()
+        await p.lost
+        peer.close()
+        return seen
+
+    assert run_coro(io_loop, main()) == [
+        (16384, 65536),
+        (25, 100),
+        (10, 40),
+        (0, 0),
+        "high (10) must be >= low (20) must be >= 0",
+        "high (-4) must be >= low (-1) must be >= 0",
+        (0, 0),
+    ]
+
+
+def test_flow_control_and_close_flush(io_loop):
+    """A big write beyond the socket's buffer: pause_writing once, resume
+    once the peer drains, everything delivered before EOF, connection_lost
+    after the last byte left."""
+    payload = os.urandom(BIG)
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        t.set_write_buffer_limits(high=64 * 1024)
+        t.write(payload)
+        buffered = t.get_write_buffer_size()
+        t.close()
+        closing = (t.is_closing(), t.is_reading())
+        got = await _recv_all(io_loop, peer)
+        await asyncio.wait_for(p.lost, 10)
+        peer.close()
+        return buffered, closing, got, p.events, t.get_write_buffer_size()
+
+    buffered, closing, got, events, left = run_coro(io_loop, main(), timeout=20)
+    assert 0 < buffered < BIG
+    assert closing == (True, False)
+    assert got == payload
+    assert events == ["made", "pause_writing", "resume_writing", ("lost", None)]
+    assert left == 0
+
+
+def test_abort_drops_the_buffer(io_loop):
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        t.write(b"x" * BIG)
+        assert t.get_write_buffer_size() > 0
+        t.abort()
+        after = (t.get_write_buffer_size(), t.is_closing())
+        t.abort()
+        t.close()
+        got = await _recv_all(io_loop, peer)
+        await asyncio.wait_for(p.lost, 5)
+        peer.close()
+        return after, len(got), p.events
+
+    after, n, events = run_coro(io_loop, main(), timeout=15)
+    assert after == (0, True)
+    assert n < BIG
+    # The protocol was paused by the big write and is never resumed.
+    assert events == ["made", "pause_writing", ("lost", None)]
+
+
+def test_writes_after_connection_lost_are_counted_and_logged(io_loop, caplog):
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        t.abort()
+        await p.lost
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(7):
+                t.write(b"data")
+        peer.close()
+        return t.is_closing()
+
+    assert run_coro(io_loop, main()) is True
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    # abort() counts one lost write; from the fifth on, each is logged.
+    assert warnings == ["socket.send() raised exception."] * 3
+
+
+def test_pause_and_resume_reading(io_loop):
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        await asyncio.sleep(0)
+        t.pause_reading()
+        t.pause_reading()
+        states = [t.is_reading()]
+        await io_loop.sock_sendall(peer, b"while paused")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        states.append(bytes(p.data))
+        t.resume_reading()
+        t.resume_reading()
+        states.append(t.is_reading())
+        async with asyncio.timeout(5):
+            while len(p.data) < 12:
+                await asyncio.sleep(0.001)
+        states.append(bytes(p.data))
+        t.close()
+        t.resume_reading()
+        states.append(t.is_reading())
+        await p.lost
+        peer.close()
+        return states
+
+    assert run_coro(io_loop, main()) == [False, b"", True, b"while paused", False]
+
+
+def test_closed_transport_is_freed_and_leaks_no_fd(io_loop):
+    async def main():
+        before = fd_count()
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        t.write(b"ping")
+        assert await io_loop.sock_recv(peer, 16) == b"ping"
+        ref = weakref.ref(t)
+        t.close()
+        await p.lost
+        peer.close()
+        del t, p
+        return ref, before
+
+    ref, before = run_coro(io_loop, main())
+    gc.collect()
+    assert ref() is None
+    assert fd_count() == before
+
+
+def test_reused_descriptor_never_reaches_the_old_transport(io_loop):
+    """The old transport's descriptor number is taken by a new socket in the
+    same pass that closes it; data for the new socket must only reach the
+    new protocol."""
+
+    async def main():
+        t1, p1, peer1 = await _connected(io_loop, lambda: Proto(io_loop))
+        old_fd = t1.get_extra_info("socket").fileno()
+        await io_loop.sock_sendall(peer1, b"first")
+        async with asyncio.timeout(5):
+            while p1.data != b"first":
+                await asyncio.sleep(0.001)
+        await io_loop.sock_sendall(peer1, b"pending")  # readable, never read
+        t1.abort()
+        await p1.lost
+        t2, p2, peer2 = await _connected(io_loop, lambda: Proto(io_loop))
+        reused = t2.get_extra_info("socket").fileno() == old_fd
+        await io_loop.sock_sendall(peer2, b"second")
+        async with asyncio.timeout(5):
+            while p2.data != b"second":
+                await asyncio.sleep(0.001)
+        t2.close()
+        await p2.lost
+        peer1.close()
+        peer2.close()
+        return reused, bytes(p1.data), p1.events, bytes(p2.data)
+
+    reused, d1, ev1, d2 = run_coro(io_loop, main())
+    assert reused
+    assert d1 == b"first"
+    assert ev1 == ["made", ("lost", None)]
+    assert d2 == b"second"
+
+
+def test_connection_lost_waits_for_callbacks_scheduled_before_close(io_loop):
+    order = []
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        io_loop.call_soon(order.append, "before close")
+        t.close()
+        io_loop.call_soon(order.append, "after close")
+        await p.lost
+        order.append(p.events[-1])
+        peer.close()
+
+    run_coro(io_loop, main())
+    assert order == ["before close", "after close", ("lost", None)]
+
+
+def test_write_pipe_write_checks_its_argument(io_loop):
+    async def main():
+        r, w = os.pipe()
+        t, p = await io_loop.connect_write_pipe(lambda: Proto(io_loop), open(w, "wb", 0))
+        with pytest.raises(AssertionError) as e:
+            t.write("text")
+        t.write(bytearray(b"abc"))
+        t.write(memoryview(b"def"))
+        t.close()
+        await p.lost
+        data = os.read(r, 100)
+        os.close(r)
+        return str(e.value), data, t.is_closing(), t.get_extra_info("pipe").closed
+
+    assert run_coro(io_loop, main()) == ("'text'", b"abcdef", True, True)
