@@ -156,7 +156,7 @@ def test_buffered_protocol_reads_into_its_buffer(io_loop):
     payload = os.urandom(200_000)
 
     async def main():
-        t, p, peer = await _connected(io_loop, lambda: SmallBuffers(io_loop, 7))
+        _t, p, peer = await _connected(io_loop, lambda: SmallBuffers(io_loop, 7))
         await io_loop.sock_sendall(peer, payload)
         peer.shutdown(socket.SHUT_WR)
         await asyncio.wait_for(p.lost, 10)
@@ -174,7 +174,7 @@ def test_empty_buffer_from_get_buffer_is_fatal(io_loop):
     io_loop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
 
     async def main():
-        t, p, peer = await _connected(io_loop, lambda: SmallBuffers(io_loop, 0))
+        _t, p, peer = await _connected(io_loop, lambda: SmallBuffers(io_loop, 0))
         await io_loop.sock_sendall(peer, b"x")
         exc = await asyncio.wait_for(p.lost, 5)
         peer.close()
@@ -382,9 +382,11 @@ def test_connection_lost_waits_for_callbacks_scheduled_before_close(io_loop):
 
 
 def test_write_pipe_write_checks_its_argument(io_loop):
+    r, w = os.pipe()
+    wfile = os.fdopen(w, "wb", 0)  # the transport closes it
+
     async def main():
-        r, w = os.pipe()
-        t, p = await io_loop.connect_write_pipe(lambda: Proto(io_loop), open(w, "wb", 0))
+        t, p = await io_loop.connect_write_pipe(lambda: Proto(io_loop), wfile)
         with pytest.raises(AssertionError) as e:
             t.write("text")
         t.write(bytearray(b"abc"))
@@ -396,3 +398,193 @@ def test_write_pipe_write_checks_its_argument(io_loop):
         return str(e.value), data, t.is_closing(), t.get_extra_info("pipe").closed
 
     assert run_coro(io_loop, main()) == ("'text'", b"abcdef", True, True)
+
+
+def test_accepted_connections_each_get_their_own_context(io_loop):
+    """The protocol factory runs once per connection in a copy of the
+    server's context, as inside asyncio's per-connection task: what one
+    connection sets is not seen by the next, and its transport's callbacks
+    see it."""
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    class P(Proto):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            seen.append(("made", var.get()))
+            transport.close()
+
+    counter = iter(range(100))
+
+    def factory():
+        seen.append(("factory", var.get()))
+        var.set(f"conn{next(counter)}")
+        return P(io_loop)
+
+    async def main():
+        server = await io_loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(3):
+            r, w = await asyncio.open_connection(*addr)
+            assert await r.read() == b""
+            w.close()
+            await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run_coro(io_loop, main())
+    assert seen == [
+        ("factory", "unset"),
+        ("made", "conn0"),
+        ("factory", "unset"),
+        ("made", "conn1"),
+        ("factory", "unset"),
+        ("made", "conn2"),
+    ]
+
+
+def test_failing_protocol_factory_keeps_the_server_serving(io_loop):
+    contexts = []
+    io_loop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
+    calls = []
+
+    def factory():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ZeroDivisionError("no protocol")
+        return Echo()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        before = fd_count()
+        server = await io_loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        r, w = await asyncio.open_connection(*addr)
+        first = await r.read()  # closed without a protocol
+        w.close()
+        await w.wait_closed()
+        r, w = await asyncio.open_connection(*addr)
+        w.write(b"hello")
+        second = await r.readexactly(5)
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        # The server's side of the echo connection closes a pass or two later.
+        async with asyncio.timeout(5):
+            while fd_count() != before:
+                gc.collect()
+                await asyncio.sleep(0.01)
+        return first, second, fd_count() - before
+
+    first, second, leaked = run_coro(io_loop, main())
+    assert (first, second, leaked) == (b"", b"hello", 0)
+    assert contexts == []  # reported in debug mode only, as asyncio does
+
+
+class DgProto(asyncio.DatagramProtocol):
+    def __init__(self, loop):
+        self.got = []
+        self.errors = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.got.append(data)
+
+    def error_received(self, exc):
+        self.errors.append(type(exc).__name__)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_datagram_sendto_checks_and_bursts(io_loop):
+    """Argument checks as asyncio's; a burst of datagrams queued at once
+    arrives whole and in order (ferroloop reads several per readiness)."""
+
+    async def main():
+        rt, rp = await io_loop.create_datagram_endpoint(
+            lambda: DgProto(io_loop), local_addr=("127.0.0.1", 0)
+        )
+        addr = rt.get_extra_info("sockname")
+        st, sp = await io_loop.create_datagram_endpoint(lambda: DgProto(io_loop), remote_addr=addr)
+        errors = []
+        with pytest.raises(TypeError) as e:
+            st.sendto("text")
+        errors.append(str(e.value))
+        with pytest.raises(ValueError) as e:
+            st.sendto(b"x", ("127.0.0.1", 1))
+        errors.append(str(e.value).replace(str(addr[1]), "PORT"))
+        st.sendto(b"")
+        rt.pause_reading()
+        for i in range(50):
+            st.sendto(b"%d" % i, addr)
+        await asyncio.sleep(0.05)
+        paused_got = len(rp.got)
+        rt.resume_reading()
+        async with asyncio.timeout(5):
+            while len(rp.got) < 50:
+                await asyncio.sleep(0.001)
+        st.close()
+        rt.close()
+        await sp.lost
+        await rp.lost
+        return errors, paused_got, rp.got, st.get_write_buffer_size(), rt.is_closing()
+
+    errors, paused_got, got, left, closing = run_coro(io_loop, main())
+    assert errors == [
+        "data argument must be a bytes-like object, not 'str'",
+        "Invalid address: must be None or ('127.0.0.1', PORT)",
+    ]
+    assert paused_got == 0
+    assert got == [b"%d" % i for i in range(50)]
+    assert (left, closing) == (0, True)
+
+
+def test_datagram_error_received_and_close_in_callback(io_loop):
+    """A send to a closed port: the ICMP error comes back as
+    error_received(ConnectionRefusedError); closing from inside
+    datagram_received stops further deliveries."""
+
+    class CloseOnFirst(DgProto):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            self.transport.close()
+
+    async def main():
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()
+        probe.close()
+        t, p = await io_loop.create_datagram_endpoint(lambda: DgProto(io_loop), remote_addr=dead)
+        t.sendto(b"ping")
+        async with asyncio.timeout(5):
+            while not p.errors:
+                t.sendto(b"ping")
+                await asyncio.sleep(0.01)
+        t.close()
+        await p.lost
+        rt, rp = await io_loop.create_datagram_endpoint(
+            lambda: CloseOnFirst(io_loop), local_addr=("127.0.0.1", 0)
+        )
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(5):
+            sender.sendto(b"%d" % i, rt.get_extra_info("sockname"))
+        await asyncio.wait_for(rp.lost, 5)
+        sender.close()
+        return p.errors[0], rp.got
+
+    first_error, got = run_coro(io_loop, main())
+    assert first_error == "ConnectionRefusedError"
+    assert got == [b"0"]

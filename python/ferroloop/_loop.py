@@ -13,6 +13,9 @@ order, so every hot method (scheduling, timers, the loop's passes,
 
 from __future__ import annotations
 
+import _socket
+import contextvars
+import errno
 import os
 import selectors
 import socket
@@ -20,10 +23,19 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, events, unix_events
+from asyncio import base_events, constants, events, trsock, unix_events
+from asyncio.log import logger
 
 from ._ferroloop import Handle, LoopCore
-from ._transports import ReadPipeTransport, SocketTransport, WritePipeTransport
+from ._transports import (
+    DatagramTransport,
+    ReadPipeTransport,
+    SocketTransport,
+    WritePipeTransport,
+    _raw_family,
+    _raw_proto,
+    _raw_type,
+)
 
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
 
@@ -161,11 +173,110 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         self._add_callback(handle)
         self._write_to_self()
 
-    # Stream sockets get the native transport (TCP and Unix, plain or under
-    # TLS, whose SSLProtocol sits on top of it).
+    # Sockets get the native transports: streams (TCP and Unix, plain or
+    # under TLS, whose SSLProtocol sits on top) and datagrams (UDP, Unix).
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    # Accepting. asyncio wraps every accepted connection in a task
+    # (`_accept_connection2`) that builds the transport and then awaits its
+    # waiter, only to log errors in debug mode. Without TLS there is nothing
+    # to await, so ferroloop builds the protocol and the transport in the
+    # accept callback itself, each connection in a copy of the context as a
+    # task would have it; `connection_made` follows in the next pass. TLS
+    # servers keep asyncio's task, which awaits the handshake (and so do
+    # listeners that are not real sockets, e.g. mocks in tests).
+
+    def _accept_connection(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        if sslcontext is not None or not issubclass(type(sock), _socket.socket):
+            return super()._accept_connection(
+                protocol_factory,
+                sock,
+                sslcontext,
+                server,
+                backlog,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
+        # What socket.accept() does, without its per-call enum conversions
+        # of the listener's family and type and its blocking-mode dance.
+        family, type_, proto = _raw_family(sock), _raw_type(sock), _raw_proto(sock)
+        for _ in range(backlog):
+            try:
+                fd, addr = sock._accept()
+                try:
+                    conn = socket.socket(family, type_, proto, fileno=fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None  # nothing more to accept in this pass
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise  # reported by the loop's exception handler
+                # The listener stays readable: stop watching it for a while.
+                self.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                self._remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY,
+                    self._start_serving,
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                )
+                return None
+            else:
+                contextvars.copy_context().run(
+                    self._ff_accepted, protocol_factory, conn, addr, server
+                )
+        return None
+
+    def _ff_accepted(self, protocol_factory, conn, addr, server):
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            transport = SocketTransport(self, conn, protocol, None, {"peername": addr}, server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- as asyncio: logged in debug mode only
+            if transport is None:
+                conn.close()
+            if self._debug:
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                if transport is not None:
+                    context["transport"] = transport
+                self.call_exception_handler(context)
 
     # Pipes (connect_read_pipe / connect_write_pipe and subprocess pipes).
 
@@ -317,6 +428,9 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                 source=self,
             )
             self._signal_handlers.clear()
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _policy_child_watcher():

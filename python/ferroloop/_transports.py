@@ -1,6 +1,7 @@
 """ferroloop's transports: asyncio transport classes around native cores.
 
-`SocketTransport` (TCP and Unix streams), `ReadPipeTransport` and
+`SocketTransport` (TCP and Unix streams), `DatagramTransport` (UDP and
+Unix datagrams), `ReadPipeTransport` and
 `WritePipeTransport` (pipes, FIFOs, character devices, and the pipes of
 subprocesses) keep their state and do their work in native cores.
 
@@ -17,81 +18,54 @@ methods, set on the instance, so calling them costs no Python frame.
 
 from __future__ import annotations
 
+import _socket
 import os
+import socket
 import stat
 import warnings
 from asyncio import base_events, constants, transports, trsock
 
-from ._ferroloop import ReadPipeCore, StreamCore, WritePipeCore
+from ._ferroloop import DatagramCore, ReadPipeCore, StreamCore, WritePipeCore
 
-__all__ = ("ReadPipeTransport", "SocketTransport", "WritePipeTransport")
+__all__ = ("DatagramTransport", "ReadPipeTransport", "SocketTransport", "WritePipeTransport")
 
 _REPR_NAME = "_SelectorSocketTransport"
+_INET = (socket.AF_INET, socket.AF_INET6)
+# The C-level attributes of a socket object (plain ints; the socket.socket
+# properties convert them to enums on every read).
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_raw_proto = _socket.socket.proto.__get__
 _EVENT_READ = 1
 _EVENT_WRITE = 2
 
 
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
-    """A TCP or Unix stream socket transport with a native core.
-
-    Its repr names it as asyncio names its own (``_SelectorSocketTransport``),
-    so logs and reprs read the same on both loops.
-    """
-
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    max_size = 256 * 1024
-
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        # Only BaseTransport's part: the flow-control state is the core's.
-        transports.BaseTransport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+def _init_socket_extra(transport, sock, extra):
+    # Only BaseTransport's part of __init__: the flow-control state is the
+    # core's. Then what asyncio's socket transports put in `extra`.
+    transports.BaseTransport.__init__(transport, extra)
+    extra = transport._extra
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
         try:
-            self._extra["sockname"] = sock.getsockname()
+            extra["peername"] = sock.getpeername()
         except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
-        core = StreamCore(loop, sock, protocol, self, server)
-        self._core = core
-        self._sock_fd = core.fd
-        # The hot methods, without a Python frame in between.
-        self.write = core.write
-        self.is_closing = core.is_closing
-        if server is not None:
-            server._attach()
-        loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
-        core._start(waiter)
+            extra["peername"] = None
 
-    def __repr__(self):
-        core = self.__dict__.get("_core")
-        if core is None:
-            return f"<{_REPR_NAME} uninitialized>"
-        info = [_REPR_NAME]
-        if core.sock is None:
-            info.append("closed")
-        elif core.is_closing():
-            info.append("closing")
-        info.append(f"fd={core.fd}")
-        loop = core.loop
-        if loop is not None and not loop.is_closed():
-            mask = loop._ff_watch_mask(core.fd)
-            info.append("read=polling" if mask & _EVENT_READ else "read=idle")
-            state = "polling" if mask & _EVENT_WRITE else "idle"
-            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
-        return "<{}>".format(" ".join(info))
+
+class _SocketTransportMixin:
+    """What the stream and datagram transports share: the finalizer and
+    asyncio's attribute names, over the core."""
 
     def __del__(self, _warn=warnings.warn):
         core = self.__dict__.get("_core")
         if core is not None and core.sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._close_sock()
-
-    # asyncio's attribute names, read by its sendfile code and by tests.
 
     @property
     def _sock(self):
@@ -106,10 +80,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         return self._core.get_protocol()
 
     @property
-    def _server(self):
-        return self._core.server
-
-    @property
     def _closing(self):
         return self._core.is_closing()
 
@@ -122,33 +92,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         return self._core.paused
 
     @property
-    def _eof(self):
-        return self._core.eof
-
-    @property
-    def _empty_waiter(self):
-        return self._core.empty_waiter
-
-    @property
     def _protocol_paused(self):
         return self._core.protocol_paused
 
-    # The Transport interface.
-
-    def write(self, data):
-        self._core.write(data)
-
     def is_closing(self):
         return self._core.is_closing()
-
-    def writelines(self, list_of_data):
-        self._core.writelines(list_of_data)
-
-    def write_eof(self):
-        self._core.write_eof()
-
-    def can_write_eof(self):
-        return True
 
     def close(self):
         self._core.close()
@@ -180,19 +128,128 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def set_write_buffer_limits(self, high=None, low=None):
         self._core.set_write_buffer_limits(high, low)
 
-    # asyncio's internal interface, used by loop.sendfile and TLS.
-
     def _force_close(self, exc):
         self._core._force_close(exc)
 
     def _fatal_error(self, exc, message="Fatal error on transport"):
         self._core._fatal_error(exc, message)
 
+    def _repr_info(self, name):
+        core = self.__dict__.get("_core")
+        if core is None:
+            return f"<{name} uninitialized>"
+        info = [name]
+        if core.sock is None:
+            info.append("closed")
+        elif core.is_closing():
+            info.append("closing")
+        info.append(f"fd={core.fd}")
+        loop = core.loop
+        if loop is not None and not loop.is_closed():
+            mask = loop._ff_watch_mask(core.fd)
+            info.append("read=polling" if mask & _EVENT_READ else "read=idle")
+            state = "polling" if mask & _EVENT_WRITE else "idle"
+            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+
+class SocketTransport(_SocketTransportMixin, transports._FlowControlMixin, transports.Transport):
+    """A TCP or Unix stream socket transport with a native core.
+
+    Its repr names it as asyncio names its own (``_SelectorSocketTransport``),
+    so logs and reprs read the same on both loops.
+    """
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    max_size = 256 * 1024
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        _init_socket_extra(self, sock, extra)
+        core = StreamCore(loop, sock, protocol, self, server)
+        self._core = core
+        self._sock_fd = core.fd
+        # The hot methods, without a Python frame in between.
+        self.write = core.write
+        self.is_closing = core.is_closing
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        # Nagle off, as asyncio's _set_nodelay, on the raw ints (asyncio's
+        # own helper for objects that only look like sockets).
+        if not issubclass(type(sock), _socket.socket):  # mocks pass isinstance
+            base_events._set_nodelay(sock)
+        elif (
+            _raw_family(sock) in _INET
+            and _raw_type(sock) == socket.SOCK_STREAM
+            and _raw_proto(sock) == socket.IPPROTO_TCP
+        ):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        core._start(waiter)
+
+    def __repr__(self):
+        return self._repr_info(_REPR_NAME)
+
+    @property
+    def _server(self):
+        return self._core.server
+
+    @property
+    def _eof(self):
+        return self._core.eof
+
+    @property
+    def _empty_waiter(self):
+        return self._core.empty_waiter
+
+    # The Transport interface (the rest is in _SocketTransportMixin).
+
+    def write(self, data):
+        self._core.write(data)
+
+    def writelines(self, list_of_data):
+        self._core.writelines(list_of_data)
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def can_write_eof(self):
+        return True
+
+    # asyncio's internal interface, used by loop.sendfile.
+
     def _make_empty_waiter(self):
         return self._core._make_empty_waiter()
 
     def _reset_empty_waiter(self):
         self._core._reset_empty_waiter()
+
+
+class DatagramTransport(_SocketTransportMixin, transports._FlowControlMixin, transports.Transport):
+    """A UDP or Unix datagram socket transport with a native core.
+
+    Like asyncio's `_SelectorDatagramTransport`, it is an
+    `asyncio.Transport` (not an `asyncio.DatagramTransport`), and its repr
+    uses asyncio's class name.
+    """
+
+    max_size = 256 * 1024
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        _init_socket_extra(self, sock, extra)
+        self._address = address
+        core = DatagramCore(loop, sock, protocol, self, address, bool(self._extra["peername"]))
+        self._core = core
+        self._sock_fd = core.fd
+        self.sendto = core.sendto
+        loop._transports[self._sock_fd] = self
+        core._start(waiter)
+
+    def __repr__(self):
+        return self._repr_info("_SelectorDatagramTransport")
+
+    def sendto(self, data, addr=None):
+        self._core.sendto(data, addr)
 
 
 def _pipe_mode(fileno):

@@ -47,7 +47,7 @@ fn report_pipe_error(
 }
 
 /// Schedule `connection_made(transport)` and then the waiter's result.
-fn start_common(
+pub fn start_common(
     link: &LinkCell,
     py: Python<'_>,
     then: Option<Bound<'_, PyAny>>,

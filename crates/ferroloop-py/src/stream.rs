@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 
@@ -25,20 +25,16 @@ use crate::link::{
     LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::loop_core::LoopCore;
+use crate::sel::{self, SelState, SockTransport};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
 
 struct St {
-    sock: Option<Py<PyAny>>,
-    server: Option<Py<PyAny>>,
     buffered: bool,
     protocol_connected: bool,
     buf: WriteBuf,
     flow: Flow,
-    conn_lost: u32,
-    closing: bool,
-    paused: bool,
     eof: bool,
     empty_waiter: Option<Py<PyAny>>,
 }
@@ -47,7 +43,23 @@ struct St {
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct StreamCore {
     link: LinkCell,
+    sel: GilCell<SelState>,
     st: GilCell<St>,
+}
+
+impl SockTransport for StreamCore {
+    fn link(&self) -> &LinkCell {
+        &self.link
+    }
+    fn sel(&self) -> &GilCell<SelState> {
+        &self.sel
+    }
+    fn has_buffered(&self, py: Python<'_>) -> bool {
+        !self.st.borrow(py).buf.is_empty()
+    }
+    fn clear_buffer(&self, py: Python<'_>) {
+        self.st.borrow_mut(py).buf.clear();
+    }
 }
 
 fn send_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
@@ -81,53 +93,6 @@ fn shutdown_wr(fd: RawFd) -> PyResult<()> {
 }
 
 impl StreamCore {
-    fn is_reading_now(&self, py: Python<'_>) -> bool {
-        let st = self.st.borrow(py);
-        !st.closing && !st.paused
-    }
-
-    /// `_fatal_error`: report (an OSError only in debug mode's log), then
-    /// force the transport closed.
-    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let link = &slf.get().link;
-        let exc = err.into_value(py).into_bound(py).into_any();
-        if exc.is_instance_of::<PyOSError>() {
-            if link.debug(py) {
-                link.log_error(py, message, &exc)?;
-            }
-        } else {
-            link.report(py, message, &exc)?;
-        }
-        Self::force_close(slf, Some(exc))
-    }
-
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        let (had_buf, was_closing) = {
-            let mut st = me.st.borrow_mut(py);
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            let had_buf = !st.buf.is_empty();
-            st.buf.clear();
-            let was_closing = st.closing;
-            st.closing = true;
-            st.conn_lost += 1;
-            (had_buf, was_closing)
-        };
-        if had_buf {
-            me.link.remove_watch(py, true)?;
-        }
-        if !was_closing {
-            me.link.remove_watch(py, false)?;
-        }
-        let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        let arg = exc.unwrap_or_else(|| py.None().into_bound(py));
-        me.link.call_soon(py, cb, PyTuple::new(py, [arg])?)
-    }
-
     /// The end of a protocol callback: exits propagate, any other error is
     /// fatal with `message`.
     fn after_callback(
@@ -138,7 +103,7 @@ impl StreamCore {
         match res {
             Ok(_) => Ok(()),
             Err(e) if is_exit(slf.py(), &e) => Err(e),
-            Err(e) => Self::fatal_error(slf, e, message),
+            Err(e) => sel::fatal_error(slf, e, message),
         }
     }
 
@@ -156,13 +121,13 @@ impl StreamCore {
             Err(e) if is_exit(py, &e) => return Err(e),
             Err(e) => {
                 let msg = "Fatal error: protocol.eof_received() call failed.";
-                return Self::fatal_error(slf, e, msg);
+                return sel::fatal_error(slf, e, msg);
             }
         };
         if keep_open {
             link.remove_watch(py, false)
         } else {
-            Self::close(slf)
+            sel::close(slf)
         }
     }
 
@@ -171,7 +136,7 @@ impl StreamCore {
         let data = match read_bytes(py, |ptr, len| recv_fd(fd, ptr, len)) {
             Ok(d) => d,
             Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => return Self::fatal_error(slf, io_err(e), READ_FAILED),
+            Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
         };
         if data.as_bytes().is_empty() {
             return Self::on_eof(slf, protocol);
@@ -194,15 +159,15 @@ impl StreamCore {
         let buf = match protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,)) {
             Ok(b) => b,
             Err(e) if is_exit(py, &e) => return Err(e),
-            Err(e) => return Self::fatal_error(slf, e, GET_BUFFER_FAILED),
+            Err(e) => return sel::fatal_error(slf, e, GET_BUFFER_FAILED),
         };
         match buf.len() {
             Ok(0) => {
                 let e = PyRuntimeError::new_err("get_buffer() returned an empty buffer");
-                return Self::fatal_error(slf, e, GET_BUFFER_FAILED);
+                return sel::fatal_error(slf, e, GET_BUFFER_FAILED);
             }
             Ok(_) => {}
-            Err(e) => return Self::fatal_error(slf, e, GET_BUFFER_FAILED),
+            Err(e) => return sel::fatal_error(slf, e, GET_BUFFER_FAILED),
         }
         // Outer error: the object gave no writable buffer; inner: recv's.
         let got = ByteView::new(&buf, true).map(|mut v| {
@@ -213,9 +178,9 @@ impl StreamCore {
         let n = match got {
             Ok(Ok(n)) => n,
             Ok(Err(e)) if would_block(&e) => return Ok(()),
-            Ok(Err(e)) => return Self::fatal_error(slf, io_err(e), READ_FAILED),
+            Ok(Err(e)) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
             Err(e) if is_exit(py, &e) => return Err(e),
-            Err(e) => return Self::fatal_error(slf, e, READ_FAILED),
+            Err(e) => return sel::fatal_error(slf, e, READ_FAILED),
         };
         if n == 0 {
             return Self::on_eof(slf, protocol);
@@ -301,16 +266,12 @@ impl StreamCore {
         let buffered = is_buffered_protocol(protocol)?;
         Ok(StreamCore {
             link: LinkCell::new(fd, lp, protocol, transport),
+            sel: GilCell::new(SelState::new(sock, server)),
             st: GilCell::new(St {
-                sock: Some(sock.clone().unbind()),
-                server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
                 buffered,
                 protocol_connected: true,
                 buf: WriteBuf::default(),
                 flow: Flow::default(),
-                conn_lost: 0,
-                closing: false,
-                paused: false,
                 eof: false,
                 empty_waiter: None,
             }),
@@ -346,25 +307,16 @@ impl StreamCore {
     /// `_add_reader(fd, _read_ready)`: start reading unless paused or
     /// closing by now.
     fn _add_reader_cb(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        if !slf.get().is_reading_now(py) {
-            return Ok(());
-        }
-        slf.get()
-            .link
-            .add_watch(slf.as_any(), pyo3::intern!(py, "_read_ready"), false)
+        sel::start_reading(slf)
     }
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let buffered = {
-            let st = me.st.borrow(py);
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            st.buffered
-        };
+        if me.sel.borrow(py).conn_lost > 0 {
+            return Ok(());
+        }
+        let buffered = me.st.borrow(py).buffered;
         let Some(protocol) = me.link.protocol(py) else {
             return Ok(());
         };
@@ -393,7 +345,7 @@ impl StreamCore {
                     "unable to write; sendfile is in progress",
                 ));
             }
-            (st.conn_lost, !st.buf.is_empty())
+            (me.sel.borrow(py).conn_lost, !st.buf.is_empty())
         };
         let view;
         let bytes: &[u8] = match data.cast::<PyBytes>() {
@@ -410,7 +362,7 @@ impl StreamCore {
             if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
             }
-            me.st.borrow_mut(py).conn_lost += 1;
+            me.sel.borrow_mut(py).conn_lost += 1;
             return Ok(());
         }
         let mut rest = bytes;
@@ -419,7 +371,7 @@ impl StreamCore {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => rest = &bytes[n..],
                 Err(e) if would_block(&e) => {}
-                Err(e) => return Self::fatal_error(slf, io_err(e), WRITE_FAILED),
+                Err(e) => return sel::fatal_error(slf, io_err(e), WRITE_FAILED),
             }
             me.link
                 .add_watch(slf.as_any(), pyo3::intern!(py, "_write_ready"), true)?;
@@ -440,7 +392,7 @@ impl StreamCore {
         let fd = me.link.fd(py);
         let res = {
             let st = me.st.borrow(py);
-            if st.buf.is_empty() || st.conn_lost > 0 {
+            if st.buf.is_empty() || me.sel.borrow(py).conn_lost > 0 {
                 return Ok(());
             }
             send_fd(fd, st.buf.pending())
@@ -453,7 +405,7 @@ impl StreamCore {
                 me.st.borrow_mut(py).buf.clear();
                 let err = io_err(e);
                 let exc = err.value(py).clone().into_any();
-                Self::fatal_error(slf, err, WRITE_FAILED)?;
+                sel::fatal_error(slf, err, WRITE_FAILED)?;
                 if let Some(w) = me.empty_waiter_ref(py) {
                     set_future(py, &w, Some(&exc))?;
                 }
@@ -464,7 +416,7 @@ impl StreamCore {
         me.maybe_resume_protocol(py)?; // may write more
         let (empty, closing, eof) = {
             let st = me.st.borrow(py);
-            (st.buf.is_empty(), st.closing, st.eof)
+            (st.buf.is_empty(), me.sel.borrow(py).closing, st.eof)
         };
         if !empty {
             return Ok(());
@@ -485,7 +437,7 @@ impl StreamCore {
     fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let flush_now = {
             let mut st = self.st.borrow_mut(py);
-            if st.closing || st.eof {
+            if self.sel.borrow(py).closing || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -502,68 +454,27 @@ impl StreamCore {
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        let lost_now = {
-            let mut st = me.st.borrow_mut(py);
-            if st.closing {
-                return Ok(());
-            }
-            st.closing = true;
-            st.buf.is_empty()
-        };
-        me.link.remove_watch(py, false)?;
-        if lost_now {
-            me.st.borrow_mut(py).conn_lost += 1;
-            me.link.remove_watch(py, true)?;
-            let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-            me.link.call_soon(py, cb, PyTuple::new(py, [py.None()])?)?;
-        }
-        Ok(())
+        sel::close(slf)
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
+        sel::force_close(slf, None)
     }
 
     #[pyo3(signature = (exc, message = "Fatal error on transport"))]
     fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        Self::fatal_error(slf, PyErr::from_value(exc.clone()), message)
+        sel::fatal_error(slf, PyErr::from_value(exc.clone()), message)
     }
 
     fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        Self::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
+        sel::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
     }
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let connected = me.st.borrow(py).protocol_connected;
-        let res = match me.link.protocol(py) {
-            Some(p) if connected => p
-                .bind(py)
-                .call_method1(pyo3::intern!(py, "connection_lost"), (&exc,))
-                .map(drop),
-            _ => Ok(()),
-        };
-        // asyncio's `finally:` part: close the socket, drop the references.
-        let (sock, server) = {
-            let mut st = me.st.borrow_mut(py);
-            (st.sock.take(), st.server.take())
-        };
-        let closed = match &sock {
-            Some(s) => s.bind(py).call_method0("close").map(drop),
-            None => Ok(()),
-        };
-        drop(sock);
-        me.link.release(py);
-        let detached = match server {
-            Some(s) => s.bind(py).call_method0("_detach").map(drop),
-            None => Ok(()),
-        };
-        res?;
-        closed?;
-        detached?;
+        sel::connection_lost(me, py, &exc, connected)?;
         if let Some(w) = me.empty_waiter_ref(py) {
             let err = PyConnectionError::new_err("Connection is closed by peer");
             set_future(py, &w, Some(err.value(py).as_any()))?;
@@ -572,40 +483,19 @@ impl StreamCore {
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.st.borrow(py).closing
+        self.sel.borrow(py).closing
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        self.is_reading_now(py)
+        sel::is_reading(self, py)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.is_reading_now(py) {
-            return Ok(());
-        }
-        self.st.borrow_mut(py).paused = true;
-        self.link.remove_watch(py, false)?;
-        if self.link.debug(py) {
-            self.link.log(py, "debug", "pauses reading")?;
-        }
-        Ok(())
+        sel::pause_reading(self, py)
     }
 
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        {
-            let mut st = me.st.borrow_mut(py);
-            if st.closing || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::_add_reader_cb(slf)?;
-        if me.link.debug(py) {
-            me.link.log(py, "debug", "resumes reading")?;
-        }
-        Ok(())
+        sel::resume_reading(slf)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -677,7 +567,7 @@ impl StreamCore {
 
     #[getter]
     fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+        self.sel.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
     }
 
     #[getter(r#loop)]
@@ -687,17 +577,17 @@ impl StreamCore {
 
     #[getter]
     fn server(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.borrow(py).server.as_ref().map(|s| s.clone_ref(py))
+        self.sel.borrow(py).server.as_ref().map(|s| s.clone_ref(py))
     }
 
     #[getter]
     fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.st.borrow(py).conn_lost
+        self.sel.borrow(py).conn_lost
     }
 
     #[getter]
     fn paused(&self, py: Python<'_>) -> bool {
-        self.st.borrow(py).paused
+        self.sel.borrow(py).paused
     }
 
     #[getter]
@@ -717,30 +607,22 @@ impl StreamCore {
 
     /// Close the socket without telling the protocol (the `__del__` path).
     fn _close_sock(&self, py: Python<'_>) -> PyResult<()> {
-        let sock = self.st.borrow_mut(py).sock.take();
-        if let Some(s) = sock {
-            s.bind(py).call_method0("close")?;
-        }
-        Ok(())
+        sel::close_sock(self, py)
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         self.link.traverse(&visit)?;
-        let Some(st) = self.st.gc_borrow() else {
-            return Ok(());
-        };
-        visit.call(&st.sock)?;
-        visit.call(&st.server)?;
-        visit.call(&st.empty_waiter)?;
+        sel::traverse(&self.sel, &visit)?;
+        if let Some(st) = self.st.gc_borrow() {
+            visit.call(&st.empty_waiter)?;
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
         self.link.clear();
-        let taken = self
-            .st
-            .gc_borrow_mut()
-            .map(|mut st| (st.sock.take(), st.server.take(), st.empty_waiter.take()));
+        sel::clear(&self.sel);
+        let taken = self.st.gc_borrow_mut().map(|mut st| st.empty_waiter.take());
         drop(taken);
     }
 }

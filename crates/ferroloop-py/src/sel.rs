@@ -1,0 +1,233 @@
+//! What the socket transports (stream and datagram) share beyond
+//! [`LinkCell`]: asyncio's `_SelectorTransport` rules for reading, pausing,
+//! closing, aborting and fatal errors. Each transport supplies its write
+//! buffer through [`SockTransport`]; these functions do the rest.
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::cell::GilCell;
+use crate::link::LinkCell;
+
+/// The state `_SelectorTransport` keeps besides the write buffer.
+pub struct SelState {
+    pub sock: Option<Py<PyAny>>,
+    pub server: Option<Py<PyAny>>,
+    /// Set when a call to `connection_lost` has been scheduled; counts the
+    /// writes made after that.
+    pub conn_lost: u32,
+    /// Set by `close()` (and by a forced close).
+    pub closing: bool,
+    /// Set by `pause_reading()`.
+    pub paused: bool,
+}
+
+impl SelState {
+    pub fn new(sock: &Bound<'_, PyAny>, server: Option<&Bound<'_, PyAny>>) -> Self {
+        SelState {
+            sock: Some(sock.clone().unbind()),
+            server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
+            conn_lost: 0,
+            closing: false,
+            paused: false,
+        }
+    }
+}
+
+/// A socket transport core: its link, its shared state, and its buffer.
+pub trait SockTransport:
+    pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync
+{
+    fn link(&self) -> &LinkCell;
+    fn sel(&self) -> &GilCell<SelState>;
+    fn has_buffered(&self, py: Python<'_>) -> bool;
+    fn clear_buffer(&self, py: Python<'_>);
+}
+
+pub fn is_reading<T: SockTransport>(me: &T, py: Python<'_>) -> bool {
+    let st = me.sel().borrow(py);
+    !st.closing && !st.paused
+}
+
+/// `_add_reader(fd, _read_ready)`: start reading unless paused or closing.
+pub fn start_reading<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
+    let py = slf.py();
+    if !is_reading(slf.get(), py) {
+        return Ok(());
+    }
+    slf.get()
+        .link()
+        .add_watch(slf.as_any(), pyo3::intern!(py, "_read_ready"), false)
+}
+
+pub fn pause_reading<T: SockTransport>(me: &T, py: Python<'_>) -> PyResult<()> {
+    if !is_reading(me, py) {
+        return Ok(());
+    }
+    me.sel().borrow_mut(py).paused = true;
+    me.link().remove_watch(py, false)?;
+    if me.link().debug(py) {
+        me.link().log(py, "debug", "pauses reading")?;
+    }
+    Ok(())
+}
+
+pub fn resume_reading<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
+    let py = slf.py();
+    let me = slf.get();
+    {
+        let mut st = me.sel().borrow_mut(py);
+        if st.closing || !st.paused {
+            return Ok(());
+        }
+        st.paused = false;
+    }
+    start_reading(slf)?;
+    if me.link().debug(py) {
+        me.link().log(py, "debug", "resumes reading")?;
+    }
+    Ok(())
+}
+
+fn schedule_connection_lost<T: SockTransport>(
+    slf: &Bound<'_, T>,
+    exc: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let cb = slf
+        .as_any()
+        .getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+    slf.get().link().call_soon(py, cb, PyTuple::new(py, [exc])?)
+}
+
+/// `close()`: stop reading; without buffered data, `connection_lost(None)`
+/// in the next pass, else once the buffer is written.
+pub fn close<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
+    let py = slf.py();
+    let me = slf.get();
+    {
+        let mut st = me.sel().borrow_mut(py);
+        if st.closing {
+            return Ok(());
+        }
+        st.closing = true;
+    }
+    me.link().remove_watch(py, false)?;
+    if !me.has_buffered(py) {
+        me.sel().borrow_mut(py).conn_lost += 1;
+        me.link().remove_watch(py, true)?;
+        schedule_connection_lost(slf, py.None().into_bound(py))?;
+    }
+    Ok(())
+}
+
+/// `_force_close(exc)` (and `abort()`): drop the buffer, stop watching,
+/// `connection_lost(exc)` in the next pass; once only.
+pub fn force_close<T: SockTransport>(
+    slf: &Bound<'_, T>,
+    exc: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let me = slf.get();
+    if me.sel().borrow(py).conn_lost > 0 {
+        return Ok(());
+    }
+    if me.has_buffered(py) {
+        me.clear_buffer(py);
+        me.link().remove_watch(py, true)?;
+    }
+    let was_closing = {
+        let mut st = me.sel().borrow_mut(py);
+        let was = st.closing;
+        st.closing = true;
+        st.conn_lost += 1;
+        was
+    };
+    if !was_closing {
+        me.link().remove_watch(py, false)?;
+    }
+    schedule_connection_lost(slf, exc.unwrap_or_else(|| py.None().into_bound(py)))
+}
+
+/// `_fatal_error`: report (an OSError only in debug mode's log), then force
+/// the transport closed.
+pub fn fatal_error<T: SockTransport>(
+    slf: &Bound<'_, T>,
+    err: PyErr,
+    message: &str,
+) -> PyResult<()> {
+    let py = slf.py();
+    let link = slf.get().link();
+    let exc = err.into_value(py).into_bound(py).into_any();
+    if exc.is_instance_of::<PyOSError>() {
+        if link.debug(py) {
+            link.log_error(py, message, &exc)?;
+        }
+    } else {
+        link.report(py, message, &exc)?;
+    }
+    force_close(slf, Some(exc))
+}
+
+/// `_call_connection_lost(exc)`: tell the protocol (if `connected`), then,
+/// whatever it did, close the socket, drop the loop and the protocol, and
+/// detach from the server.
+pub fn connection_lost<T: SockTransport>(
+    me: &T,
+    py: Python<'_>,
+    exc: &Bound<'_, PyAny>,
+    connected: bool,
+) -> PyResult<()> {
+    let res = match me.link().protocol(py) {
+        Some(p) if connected => p
+            .bind(py)
+            .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
+            .map(drop),
+        _ => Ok(()),
+    };
+    let (sock, server) = {
+        let mut st = me.sel().borrow_mut(py);
+        (st.sock.take(), st.server.take())
+    };
+    let closed = match &sock {
+        Some(s) => s.bind(py).call_method0("close").map(drop),
+        None => Ok(()),
+    };
+    drop(sock);
+    me.link().release(py);
+    let detached = match server {
+        Some(s) => s.bind(py).call_method0("_detach").map(drop),
+        None => Ok(()),
+    };
+    res?;
+    closed?;
+    detached
+}
+
+/// Close the socket without telling the protocol (the `__del__` path).
+pub fn close_sock<T: SockTransport>(me: &T, py: Python<'_>) -> PyResult<()> {
+    let sock = me.sel().borrow_mut(py).sock.take();
+    if let Some(s) = sock {
+        s.bind(py).call_method0("close")?;
+    }
+    Ok(())
+}
+
+pub fn traverse(
+    sel: &GilCell<SelState>,
+    visit: &pyo3::PyVisit<'_>,
+) -> Result<(), pyo3::PyTraverseError> {
+    if let Some(st) = sel.gc_borrow() {
+        visit.call(&st.sock)?;
+        visit.call(&st.server)?;
+    }
+    Ok(())
+}
+
+pub fn clear(sel: &GilCell<SelState>) {
+    let taken = sel
+        .gc_borrow_mut()
+        .map(|mut st| (st.sock.take(), st.server.take()));
+    drop(taken);
+}
