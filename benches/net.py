@@ -12,8 +12,9 @@ Each (loop, workload, repetition) starts two fresh processes on loopback:
   the given kind on the loop under test and prints one READY line;
 * the **client**, ``net.py --client SPEC``, is the load generator.  It is plain
   Python (blocking sockets for one connection, ``select.epoll`` over
-  non-blocking sockets for many) and never uses an event loop, so it is the
-  same for every loop under test.
+  non-blocking sockets for many, the ``ssl`` module on top of them for TLS)
+  and never uses an event loop, so it is the same for every loop under test.
+  For the HTTP workload it runs ``wrk`` instead, for a fixed duration.
 
 The client warms the server up, then measures a bounded number of messages.
 Around the measured phase it reads the server's CPU time from ``/proc``
@@ -30,9 +31,12 @@ import asyncio
 import functools
 import json
 import os
+import resource
 import select
+import shutil
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -58,8 +62,44 @@ CHURN_MSG_SIZE = 64
 UDP_RETRANSMIT_S = 0.5
 SETTLE_S = 0.05  # pause before reading the server's CPU time (not in wall time)
 
+# HTTP keep-alive workload, load from wrk (duration-bounded, not count-bounded).
+HTTP_BODY = b"Hello, World!"
+HTTP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+    + str(len(HTTP_BODY)).encode("ascii")
+    + b"\r\n\r\n"
+    + HTTP_BODY
+)
+HTTP_MAX_HEAD = 64 * 1024  # a client sending more without a blank line is cut off
+WRK_THREADS = 1
+WRK_SECONDS = 5  # measured duration; wrk takes whole seconds
+WRK_QUICK_SECONDS = 2  # with --quick
+WRK_WARMUP_S = 1  # a separate wrk run before the measured one (not measured)
+WRK_GRACE_S = 15.0  # wrk gets its duration plus this before it is killed
+WRK_MARKER = "FERROLOOP-WRK "  # prefix of the JSON line printed by WRK_SCRIPT
+
+# The wrk script: at the end of the run, one JSON line with the counts wrk
+# keeps (requests are complete responses; every error count should be 0).
+WRK_SCRIPT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%s{"requests": %.0f, "duration_us": %.0f, "bytes": %.0f, '
+      .. '"errors": {"connect": %.0f, "read": %.0f, "write": %.0f, '
+      .. '"status": %.0f, "timeout": %.0f}, '
+      .. '"latency_us": {"p50": %.0f, "p99": %.0f, "max": %.0f, "mean": %.1f}}\n',
+    'MARKER', summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max, latency.mean))
+end
+""".replace("MARKER", WRK_MARKER)
+
+# TLS echo workloads: CPython's own test certificate (self-signed, key included).
+TLS_CERT_NAME = "keycert.pem"
+
 EXIT_MISSING = 3
 EXIT_FAILED = 4
+NOT_FAILURES = ("ok", "unsupported", "skipped")  # run statuses that keep exit status 0
 
 KIB = 1024
 
@@ -72,20 +112,25 @@ KIB = 1024
 @dataclass(frozen=True)
 class Workload:
     name: str
-    server: str  # protocol | streams | sock | unix | udp
-    client: str  # echo | udp | churn
-    size: int  # message size in bytes
+    server: str  # protocol | streams | sock | unix | udp | http | tls
+    client: str  # echo | udp | churn | wrk | tls
+    size: int  # message size in bytes (response body for http)
     clients: int  # concurrent connections / sockets
-    n: int  # measured messages (connections for churn)
+    n: int  # measured messages (connections for churn; seconds for wrk)
     big: bool = False  # only with --big
 
     @property
     def unit(self) -> str:
-        return "conn" if self.client == "churn" else "msg"
+        return {"churn": "conn", "wrk": "req"}.get(self.client, "msg")
 
     @property
     def transport(self) -> str:
         return {"unix": "unix", "udp": "udp"}.get(self.server, "tcp")
+
+    @property
+    def timed(self) -> bool:
+        """Bounded by a duration (wrk) rather than by a message count."""
+        return self.client == "wrk"
 
 
 def _size_label(size: int) -> str:
@@ -115,7 +160,28 @@ def _workloads() -> list[Workload]:
         out.append(Workload(f"udp-1k-c{clients}", "udp", "udp", KIB, clients, 20_000))
     out.append(Workload("tcp-churn-c1", "protocol", "churn", CHURN_MSG_SIZE, 1, 3_000))
     out.append(Workload("tcp-churn-c50", "protocol", "churn", CHURN_MSG_SIZE, 50, 5_000))
+    out.append(Workload("http-wrk-c50", "http", "wrk", len(HTTP_BODY), 50, WRK_SECONDS))
+    # TLS costs more per message on both sides than plain TCP, hence smaller counts;
+    # 50 clients keep the server busier than 1, so they get twice as many.
+    tls_counts = {(1 * KIB, 1): 10_000, (1 * KIB, 50): 20_000}
+    tls_counts.update({(10 * KIB, 1): 5_000, (10 * KIB, 50): 10_000})
+    for (size, clients), count in tls_counts.items():
+        name = f"tls-protocol-{_size_label(size)}-c{clients}"
+        out.append(Workload(name, "tls", "tls", size, clients, count))
     return out
+
+
+def missing_prerequisite(wl: Workload) -> str | None:
+    """Why *wl* cannot run on this machine (a missing tool or file), or None."""
+    if wl.client == "wrk" and shutil.which("wrk") is None:
+        return "wrk is not on PATH (Debian/Ubuntu: apt-get install -y wrk)"
+    if wl.server == "tls" and tls_cert_file() is None:
+        return (
+            f"no TLS certificate: {TLS_CERT_NAME} was not found in CPython's test suite "
+            "(the 'test' package, test/certdata/ or test/); install the Python test suite "
+            "(Debian: libpython3.11-testsuite)"
+        )
+    return None
 
 
 WORKLOADS = {w.name: w for w in _workloads()}
@@ -147,6 +213,120 @@ class EchoDatagram(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.transport.sendto(data, addr)
+
+
+def _http_error(status: bytes) -> bytes:
+    return b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class HttpProtocol(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive server: every request gets HTTP_RESPONSE.
+
+    Requests are cut out of the byte stream at each blank line
+    (``\\r\\n\\r\\n``), plus the body when there is a ``Content-Length``, so
+    several pipelined requests in one ``data_received`` and a request split over
+    several reads are both handled; the replies to one read go out in order in a
+    single ``write``.  The connection stays open unless the request says
+    ``Connection: close`` (or is HTTP/1.0 without ``keep-alive``).  Chunked
+    request bodies are refused (501) and so is an unfinished request head
+    longer than HTTP_MAX_HEAD (431).
+    """
+
+    transport: asyncio.Transport
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        replies = 0
+        error = b""
+        keep_alive = True
+        in_head = False  # stopped inside an unfinished request head
+        while keep_alive:
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                in_head = pos < len(buf)
+                break
+            head = buf[pos:end].lower()
+            nxt = end + 4
+            if b"transfer-encoding:" in head:
+                error = _http_error(b"501 Not Implemented")
+                break
+            if b"content-length:" in head:
+                value = head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    error = _http_error(b"400 Bad Request")
+                    break
+                nxt += length
+                if nxt > len(buf):
+                    break  # the body is not all here yet
+            line_end = head.find(b"\r\n")  # the request line ends there (or at the end)
+            if b"connection: close" in head or (
+                head.endswith(b"http/1.0", 0, line_end if line_end >= 0 else len(head))
+                and b"connection: keep-alive" not in head
+            ):
+                keep_alive = False
+            replies += 1
+            pos = nxt
+        self.buf = buf[pos:] if pos < len(buf) else b""
+        if in_head and len(self.buf) > HTTP_MAX_HEAD:
+            error = _http_error(b"431 Request Header Fields Too Large")
+        out = HTTP_RESPONSE * replies if replies != 1 else HTTP_RESPONSE
+        if error:
+            out += error
+        if out:
+            self.transport.write(out)
+        if error or not keep_alive:
+            self.buf = b""
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport
+
+
+def tls_cert_file() -> str | None:
+    """CPython's test certificate (CN=localhost, with its key), or None.
+
+    Found the way tests/test_tls.py finds it: ``keycert.pem`` in the ``test``
+    package's ``certdata`` directory (3.12+, and 3.11 builds that have it
+    there) or in the package itself (older layouts).
+    """
+    try:
+        import test
+    except ImportError:
+        return None
+    base = os.path.dirname(test.__file__)
+    for directory in (os.path.join(base, "certdata"), base):
+        path = os.path.join(directory, TLS_CERT_NAME)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def tls_server_context() -> ssl.SSLContext:
+    path = tls_cert_file()
+    if path is None:
+        raise FileNotFoundError(f"{TLS_CERT_NAME} not found in CPython's test suite")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(path)
+    return ctx
+
+
+def tls_client_context() -> ssl.SSLContext:
+    """No verification: the certificate is a self-signed test one (loopback only)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 async def _streams_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -212,6 +392,14 @@ async def _start_server(loop: asyncio.AbstractEventLoop, kind: str, addr: str) -
         task = loop.create_task(_sock_accept_loop(loop, lsock))
         _TASKS.add(task)
         return {"family": "inet", "host": host, "port": lsock.getsockname()[1]}
+    if kind == "http":
+        server = await loop.create_server(HttpProtocol, host, 0)
+        _KEEP.append(server)
+        return {"family": "inet", "host": host, "port": server.sockets[0].getsockname()[1]}
+    if kind == "tls":
+        server = await loop.create_server(EchoProtocol, host, 0, ssl=tls_server_context())
+        _KEEP.append(server)
+        return {"family": "inet", "host": host, "port": server.sockets[0].getsockname()[1]}
     if kind == "unix":
         _KEEP.append(await loop.create_unix_server(EchoProtocol, addr))
         return {"family": "unix", "path": addr}
@@ -488,6 +676,156 @@ def echo_many(conns: list[_Conn], msg: bytes, total: int, deadline: Deadline) ->
     return done
 
 
+def tls_echo_many(conns: list[_Conn], msg: bytes, total: int, deadline: Deadline) -> int:
+    """:func:`echo_many` over non-blocking TLS sockets (handshakes already done).
+
+    epoll sees the encrypted bytes in the kernel, not what the ``ssl`` layer
+    has buffered, so on every readiness event a connection reads until
+    ``SSLWantReadError`` (one TLS record may hold part of an echo, or an echo
+    may span records).  A send that raises ``SSLWantWriteError`` (socket full)
+    waits for EPOLLOUT; one that raises ``SSLWantReadError`` is tried again on
+    the next event.  Either way it is retried with the same bytes, as OpenSSL
+    requires.
+    """
+    size = len(msg)
+    ep = select.epoll()
+    by_fd = {c.fd: c for c in conns}
+    for c in conns:
+        ep.register(c.fd, select.EPOLLIN)
+    writing: set[int] = set()  # fds also registered for EPOLLOUT
+    remaining = total
+    done = 0
+    msg_view = memoryview(msg)
+    IN, OUT = select.EPOLLIN, select.EPOLLOUT
+    want_read, want_write = ssl.SSLWantReadError, ssl.SSLWantWriteError
+    scratch = bytearray(size)
+
+    def flush(c: _Conn) -> None:
+        while c.pending is not None:
+            try:
+                sent = c.sock.send(c.pending)
+            except want_write:
+                if c.fd not in writing:
+                    writing.add(c.fd)
+                    ep.modify(c.fd, IN | OUT)
+                return
+            except want_read:
+                return
+            c.pending = c.pending[sent:] if sent < len(c.pending) else None
+        if c.fd in writing:
+            writing.discard(c.fd)
+            ep.modify(c.fd, IN)
+
+    def start(c: _Conn) -> None:
+        nonlocal remaining
+        remaining -= 1
+        c.got = 0
+        c.seq = 1  # a message is in flight
+        c.pending = msg_view
+        flush(c)
+
+    def drain(c: _Conn) -> None:
+        nonlocal done
+        if not c.seq:  # idle: only TLS-internal records (session tickets) may come
+            try:
+                k = c.sock.recv_into(scratch)
+            except (want_read, want_write):
+                return
+            raise ConnectionError("unexpected data" if k else "server closed the connection")
+        while c.got < size:
+            try:
+                k = c.sock.recv_into(c.view[c.got :])
+            except (want_read, want_write):
+                return
+            if not k:
+                raise ConnectionError("server closed the connection")
+            c.got += k
+        if c.buf != msg:
+            raise ValueError("echo mismatch")
+        c.seq = 0
+        done += 1
+        if remaining > 0:
+            start(c)
+
+    try:
+        for c in conns:
+            if remaining <= 0:
+                break
+            start(c)
+        while done < total:
+            events = ep.poll(1.0)
+            deadline.check()
+            for fd, mask in events:
+                c = by_fd[fd]
+                if c.pending is not None:
+                    flush(c)
+                if mask & IN:
+                    drain(c)
+                elif mask & (select.EPOLLERR | select.EPOLLHUP):
+                    raise ConnectionError("connection error")
+    finally:
+        ep.close()
+    return done
+
+
+def parse_wrk(stdout: str) -> dict[str, Any] | None:
+    """The JSON line WRK_SCRIPT printed (the last one), or None."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith(WRK_MARKER):
+            try:
+                value = json.loads(line[len(WRK_MARKER) :])
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def run_wrk(spec: dict[str, Any], seconds: int, deadline: Deadline) -> dict[str, Any]:
+    """One wrk run of *seconds* against the HTTP server; its counts.
+
+    wrk inherits this process's CPU affinity.  Raises when wrk fails, prints
+    no result, completes no request or reports any error (connect, read,
+    write, timeout, or a non-2xx/3xx status).
+    """
+    left = deadline.at - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("client deadline exceeded")
+    url = f"http://{spec['host']}:{spec['port']}/"
+    with tempfile.TemporaryDirectory(prefix="ferroloop-wrk-") as tmp:
+        script = os.path.join(tmp, "report.lua")
+        Path(script).write_text(WRK_SCRIPT, encoding="utf-8")
+        cmd = ["wrk", "-t", str(WRK_THREADS), "-c", str(spec["clients"])]
+        cmd += ["-d", f"{seconds}s", "-s", script, url]
+        try:
+            proc = subprocess.run(
+                cmd,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=min(left, seconds + WRK_GRACE_S),
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"wrk did not finish a {seconds} s run") from None
+    result = parse_wrk(proc.stdout)
+    if proc.returncode != 0 or result is None:
+        detail = common.tail(proc.stderr) or common.tail(proc.stdout) or "no output"
+        raise RuntimeError(f"wrk: {common.describe_exit(proc.returncode)}: {detail}")
+    errors = {k: int(v) for k, v in result.get("errors", {}).items() if v}
+    if errors:
+        raise RuntimeError(f"wrk reported errors: {errors}")
+    requests = int(result["requests"])
+    if requests <= 0 or result["duration_us"] <= 0:
+        raise RuntimeError(f"wrk completed no request: {result}")
+    return {
+        "ops": requests,
+        "wall_s": result["duration_us"] / 1e6,
+        "wrk_bytes": int(result["bytes"]),
+        "wrk_latency_us": result.get("latency_us"),
+    }
+
+
 def udp_many(conns: list[_Conn], size: int, total: int, deadline: Deadline) -> tuple[int, int]:
     """UDP ping-pong on every socket; lost datagrams are sent again.
 
@@ -635,12 +973,19 @@ def churn_many(spec: dict[str, Any], msg: bytes, total: int, width: int, deadlin
 
 def _open_conns(spec: dict[str, Any], count: int, size: int) -> list[_Conn]:
     conns = []
+    ctx: ssl.SSLContext | None = None
     for _ in range(count):
         if spec["family"] == "udp":
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.connect((spec["host"], spec["port"]))
             sock.setblocking(False)
+        elif spec["client"] == "tls":
+            # Blocking handshake (not measured), then non-blocking for many.
+            if ctx is None:
+                ctx = tls_client_context()
+            sock = ctx.wrap_socket(_connect(spec), server_hostname="localhost")
+            sock.setblocking(count == 1)
         else:
             sock = _connect(spec, blocking=count == 1)
         conns.append(_Conn(sock, size))
@@ -664,30 +1009,44 @@ def _run_phase(
         if clients == 1:
             return {"ops": churn_one(spec, msg, n)}
         return {"ops": churn_many(spec, msg, n, clients, deadline)}
+    if kind == "tls":
+        msg = _payload(size)
+        if clients == 1:  # echo_one works unchanged on a blocking SSLSocket
+            return {"ops": echo_one(conns[0].sock, msg, n)}
+        return {"ops": tls_echo_many(conns, msg, n, deadline)}
+    if kind == "wrk":
+        return run_wrk(spec, n, deadline)
     raise ValueError(f"unknown client kind {kind!r}")
 
 
 def client_main(spec_text: str) -> int:
-    """Warm the server up, measure n messages, print one JSON line."""
+    """Warm the server up, measure n messages, print one JSON line.
+
+    For wrk, n and the warm-up are durations in seconds; the request count
+    and the measured duration are wrk's own, and the client's CPU includes
+    wrk's (a child, from RUSAGE_CHILDREN).
+    """
     spec = json.loads(spec_text)
     record: dict[str, Any] = {"mode": "client"}
     pid = spec["server_pid"]
     deadline = Deadline(spec["timeout_s"])
     conns: list[_Conn] = []
     try:
-        if spec["client"] != "churn":
+        if spec["client"] not in ("churn", "wrk"):
             family = "udp" if spec["client"] == "udp" else spec["family"]
             conns = _open_conns({**spec, "family": family}, spec["clients"], spec["size"])
-        _run_phase(spec, conns, spec["warmup"], deadline)
+        warmup = _run_phase(spec, conns, spec["warmup"], deadline)
         time.sleep(SETTLE_S)  # let the server finish the warm-up's tail work
         status0 = server_status(pid)
         cpu0 = server_cpu(pid)
         others = {pid, os.getpid(), os.getppid()}
         foreign0 = common.others_snapshot(others)
         own0 = time.process_time()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         result = _run_phase(spec, conns, spec["n"], deadline)
         t1 = time.perf_counter()
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         own1 = time.process_time()
         foreign1 = common.others_snapshot(others)
         # The server's work for the last messages (for churn: closing the
@@ -696,6 +1055,10 @@ def client_main(spec_text: str) -> int:
         time.sleep(SETTLE_S)
         cpu1 = server_cpu(pid)
         status1 = server_status(pid)
+        if spec["client"] == "tls":
+            tls = conns[0].sock
+            assert isinstance(tls, ssl.SSLSocket)
+            record["tls"] = {"version": tls.version(), "cipher": tls.cipher()}
     except Exception as exc:  # noqa: BLE001 - the parent records the failure
         record.update(status="error", error=common.error_text(exc))
         common.emit(record)
@@ -703,14 +1066,18 @@ def client_main(spec_text: str) -> int:
     finally:
         for c in conns:
             c.sock.close()
+    wall_s = result.pop("wall_s", t1 - t0)  # wrk: its own measured duration
+    kids_cpu = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
     record.update(result)
     record.update(cpu_delta(cpu0, cpu1))
     record.update(common.foreign_cpu(foreign0, foreign1, t1 - t0))
     record.update(
         status="ok",
-        expected_ops=spec["n"],
-        wall_s=t1 - t0,
-        client_cpu_s=own1 - own0,
+        expected_ops=None if spec["client"] == "wrk" else spec["n"],
+        wall_s=wall_s,
+        phase_wall_s=t1 - t0,
+        warmup_ops=warmup["ops"],
+        client_cpu_s=own1 - own0 + kids_cpu,
         server_hwm_kib=status1["hwm_kib"],
         server_rss_kib=status1["rss_kib"],
         server_rss_before_kib=status0["rss_kib"],
@@ -718,7 +1085,7 @@ def client_main(spec_text: str) -> int:
         server_vcsw=status1["vcsw"] - status0["vcsw"],
         server_nvcsw=status1["nvcsw"] - status0["nvcsw"],
     )
-    if record["ops"] != spec["n"]:
+    if record["expected_ops"] is not None and record["ops"] != spec["n"]:
         record.update(status="error", error=f"observed {record['ops']} ops, expected {spec['n']}")
     common.emit(record)
     return 0 if record["status"] == "ok" else EXIT_FAILED
@@ -889,7 +1256,7 @@ def _run_client(
         "size": wl.size,
         "clients": wl.clients,
         "n": n,
-        "warmup": max(n // WARMUP_DIVISOR, 50),
+        "warmup": WRK_WARMUP_S if wl.timed else max(n // WARMUP_DIVISOR, 50),
         "server_pid": ready["pid"],
         "timeout_s": timeout,
     }
@@ -909,12 +1276,15 @@ def _run_client(
         return {"status": "timeout", "error": f"no result within {timeout:g} s"}
     finally:
         _detach_strace(tracer)
+    rec = common.last_json_line(proc.stdout)
     if tracer is not None:
         # strace counted the warm-up too; the per-message figure needs both.
-        total = spec["warmup"] + n
+        if wl.timed:
+            total = (rec or {}).get("warmup_ops", 0) + (rec or {}).get("ops", 0)
+        else:
+            total = spec["warmup"] + n
         with open(prefix + ".strace", "a", encoding="utf-8") as fh:
             fh.write(f"\n# messages (warm-up + measured): {total}\n")
-    rec = common.last_json_line(proc.stdout)
     if rec is None:
         detail = common.tail(proc.stderr) or "no output"
         return {
@@ -977,11 +1347,13 @@ def render(report: dict[str, Any]) -> str:
 
     def lead(name: str) -> list[str]:
         wl = WORKLOADS[name]
+        if wl.timed:
+            return [name, f"{cfg['sizes'][name]} s of wrk"]
         return [name, f"{cfg['sizes'][name]:,} {wl.unit}s"]
 
     rows = [(name, lead(name)) for name in names]
     out.append(
-        "## Throughput (median msgs/s or conns/s; ratio A/B > 1 = A faster)\n\n"
+        "## Throughput (median msgs/s, conns/s or reqs/s; ratio A/B > 1 = A faster)\n\n"
         + common.ratio_table(
             rows,
             present,
@@ -995,7 +1367,7 @@ def render(report: dict[str, Any]) -> str:
     )
     out.append("")
     out.append(
-        "## Server CPU per message (median µs of server user+sys per msg or conn; "
+        "## Server CPU per message (median µs of server user+sys per msg, conn or req; "
         "ratio A/B > 1 = A uses MORE CPU)\n\n"
         + common.ratio_table(
             rows,
@@ -1075,7 +1447,14 @@ def render(report: dict[str, Any]) -> str:
         for loop_name, workload, error in unsupported:
             out.append(f"- {loop_name} / {workload}: {error}")
         out.append("")
-    failures = [r for r in report["runs"] if r.get("status") not in ("ok", "unsupported")]
+    skipped = report.get("skipped_workloads", {})
+    if skipped:
+        out.append("## Skipped workloads (a tool or file is missing; not counted as failures)")
+        out.append("")
+        for workload, reason in skipped.items():
+            out.append(f"- {workload}: {reason}")
+        out.append("")
+    failures = [r for r in report["runs"] if r.get("status") not in NOT_FAILURES]
     if failures:
         out.append("## Failed runs")
         out.append("")
@@ -1182,9 +1561,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for wl in WORKLOADS.values():
             extra = "  (--big)" if wl.big else ""
+            missing = missing_prerequisite(wl)
+            if missing:
+                extra += f"  (skipped: {missing})"
+            count = f"{wl.n} s of wrk" if wl.timed else f"{wl.n:,}"
             print(
                 f"{wl.name:24} server={wl.server:9} client={wl.client:6} size={wl.size:>6} "
-                f"clients={wl.clients:<3} n={wl.n:,}{extra}"
+                f"clients={wl.clients:<3} n={count}{extra}"
             )
         return 0
 
@@ -1200,7 +1583,15 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n, wl in WORKLOADS.items() if args.big or not wl.big]
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else DEFAULT_REPEAT)
     divisor = QUICK_DIVISOR if args.quick else 1
-    sizes = {n: max(1, WORKLOADS[n].n // divisor) for n in names}
+    sizes = {
+        n: (WRK_QUICK_SECONDS if args.quick else WORKLOADS[n].n)
+        if WORKLOADS[n].timed
+        else max(1, WORKLOADS[n].n // divisor)
+        for n in names
+    }
+    skipped = {n: why for n in names if (why := missing_prerequisite(WORKLOADS[n]))}
+    for name, why in skipped.items():
+        common.log(f"skipping {name}: {why}")
 
     report = common.new_report(
         {
@@ -1216,6 +1607,8 @@ def main(argv: list[str] | None = None) -> int:
             "noisy_threshold": args.noisy_threshold,
             "wait_idle_s": args.wait_idle,
             "warmup_divisor": WARMUP_DIVISOR,
+            "wrk": {"threads": WRK_THREADS, "warmup_s": WRK_WARMUP_S, "path": shutil.which("wrk")},
+            "tls_cert": tls_cert_file(),
         },
         args.wait_idle,
     )
@@ -1224,11 +1617,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[dict[str, Any]] = []
     discarded: list[dict[str, Any]] = []
-    total = repeat * len(names) * len(present)
+    for name, why in skipped.items():
+        for loop_name in present:
+            runs.append(
+                {"status": "skipped", "error": why, "loop": loop_name, "workload": name, "rep": 0}
+            )
+    total = repeat * (len(names) - len(skipped)) * len(present)
     done = 0
     for rep in range(repeat):
         order = common.rotated(present, rep)
         for name in names:
+            if name in skipped:
+                continue
             for loop_name in order:
                 done += 1
                 diag = None
@@ -1278,6 +1678,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     pairs = common.ratio_pairs(present)
     report["runs"] = runs
+    report["skipped_workloads"] = skipped
     report["discarded_noisy_runs"] = discarded
     report["results"] = results
     report["ratio_columns"] = [f"{a}/{b}" for a, b in pairs]
@@ -1295,7 +1696,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(report))
     if args.json:
         common.log(f"full results written to {args.json}")
-    return 1 if any(r.get("status") not in ("ok", "unsupported") for r in runs) else 0
+    return 1 if any(r.get("status") not in NOT_FAILURES for r in runs) else 0
 
 
 if __name__ == "__main__":
