@@ -312,6 +312,66 @@ def test_preexec_fn_runs_and_the_loop_keeps_running(io_loop):
     assert ticks >= 3
 
 
+def test_slow_preexec_fn_does_not_stall_the_loop(io_loop, kind):
+    """While the child runs a slow preexec_fn, Popen waits for its exec.
+    asyncio waits on the loop's thread (nothing else runs); ferroloop spawns
+    such children from the default executor, so the loop keeps going."""
+
+    def preexec():
+        time.sleep(0.3)
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        t = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        proc = await asyncio.create_subprocess_exec("true", preexec_fn=preexec)
+        during = ticks - before
+        code = await proc.wait()
+        t.cancel()
+        return during, code
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 3.12+: preexec_fn and threads
+        during, code = run_coro(io_loop, main())
+    assert code == 0
+    if kind == "asyncio":
+        assert during <= 1
+    else:
+        assert during >= 10
+
+
+def test_cancelled_spawn_leaves_no_child_or_fd(io_loop):
+    def preexec():
+        time.sleep(0.2)
+
+    async def main():
+        before = fd_count()
+        task = asyncio.ensure_future(
+            asyncio.create_subprocess_exec("sleep", "5", stdout=PIPE, preexec_fn=preexec)
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5):
+            while children_of_self() or fd_count() != before:
+                await asyncio.sleep(0.01)
+        return fd_count() - before
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert run_coro(io_loop, main(), timeout=10) == 0
+    assert children_of_self() == []
+
+
 def _inherited_fd_kinds(loop):
     """What a child started with close_fds=False inherits (by kind of file),
     with the loop's own descriptors (selector, waker, signal self-pipe) open."""

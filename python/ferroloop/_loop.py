@@ -16,14 +16,16 @@ from __future__ import annotations
 import _socket
 import contextvars
 import errno
+import functools
 import os
 import selectors
 import socket
+import subprocess
 import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, constants, events, trsock, unix_events
+from asyncio import base_events, constants, events, exceptions, tasks, trsock, unix_events
 from asyncio.log import logger
 
 from ._ferroloop import Handle, LoopCore
@@ -293,29 +295,64 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
     ):
+        spawn = (protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs)
         watcher = _policy_child_watcher()
-        if watcher is not None:
-            # A child watcher was set on the policy (Python 3.8-3.13): honour
-            # it as asyncio does, so watchers that reap every child
-            # (FastChildWatcher's waitpid(-1)) cannot take ours.
-            return await unix_events._UnixSelectorEventLoop._make_subprocess_transport(
-                self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
-            )
+        if watcher is None:
+            return await self._ff_subprocess(self._ff_watch_child, *spawn)
+        # A child watcher was set on the policy (Python 3.8-3.13): honour it
+        # as asyncio does, so watchers that reap every child (FastChildWatcher's
+        # waitpid(-1)) cannot take ours; its context spans the spawn.
+        with watcher as watcher:  # asyncio uses what __enter__ gives
+            if not watcher.is_active():
+                raise RuntimeError(
+                    "asyncio.get_child_watcher() is not activated, "
+                    "subprocess support is not installed."
+                )
+
+            def watch(pid, transp):
+                watcher.add_child_handler(pid, self._child_watcher_callback, transp)
+
+            return await self._ff_subprocess(watch, *spawn)
+
+    async def _ff_subprocess(
+        self, watch, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs
+    ):
         waiter = self.create_future()
-        transp = unix_events._UnixSubprocessTransport(
-            self,
-            protocol,
-            args,
-            shell,
-            stdin,
-            stdout,
-            stderr,
-            bufsize,
-            waiter=waiter,
-            extra=extra,
-            **kwargs,
-        )
-        self._ff_watch_child(transp.get_pid(), transp)
+        if kwargs.get("preexec_fn") is not None:
+            # The parent waits in Popen until the child execs, so a slow
+            # preexec_fn would stall the loop (as it does on asyncio and
+            # uvloop): spawn from the default executor instead.
+            proc = await self._ff_spawn_in_executor(
+                args, shell, stdin, stdout, stderr, bufsize, kwargs
+            )
+            transp = _SpawnedSubprocessTransport(
+                self,
+                protocol,
+                args,
+                shell,
+                stdin,
+                stdout,
+                stderr,
+                bufsize,
+                waiter=waiter,
+                extra=extra,
+                _ff_proc=proc,
+            )
+        else:
+            transp = unix_events._UnixSubprocessTransport(
+                self,
+                protocol,
+                args,
+                shell,
+                stdin,
+                stdout,
+                stderr,
+                bufsize,
+                waiter=waiter,
+                extra=extra,
+                **kwargs,
+            )
+        watch(transp.get_pid(), transp)
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):
@@ -325,6 +362,31 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    async def _ff_spawn_in_executor(self, args, shell, stdin, stdout, stderr, bufsize, kwargs):
+        spawn = functools.partial(
+            subprocess.Popen,
+            args,
+            shell=shell,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            universal_newlines=False,
+            bufsize=bufsize,
+            **kwargs,
+        )
+        fut = self.run_in_executor(None, spawn)
+        try:
+            return await tasks.shield(fut)
+        except exceptions.CancelledError:
+            # The child is (or will be) running: do not leave it behind.
+            fut.add_done_callback(self._ff_discard_spawned)
+            raise
+
+    def _ff_discard_spawned(self, fut):
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self.run_in_executor(None, _kill_and_reap, fut.result())
 
     def _ff_watch_child(self, pid, transp):
         try:
@@ -431,6 +493,26 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
 
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _SpawnedSubprocessTransport(unix_events._UnixSubprocessTransport):
+    """asyncio's Unix subprocess transport around a child that was already
+    spawned (by `Loop._ff_spawn_in_executor`)."""
+
+    def _start(self, args, shell, stdin, stdout, stderr, bufsize, _ff_proc, **kwargs):
+        self._proc = _ff_proc
+
+
+def _kill_and_reap(proc):
+    # A child whose spawning was cancelled: end it, reap it, close its pipes.
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
 
 
 def _policy_child_watcher():
