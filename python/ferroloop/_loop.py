@@ -325,33 +325,22 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             proc = await self._ff_spawn_in_executor(
                 args, shell, stdin, stdout, stderr, bufsize, kwargs
             )
-            transp = _SpawnedSubprocessTransport(
-                self,
-                protocol,
-                args,
-                shell,
-                stdin,
-                stdout,
-                stderr,
-                bufsize,
-                waiter=waiter,
-                extra=extra,
-                _ff_proc=proc,
-            )
+            cls, kwargs = _SpawnedSubprocessTransport, {"_ff_proc": proc}
         else:
-            transp = unix_events._UnixSubprocessTransport(
-                self,
-                protocol,
-                args,
-                shell,
-                stdin,
-                stdout,
-                stderr,
-                bufsize,
-                waiter=waiter,
-                extra=extra,
-                **kwargs,
-            )
+            cls = unix_events._UnixSubprocessTransport
+        transp = cls(
+            self,
+            protocol,
+            args,
+            shell,
+            stdin,
+            stdout,
+            stderr,
+            bufsize,
+            waiter=waiter,
+            extra=extra,
+            **kwargs,
+        )
         watch(transp.get_pid(), transp)
         try:
             await waiter

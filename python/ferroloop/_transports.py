@@ -57,6 +57,44 @@ def _init_socket_extra(transport, sock, extra):
             extra["peername"] = None
 
 
+class _WriteBufferMixin:
+    """Write-buffer sizes, limits and counters, forwarded to the core (every
+    transport that writes)."""
+
+    @property
+    def _conn_lost(self):
+        return self._core.conn_lost
+
+    @property
+    def _protocol_paused(self):
+        return self._core.protocol_paused
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+
+class _StreamWriteMixin(_WriteBufferMixin):
+    """The byte-stream writing methods (socket streams and write pipes)."""
+
+    def write(self, data):
+        self._core.write(data)
+
+    def writelines(self, list_of_data):
+        self._core.writelines(list_of_data)
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def can_write_eof(self):
+        return True
+
+
 class _SocketTransportMixin:
     """What the stream and datagram transports share: the finalizer and
     asyncio's attribute names, over the core."""
@@ -83,18 +121,6 @@ class _SocketTransportMixin:
     def _closing(self):
         return self._core.is_closing()
 
-    @property
-    def _conn_lost(self):
-        return self._core.conn_lost
-
-    @property
-    def _paused(self):
-        return self._core.paused
-
-    @property
-    def _protocol_paused(self):
-        return self._core.protocol_paused
-
     def is_closing(self):
         return self._core.is_closing()
 
@@ -118,15 +144,6 @@ class _SocketTransportMixin:
 
     def get_protocol(self):
         return self._core.get_protocol()
-
-    def get_write_buffer_size(self):
-        return self._core.get_write_buffer_size()
-
-    def get_write_buffer_limits(self):
-        return self._core.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._core.set_write_buffer_limits(high, low)
 
     def _force_close(self, exc):
         self._core._force_close(exc)
@@ -153,7 +170,9 @@ class _SocketTransportMixin:
         return "<{}>".format(" ".join(info))
 
 
-class SocketTransport(_SocketTransportMixin, transports._FlowControlMixin, transports.Transport):
+class SocketTransport(
+    _SocketTransportMixin, _StreamWriteMixin, transports._FlowControlMixin, transports.Transport
+):
     """A TCP or Unix stream socket transport with a native core.
 
     Its repr names it as asyncio names its own (``_SelectorSocketTransport``),
@@ -202,20 +221,6 @@ class SocketTransport(_SocketTransportMixin, transports._FlowControlMixin, trans
     def _empty_waiter(self):
         return self._core.empty_waiter
 
-    # The Transport interface (the rest is in _SocketTransportMixin).
-
-    def write(self, data):
-        self._core.write(data)
-
-    def writelines(self, list_of_data):
-        self._core.writelines(list_of_data)
-
-    def write_eof(self):
-        self._core.write_eof()
-
-    def can_write_eof(self):
-        return True
-
     # asyncio's internal interface, used by loop.sendfile.
 
     def _make_empty_waiter(self):
@@ -225,7 +230,9 @@ class SocketTransport(_SocketTransportMixin, transports._FlowControlMixin, trans
         self._core._reset_empty_waiter()
 
 
-class DatagramTransport(_SocketTransportMixin, transports._FlowControlMixin, transports.Transport):
+class DatagramTransport(
+    _SocketTransportMixin, _WriteBufferMixin, transports._FlowControlMixin, transports.Transport
+):
     """A UDP or Unix datagram socket transport with a native core.
 
     Like asyncio's `_SelectorDatagramTransport`, it is an
@@ -368,7 +375,7 @@ class ReadPipeTransport(_PipeTransportMixin, transports.ReadTransport):
 
 
 class WritePipeTransport(
-    _PipeTransportMixin, transports._FlowControlMixin, transports.WriteTransport
+    _PipeTransportMixin, _StreamWriteMixin, transports._FlowControlMixin, transports.WriteTransport
 ):
     """The write end of a pipe, FIFO, socket or character device."""
 
@@ -391,40 +398,11 @@ class WritePipeTransport(
             return "<_UnixWritePipeTransport uninitialized>"
         return _pipe_repr("_UnixWritePipeTransport", core, _EVENT_WRITE, True)
 
-    @property
-    def _conn_lost(self):
-        return self._core.conn_lost
-
-    @property
-    def _protocol_paused(self):
-        return self._core.protocol_paused
-
-    def write(self, data):
-        self._core.write(data)
-
-    def writelines(self, list_of_data):
-        self._core.writelines(list_of_data)
-
-    def can_write_eof(self):
-        return True
-
-    def write_eof(self):
-        self._core.write_eof()
-
     def close(self):
         self._core.close()
 
     def abort(self):
         self._core.abort()
-
-    def get_write_buffer_size(self):
-        return self._core.get_write_buffer_size()
-
-    def get_write_buffer_limits(self):
-        return self._core.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._core.set_write_buffer_limits(high, low)
 
     def _close(self, exc=None):
         self._core._close(exc)

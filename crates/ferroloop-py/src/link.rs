@@ -283,11 +283,14 @@ impl LinkCell {
         drop(old);
     }
 
-    /// Drop the loop and protocol references (end of `_call_connection_lost`).
+    /// Drop the loop, protocol and transport references (end of
+    /// `_call_connection_lost`). Nothing needs them afterwards, and without
+    /// the transport reference the Python transport and its core form no
+    /// cycle, so a closed transport is freed as soon as the user drops it.
     pub fn release(&self, py: Python<'_>) {
         let taken = {
             let mut l = self.0.borrow_mut(py);
-            (l.lp.take(), l.protocol.take())
+            (l.lp.take(), l.protocol.take(), l.transport.take())
         };
         drop(taken);
     }
