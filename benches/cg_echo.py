@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""User-space instructions per echoed message, under callgrind.
+
+Usage (from the repository root; needs valgrind):
+
+    python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024]
+
+For each loop, an echo server (an ``asyncio.Protocol`` on a Unix socket) runs
+under ``valgrind --tool=callgrind`` twice, serving N1 and then N2 messages
+from a plain-socket client in this process's child; the difference of the two
+instruction totals divided by N2 - N1 is the loop's user-space cost per
+message, start-up and shutdown cancelled out. Instruction counts do not
+depend on what else the machine is doing, unlike times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+SERVER = r"""
+import asyncio, sys
+kind, path = sys.argv[1], sys.argv[2]
+if kind == "asyncio":
+    loop = asyncio.new_event_loop()
+else:
+    loop = __import__(kind).new_event_loop()
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+async def main():
+    await loop.create_unix_server(Echo, path)
+    stop = loop.create_future()
+    loop.add_reader(0, lambda: stop.done() or stop.set_result(None))
+    print("READY", flush=True)
+    await stop
+
+asyncio.set_event_loop(loop)
+loop.run_until_complete(main())
+"""
+
+READY_TIMEOUT_S = 120.0
+CLIENT_TIMEOUT_S = 300.0
+
+
+def drive(path: str, n: int, conns: int, size: int) -> None:
+    """Echo *n* messages of *size* bytes over *conns* connections, one in
+    flight per connection; bounded by CLIENT_TIMEOUT_S."""
+    msg = b"x" * size
+    socks = []
+    for _ in range(conns):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.setblocking(False)
+        socks.append(s)
+    ep = select.epoll()
+    got = {}
+    for s in socks:
+        ep.register(s.fileno(), select.EPOLLIN)
+        got[s.fileno()] = [s, 0]
+    sent = done = 0
+    for s in socks[:n]:
+        s.sendall(msg)
+        sent += 1
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while done < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{done} of {n} messages echoed")
+        for fd, _ in ep.poll(5):
+            st = got[fd]
+            st[1] += len(st[0].recv(65536))
+            while st[1] >= size:
+                st[1] -= size
+                done += 1
+                if sent < n:
+                    st[0].sendall(msg)
+                    sent += 1
+    for s in socks:
+        s.close()
+    ep.close()
+
+
+def instructions(loop: str, n: int, conns: int, size: int, tmp: str) -> int:
+    path = os.path.join(tmp, f"{loop}-{n}.sock")
+    out = os.path.join(tmp, f"cg.{loop}.{n}")
+    script = os.path.join(tmp, "server.py")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(SERVER)
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    cmd += [sys.executable, script, loop, path]
+    server = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        start = time.monotonic()
+        line = server.stdout.readline()
+        if "READY" not in line or time.monotonic() - start > READY_TIMEOUT_S:
+            raise RuntimeError(f"{loop} server did not start: {line!r}")
+        drive(path, n, conns, size)
+        # communicate() closes the server's stdin, which stops it.
+        _, err = server.communicate(timeout=READY_TIMEOUT_S)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    m = re.search(r"Collected : (\d+)", err)
+    if not m:
+        raise RuntimeError(f"no callgrind total for {loop}: {err[-500:]}")
+    return int(m.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--loops", default="asyncio,uvloop,ferroloop")
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--n1", type=int, default=2000)
+    ap.add_argument("--n2", type=int, default=20000)
+    args = ap.parse_args(argv)
+    print(f"| loop | instructions per message ({args.size} B, {args.conns} connections) |")
+    print("|---|---:|")
+    with tempfile.TemporaryDirectory(prefix="ferroloop-cg-") as tmp:
+        for loop in args.loops.split(","):
+            a = instructions(loop, args.n1, args.conns, args.size, tmp)
+            b = instructions(loop, args.n2, args.conns, args.size, tmp)
+            print(f"| {loop} | {(b - a) / (args.n2 - args.n1):,.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
