@@ -597,3 +597,37 @@ def test_datagram_error_received_and_close_in_callback(io_loop):
     first_error, got = run_coro(io_loop, main())
     assert first_error == "ConnectionRefusedError"
     assert got == [b"0"]
+
+
+def test_asyncio_internal_attributes(io_loop):
+    """The attributes asyncio's own helpers and third-party code read on a
+    socket transport, with asyncio's values, before and after close."""
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        sock = t.get_extra_info("socket")
+        open_state = (
+            t._sock.fileno() == sock.fileno(),
+            t._sock_fd == sock.fileno(),
+            t._loop is io_loop,
+            t._protocol is p,
+            t._closing,
+            t._conn_lost,
+            t._paused,
+            t._server,
+            t._eof,
+            t._empty_waiter,
+            t._protocol_paused,
+        )
+        t.pause_reading()
+        paused = t._paused
+        t.close()
+        await p.lost
+        closed_state = (t._sock, t._loop, t._protocol, t._closing, t._conn_lost)
+        peer.close()
+        return open_state, paused, closed_state
+
+    open_state, paused, closed_state = run_coro(io_loop, main())
+    assert open_state == (True, True, True, True, False, 0, False, None, False, None, False)
+    assert paused is True
+    assert closed_state == (None, None, None, True, 1)

@@ -19,6 +19,7 @@ methods, set on the instance, so calling them costs no Python frame.
 from __future__ import annotations
 
 import _socket
+import operator
 import os
 import socket
 import stat
@@ -30,6 +31,14 @@ from ._ferroloop import DatagramCore, ReadPipeCore, StreamCore, WritePipeCore
 __all__ = ("DatagramTransport", "ReadPipeTransport", "SocketTransport", "WritePipeTransport")
 
 _REPR_NAME = "_SelectorSocketTransport"
+
+
+def _core_attr(name):
+    """A read-only attribute of asyncio's (``_sock``, ``_conn_lost``, ...)
+    that reads the core's ``name``."""
+    return property(operator.attrgetter(f"_core.{name}"))
+
+
 _INET = (socket.AF_INET, socket.AF_INET6)
 # The C-level attributes of a socket object (plain ints; the socket.socket
 # properties convert them to enums on every read).
@@ -61,13 +70,9 @@ class _WriteBufferMixin:
     """Write-buffer sizes, limits and counters, forwarded to the core (every
     transport that writes)."""
 
-    @property
-    def _conn_lost(self):
-        return self._core.conn_lost
+    _conn_lost = _core_attr("conn_lost")
 
-    @property
-    def _protocol_paused(self):
-        return self._core.protocol_paused
+    _protocol_paused = _core_attr("protocol_paused")
 
     def get_write_buffer_size(self):
         return self._core.get_write_buffer_size()
@@ -105,13 +110,11 @@ class _SocketTransportMixin:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._close_sock()
 
-    @property
-    def _sock(self):
-        return self._core.sock
+    _sock = _core_attr("sock")
 
-    @property
-    def _loop(self):
-        return self._core.loop
+    _loop = _core_attr("loop")
+
+    _paused = _core_attr("paused")
 
     @property
     def _protocol(self):
@@ -209,17 +212,11 @@ class SocketTransport(
     def __repr__(self):
         return self._repr_info(_REPR_NAME)
 
-    @property
-    def _server(self):
-        return self._core.server
+    _server = _core_attr("server")
 
-    @property
-    def _eof(self):
-        return self._core.eof
+    _eof = _core_attr("eof")
 
-    @property
-    def _empty_waiter(self):
-        return self._core.empty_waiter
+    _empty_waiter = _core_attr("empty_waiter")
 
     # asyncio's internal interface, used by loop.sendfile.
 
@@ -295,17 +292,13 @@ class _PipeTransportMixin:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._close_pipe()
 
-    @property
-    def _pipe(self):
-        return self._core.pipe
+    _pipe = _core_attr("pipe")
 
     @_pipe.setter
     def _pipe(self, value):
         self._core.pipe = value
 
-    @property
-    def _loop(self):
-        return self._core.loop
+    _loop = _core_attr("loop")
 
     @property
     def _protocol(self):
@@ -354,9 +347,7 @@ class ReadPipeTransport(_PipeTransportMixin, transports.ReadTransport):
             return "<_UnixReadPipeTransport uninitialized>"
         return _pipe_repr("_UnixReadPipeTransport", core, _EVENT_READ, False)
 
-    @property
-    def _paused(self):
-        return self._core.paused
+    _paused = _core_attr("paused")
 
     def is_reading(self):
         return self._core.is_reading()
