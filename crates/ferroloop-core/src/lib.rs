@@ -8,6 +8,8 @@
 //!   exactly as asyncio's `BaseEventLoop._run_once` applies them.
 //! * [`selector`]: level-triggered readiness backends (epoll, poll, select)
 //!   behind one enum-dispatched interface.
+//! * [`transport`]: the write half every transport shares: the pending
+//!   bytes and the high / low water marks, with asyncio's rules.
 //! * [`waker`]: a cross-thread waker (eventfd).
 //! * [`event_loop`]: a complete event loop for Rust programs, driven by
 //!   closures, with a [`event_loop::Remote`] for other threads.
@@ -24,6 +26,7 @@ pub mod policy;
 pub mod scheduler;
 pub mod selector;
 pub mod timers;
+pub mod transport;
 pub mod waker;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

@@ -363,7 +363,7 @@ impl DatagramCore {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        self.st.borrow_mut(py).flow.set_limits(high, low)?;
+        crate::link::set_limits(&mut self.st.borrow_mut(py).flow, high, low)?;
         self.maybe_pause_protocol(py)
     }
 

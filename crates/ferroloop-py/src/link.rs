@@ -1,8 +1,9 @@
 //! What every native transport shares: its link to the loop and the
-//! protocol ([`Link`]), the protocol-facing write half ([`WriteBuf`] and the
-//! water marks in [`Flow`]), byte views of Python buffers, and the error
-//! rules of asyncio's transports. The I/O-facing halves are `stream.rs`
-//! (sockets) and `pipe.rs` (pipes).
+//! protocol ([`Link`]), byte views of Python buffers, and the error rules of
+//! asyncio's transports. The protocol-facing write half ([`WriteBuf`] and the
+//! water marks in [`Flow`]) is pure Rust, in `ferroloop_core::transport`.
+//! `sel.rs` adds the socket transports' shared rules; the I/O-facing halves
+//! are `stream.rs`, `datagram.rs` and `pipe.rs`.
 //!
 //! Locking discipline is the loop's: state sits in a [`GilCell`], and no
 //! borrow is held across a call into Python (protocol callbacks may call
@@ -13,6 +14,8 @@ use std::io;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+
+pub use ferroloop_core::transport::{Flow, WriteBuf};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -25,8 +28,6 @@ use crate::loop_core::LoopCore;
 pub const MAX_READ: usize = 256 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-/// asyncio's default high-water mark.
-const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
 
 thread_local! {
     /// Where reads land before they are copied into a `bytes` of the exact
@@ -109,111 +110,6 @@ impl Drop for ByteView {
         // SAFETY: the view was filled by a successful PyObject_GetBuffer and
         // is released exactly once; the GIL is held wherever a view lives.
         unsafe { ffi::PyBuffer_Release(&mut self.view) };
-    }
-}
-
-/// Bytes accepted by `write` but not yet taken by the kernel.
-#[derive(Default)]
-pub struct WriteBuf {
-    data: Vec<u8>,
-    start: usize,
-}
-
-impl WriteBuf {
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.data.len() - self.start
-    }
-
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    #[inline]
-    pub fn pending(&self) -> &[u8] {
-        &self.data[self.start..]
-    }
-
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.is_empty() {
-            self.data.clear();
-            self.start = 0;
-        }
-        self.data.extend_from_slice(bytes);
-    }
-
-    pub fn consume(&mut self, n: usize) {
-        self.start += n.min(self.len());
-        if self.start == self.data.len() {
-            self.clear();
-        } else if self.start >= 64 * 1024 && self.start * 2 >= self.data.len() {
-            self.data.drain(..self.start);
-            self.start = 0;
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.start = 0;
-        if self.data.capacity() > 1024 * 1024 {
-            self.data.shrink_to(64 * 1024);
-        }
-    }
-}
-
-/// Write flow control: asyncio's `_FlowControlMixin` state.
-pub struct Flow {
-    pub high: i64,
-    pub low: i64,
-    pub paused: bool,
-}
-
-impl Default for Flow {
-    fn default() -> Self {
-        Flow {
-            high: DEFAULT_HIGH_WATER,
-            low: DEFAULT_HIGH_WATER / 4,
-            paused: false,
-        }
-    }
-}
-
-impl Flow {
-    /// `_set_write_buffer_limits`, with its defaults and its check.
-    pub fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, None) => DEFAULT_HIGH_WATER,
-            (None, Some(l)) => 4 * l,
-        };
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        self.high = high;
-        self.low = low;
-        Ok(())
-    }
-
-    /// True when the protocol must now be told to pause.
-    pub fn should_pause(&mut self, size: usize) -> bool {
-        if size as i64 <= self.high || self.paused {
-            return false;
-        }
-        self.paused = true;
-        true
-    }
-
-    /// True when the protocol must now be told to resume.
-    pub fn should_resume(&mut self, size: usize) -> bool {
-        if self.paused && size as i64 <= self.low {
-            self.paused = false;
-            return true;
-        }
-        false
     }
 }
 
@@ -441,4 +337,10 @@ pub fn read_bytes<'py>(
         let len = s.len();
         read(s.as_mut_ptr(), len).map(|n| PyBytes::new(py, &s[..n]))
     })
+}
+
+/// `Flow::set_limits` with asyncio's `ValueError`.
+pub fn set_limits(flow: &mut Flow, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+    flow.set_limits(high, low)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
 }
