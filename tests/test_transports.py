@@ -631,3 +631,71 @@ def test_asyncio_internal_attributes(io_loop):
     assert open_state == (True, True, True, True, False, 0, False, None, False, None, False)
     assert paused is True
     assert closed_state == (None, None, None, True, 1)
+
+
+def test_mixed_endings_leave_no_transport_or_fd(io_loop):
+    """Many connections ending every way a connection ends (client close,
+    server close with pending data, server abort, peer reset mid-write,
+    close from data_received), then: no descriptor and no transport left."""
+    import struct
+
+    made = []
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            made.append(weakref.ref(transport))
+
+        def data_received(self, data):
+            how = data[:1]
+            if how == b"c":
+                self.transport.write(b"x" * 300_000)
+                self.transport.close()
+            elif how == b"a":
+                self.transport.write(b"x" * 300_000)
+                self.transport.abort()
+            elif how == b"w":
+                self.transport.write(b"x" * 300_000)
+            else:
+                self.transport.write(data)
+
+    async def client(addr, how):
+        r, w = await asyncio.open_connection(*addr)
+        w.write(how + b"payload")
+        if how == b"r":
+            # reset: close with unread data and SO_LINGER 0
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+            return
+        if how in (b"c", b"a"):
+            try:
+                await r.read()
+            except ConnectionError:
+                pass
+        else:
+            await r.read(1)
+        w.close()
+        try:
+            await w.wait_closed()
+        except ConnectionError:
+            pass
+
+    async def main():
+        before = fd_count()
+        server = await io_loop.create_server(Server, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        kinds = [b"c", b"a", b"w", b"e", b"r"] * 20
+        await asyncio.gather(*(client(addr, k) for k in kinds))
+        server.close()
+        await server.wait_closed()
+        async with asyncio.timeout(10):
+            while fd_count() != before:
+                gc.collect()
+                await asyncio.sleep(0.01)
+        return fd_count() - before
+
+    assert run_coro(io_loop, main(), timeout=20) == 0
+    gc.collect()
+    assert len(made) == 100
+    assert [r for r in made if r() is not None] == []
