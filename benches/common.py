@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ describe_loop = sched_run._describe_loop
 emit = sched_run._emit
 error_text = sched_run._error_text
 loadavg = sched_run._loadavg
+spawn = sched_run._spawn_script
 
 DEFAULT_LOOPS = sched_run.DEFAULT_LOOPS
 
@@ -441,32 +441,3 @@ def finish_report(report: dict[str, Any], json_path: str | None) -> None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-
-
-def spawn(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``script ARGS`` in a fresh interpreter and return its last JSON line."""
-    cmd = [sys.executable, str(script), *args]
-    try:
-        proc = subprocess.run(
-            cmd,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=child_env(),
-            cwd=str(script.parent),
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "error": f"no result within {timeout:g} s"}
-    record = last_json_line(proc.stdout)
-    if record is None:
-        detail = tail(proc.stderr) or tail(proc.stdout) or "no output"
-        return {"status": "crashed", "error": f"{describe_exit(proc.returncode)}: {detail}"}
-    if record.get("status") == "ok" and proc.returncode != 0:
-        record["status"] = "crashed"
-        record["error"] = f"{describe_exit(proc.returncode)} after reporting success"
-    stderr = proc.stderr.strip()
-    if stderr:
-        record["stderr"] = tail(stderr)
-    return record

@@ -259,7 +259,13 @@ def _describe_exit(returncode: int) -> str:
 
 def _spawn(args: list[str], timeout: float) -> dict[str, Any]:
     """Run ``run.py ARGS`` in a fresh interpreter and return its JSON record."""
-    cmd = [sys.executable, str(SCRIPT), *args]
+    return _spawn_script(SCRIPT, args, timeout)
+
+
+def _spawn_script(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``script ARGS`` in a fresh interpreter (from the script's folder)
+    and return the last JSON line it printed, or a timeout / crash record."""
+    cmd = [sys.executable, str(script), *args]
     try:
         proc = subprocess.run(
             cmd,
@@ -268,7 +274,7 @@ def _spawn(args: list[str], timeout: float) -> dict[str, Any]:
             text=True,
             timeout=timeout,
             env=_child_env(),
-            cwd=str(HERE),
+            cwd=str(script.parent),
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
