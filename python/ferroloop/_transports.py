@@ -100,21 +100,11 @@ class _StreamWriteMixin(_WriteBufferMixin):
         return True
 
 
-class _SocketTransportMixin:
-    """What the stream and datagram transports share: the finalizer and
-    asyncio's attribute names, over the core."""
-
-    def __del__(self, _warn=warnings.warn):
-        core = self.__dict__.get("_core")
-        if core is not None and core.sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core._close_sock()
-
-    _sock = _core_attr("sock")
+class _CoreForwardingMixin:
+    """What every transport forwards to its core: the protocol, closing, and
+    asyncio's attribute names for them."""
 
     _loop = _core_attr("loop")
-
-    _paused = _core_attr("paused")
 
     @property
     def _protocol(self):
@@ -130,8 +120,17 @@ class _SocketTransportMixin:
     def close(self):
         self._core.close()
 
-    def abort(self):
-        self._core.abort()
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+
+class _ReadingMixin:
+    """`pause_reading` and friends, for the transports that read."""
+
+    _paused = _core_attr("paused")
 
     def is_reading(self):
         return self._core.is_reading()
@@ -142,11 +141,21 @@ class _SocketTransportMixin:
     def resume_reading(self):
         self._core.resume_reading()
 
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
 
-    def get_protocol(self):
-        return self._core.get_protocol()
+class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
+    """What the stream and datagram transports share: the finalizer and
+    asyncio's socket attributes, over the core."""
+
+    def __del__(self, _warn=warnings.warn):
+        core = self.__dict__.get("_core")
+        if core is not None and core.sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core._close_sock()
+
+    _sock = _core_attr("sock")
+
+    def abort(self):
+        self._core.abort()
 
     def _force_close(self, exc):
         self._core._force_close(exc)
@@ -282,9 +291,9 @@ def _pipe_repr(name, core, event, bufsize):
     return "<{}>".format(" ".join(info))
 
 
-class _PipeTransportMixin:
-    """What both pipe transports share: the finalizer and asyncio's
-    attribute names."""
+class _PipeTransportMixin(_CoreForwardingMixin):
+    """What both pipe transports share: the finalizer and asyncio's pipe
+    attributes."""
 
     def __del__(self, _warn=warnings.warn):
         core = self.__dict__.get("_core")
@@ -298,25 +307,6 @@ class _PipeTransportMixin:
     def _pipe(self, value):
         self._core.pipe = value
 
-    _loop = _core_attr("loop")
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self):
-        return self._core.is_closing()
-
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        return self._core.get_protocol()
-
-    def is_closing(self):
-        return self._core.is_closing()
-
     def _fatal_error(self, exc, message="Fatal error on pipe transport"):
         self._core._fatal_error(exc, message)
 
@@ -324,7 +314,7 @@ class _PipeTransportMixin:
         self._core._call_connection_lost(exc)
 
 
-class ReadPipeTransport(_PipeTransportMixin, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransportMixin, _ReadingMixin, transports.ReadTransport):
     """The read end of a pipe, FIFO, socket or character device."""
 
     max_size = 256 * 1024
@@ -346,20 +336,6 @@ class ReadPipeTransport(_PipeTransportMixin, transports.ReadTransport):
         if core is None:
             return "<_UnixReadPipeTransport uninitialized>"
         return _pipe_repr("_UnixReadPipeTransport", core, _EVENT_READ, False)
-
-    _paused = _core_attr("paused")
-
-    def is_reading(self):
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        self._core.resume_reading()
-
-    def close(self):
-        self._core.close()
 
     def _close(self, exc):
         self._core._close(exc)
@@ -388,9 +364,6 @@ class WritePipeTransport(
         if core is None:
             return "<_UnixWritePipeTransport uninitialized>"
         return _pipe_repr("_UnixWritePipeTransport", core, _EVENT_WRITE, True)
-
-    def close(self):
-        self._core.close()
 
     def abort(self):
         self._core.abort()
