@@ -699,3 +699,24 @@ def test_mixed_endings_leave_no_transport_or_fd(io_loop):
     gc.collect()
     assert len(made) == 100
     assert [r for r in made if r() is not None] == []
+
+
+def test_pipe_is_still_set_while_connection_lost_runs(io_loop):
+    """As asyncio's: the pipe is closed after connection_lost returns."""
+    seen = []
+
+    class P(Proto):
+        def connection_lost(self, exc):
+            seen.append((self.transport._pipe is not None, self.transport._pipe.closed))
+            super().connection_lost(exc)
+
+    async def main():
+        r, w = os.pipe()
+        rfile = os.fdopen(r, "rb", 0)
+        t, p = await io_loop.connect_read_pipe(lambda: P(io_loop), rfile)
+        os.close(w)
+        await p.lost
+        return t._pipe, rfile.closed
+
+    assert run_coro(io_loop, main()) == (None, True)
+    assert seen == [(True, False)]

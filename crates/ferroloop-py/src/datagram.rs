@@ -17,10 +17,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::cell::GilCell;
-use crate::link::{is_exit, logger, Flow, LinkCell, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ};
+use crate::link::{
+    check_bytes_like, is_exit, logger, Flow, LinkCell, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
+};
 use crate::loop_core::LoopCore;
 use crate::sel::{self, SelState, SockTransport};
-use crate::stream::{check_bytes_like, flow_callback};
 
 /// Datagrams read per read readiness at most, so one busy socket cannot
 /// starve the rest of the loop.
@@ -133,7 +134,7 @@ impl DatagramCore {
             st.flow.should_pause(size)
         };
         if pause {
-            flow_callback(&self.link, py, "pause_writing")?;
+            self.link.flow_callback(py, "pause_writing")?;
         }
         Ok(())
     }
@@ -170,7 +171,7 @@ impl DatagramCore {
     fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let start = slf.getattr(pyo3::intern!(py, "_add_reader_cb"))?;
-        crate::pipe::start_common(&slf.get().link, py, Some(start), waiter)
+        slf.get().link.start(py, Some(start), waiter)
     }
 
     fn _add_reader_cb(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -299,7 +300,7 @@ impl DatagramCore {
             st.flow.should_resume(size)
         };
         if resume {
-            flow_callback(&me.link, py, "resume_writing")?; // may send more
+            me.link.flow_callback(py, "resume_writing")?; // may send more
         }
         if me.st.borrow(py).buf.is_empty() {
             me.link.remove_watch(py, true)?;

@@ -13,13 +13,13 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};
 
 pub use ferroloop_core::transport::{Flow, WriteBuf};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
 use crate::cell::GilCell;
 use crate::loop_core::LoopCore;
@@ -272,6 +272,82 @@ impl LinkCell {
         Ok(())
     }
 
+    /// Schedule `connection_made(transport)`, then `then()` if given, then
+    /// the waiter's result: the order of asyncio's transport constructors.
+    pub fn start(
+        &self,
+        py: Python<'_>,
+        then: Option<Bound<'_, PyAny>>,
+        waiter: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let made = self
+            .protocol_obj(py)
+            .into_bound(py)
+            .getattr(pyo3::intern!(py, "connection_made"))?;
+        self.call_soon(py, made, PyTuple::new(py, [self.transport_obj(py)])?)?;
+        if let Some(cb) = then {
+            self.call_soon(py, cb, PyTuple::empty(py))?;
+        }
+        if let Some(w) = waiter.filter(|w| !w.is_none()) {
+            let f = py
+                .import("asyncio.futures")?
+                .getattr("_set_result_unless_cancelled")?;
+            self.call_soon(
+                py,
+                f,
+                PyTuple::new(py, [w.clone(), py.None().into_bound(py)])?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `loop.call_soon(owner._call_connection_lost, exc)`.
+    pub fn schedule_connection_lost(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        exc: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = owner.py();
+        let cb = owner.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+        self.call_soon(py, cb, PyTuple::new(py, [exc])?)
+    }
+
+    /// `protocol.pause_writing()` / `resume_writing()`; an error goes to the
+    /// loop's exception handler as `protocol.<method>() failed`.
+    pub fn flow_callback(&self, py: Python<'_>, method: &str) -> PyResult<()> {
+        let protocol = self.protocol_obj(py);
+        match protocol.bind(py).call_method0(method) {
+            Ok(_) => Ok(()),
+            Err(e) if is_exit(py, &e) => Err(e),
+            Err(e) => self.report(py, &format!("protocol.{method}() failed"), e.value(py)),
+        }
+    }
+
+    /// The body of `_call_connection_lost(exc)`: `protocol.connection_lost`
+    /// (when `connected`), then, whatever it did, take the socket or pipe
+    /// (it stays on the transport while the protocol runs, as in asyncio),
+    /// close it and [`release`](Self::release); the protocol's error first,
+    /// then the close's.
+    pub fn connection_lost(
+        &self,
+        py: Python<'_>,
+        exc: &Bound<'_, PyAny>,
+        connected: bool,
+        take_resource: impl FnOnce() -> Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let res = match self.protocol(py) {
+            Some(p) if connected => p
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            _ => Ok(()),
+        };
+        let closed = close_object(py, take_resource());
+        self.release(py);
+        res?;
+        closed
+    }
+
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         let Some(l) = self.0.gc_borrow() else {
             return Ok(());
@@ -343,4 +419,26 @@ pub fn read_bytes<'py>(
 pub fn set_limits(flow: &mut Flow, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
     flow.set_limits(high, low)
         .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// `obj.close()` on a socket or pipe object taken from a transport.
+pub fn close_object(py: Python<'_>, obj: Option<Py<PyAny>>) -> PyResult<()> {
+    match obj {
+        Some(o) => o.bind(py).call_method0("close").map(drop),
+        None => Ok(()),
+    }
+}
+
+/// What `write` accepts: bytes, bytearray and memoryview, as asyncio.
+pub fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
+    if data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || data.is_instance_of::<PyMemoryView>()
+    {
+        return Ok(());
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not '{}'",
+        data.get_type().name()?
+    )))
 }

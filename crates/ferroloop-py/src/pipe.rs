@@ -21,11 +21,10 @@ use pyo3::types::{PyBytes, PyTuple};
 use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::link::{
-    logger, read_bytes, read_fd, would_block, write_fd, ByteView, Flow, LinkCell, WriteBuf,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    check_bytes_like, close_object, logger, read_bytes, read_fd, would_block, write_fd, ByteView,
+    Flow, LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::loop_core::LoopCore;
-use crate::stream::{check_bytes_like, flow_callback};
 
 /// asyncio's `except OSError` for pipes: EIO (a pty whose other side
 /// closed) is only logged in debug mode; other errors are reported.
@@ -44,66 +43,6 @@ fn report_pipe_error(
     } else {
         link.report(py, message, exc)
     }
-}
-
-/// Schedule `connection_made(transport)` and then the waiter's result.
-pub fn start_common(
-    link: &LinkCell,
-    py: Python<'_>,
-    then: Option<Bound<'_, PyAny>>,
-    waiter: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
-    let made = link
-        .protocol_obj(py)
-        .into_bound(py)
-        .getattr(pyo3::intern!(py, "connection_made"))?;
-    link.call_soon(py, made, PyTuple::new(py, [link.transport_obj(py)])?)?;
-    if let Some(cb) = then {
-        link.call_soon(py, cb, PyTuple::empty(py))?;
-    }
-    if let Some(w) = waiter.filter(|w| !w.is_none()) {
-        let f = py
-            .import("asyncio.futures")?
-            .getattr("_set_result_unless_cancelled")?;
-        link.call_soon(
-            py,
-            f,
-            PyTuple::new(py, [w.clone(), py.None().into_bound(py)])?,
-        )?;
-    }
-    Ok(())
-}
-
-/// `protocol.connection_lost(exc)`, then, whatever it did, close the pipe
-/// and drop the loop and the protocol.
-fn connection_lost(
-    link: &LinkCell,
-    pipe: Option<Py<PyAny>>,
-    py: Python<'_>,
-    exc: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let res = match link.protocol(py) {
-        Some(p) => p
-            .bind(py)
-            .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
-            .map(drop),
-        None => Ok(()),
-    };
-    let closed = match &pipe {
-        Some(p) => p.bind(py).call_method0("close").map(drop),
-        None => Ok(()),
-    };
-    drop(pipe);
-    link.release(py);
-    res?;
-    closed
-}
-
-fn close_pipe(py: Python<'_>, pipe: Option<Py<PyAny>>) -> PyResult<()> {
-    if let Some(p) = pipe {
-        p.bind(py).call_method0("close")?;
-    }
-    Ok(())
 }
 
 struct ReadSt {
@@ -130,8 +69,7 @@ impl ReadPipeCore {
         let me = slf.get();
         me.st.borrow_mut(py).closing = true;
         me.link.remove_watch(py, false)?;
-        let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        me.link.call_soon(py, cb, PyTuple::new(py, [exc])?)
+        me.link.schedule_connection_lost(slf.as_any(), exc)
     }
 
     fn fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
@@ -170,7 +108,7 @@ impl ReadPipeCore {
     fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let start = slf.getattr(pyo3::intern!(py, "_add_reader_cb"))?;
-        start_common(&slf.get().link, py, Some(start), waiter)
+        slf.get().link.start(py, Some(start), waiter)
     }
 
     /// `_add_reader(fd, _read_ready)`: start reading unless paused or
@@ -217,8 +155,8 @@ impl ReadPipeCore {
             .into_bound(py)
             .getattr(pyo3::intern!(py, "eof_received"))?;
         me.link.call_soon(py, eof, PyTuple::empty(py))?;
-        let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        me.link.call_soon(py, cb, PyTuple::new(py, [py.None()])?)
+        me.link
+            .schedule_connection_lost(slf.as_any(), py.None().into_bound(py))
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
@@ -284,8 +222,8 @@ impl ReadPipeCore {
     }
 
     fn _call_connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let pipe = self.st.borrow_mut(py).pipe.take();
-        connection_lost(&self.link, pipe, py, &exc)
+        self.link
+            .connection_lost(py, &exc, true, || self.st.borrow_mut(py).pipe.take())
     }
 
     #[getter]
@@ -318,7 +256,7 @@ impl ReadPipeCore {
     /// Close the pipe without telling the protocol (the `__del__` path).
     fn _close_pipe(&self, py: Python<'_>) -> PyResult<()> {
         let pipe = self.st.borrow_mut(py).pipe.take();
-        close_pipe(py, pipe)
+        close_object(py, pipe)
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -369,8 +307,7 @@ impl WritePipeCore {
             me.link.remove_watch(py, true)?;
         }
         me.link.remove_watch(py, false)?;
-        let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        me.link.call_soon(py, cb, PyTuple::new(py, [exc])?)
+        me.link.schedule_connection_lost(slf.as_any(), exc)
     }
 
     fn fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
@@ -393,7 +330,7 @@ impl WritePipeCore {
             st.flow.should_pause(size)
         };
         if pause {
-            flow_callback(&self.link, py, "pause_writing")?;
+            self.link.flow_callback(py, "pause_writing")?;
         }
         Ok(())
     }
@@ -436,7 +373,7 @@ impl WritePipeCore {
         } else {
             None
         };
-        start_common(&slf.get().link, py, watch, waiter)
+        slf.get().link.start(py, watch, waiter)
     }
 
     fn _add_reader_cb(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -550,12 +487,13 @@ impl WritePipeCore {
             st.flow.should_resume(0)
         };
         if resume {
-            flow_callback(&me.link, py, "resume_writing")?; // may write more
+            me.link.flow_callback(py, "resume_writing")?; // may write more
         }
         if me.st.borrow(py).closing {
             me.link.remove_watch(py, false)?;
-            let pipe = me.st.borrow_mut(py).pipe.take();
-            connection_lost(&me.link, pipe, py, &py.None().into_bound(py))?;
+            let none = py.None().into_bound(py);
+            me.link
+                .connection_lost(py, &none, true, || me.st.borrow_mut(py).pipe.take())?;
         }
         Ok(())
     }
@@ -577,8 +515,8 @@ impl WritePipeCore {
         };
         if now {
             me.link.remove_watch(py, false)?;
-            let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-            me.link.call_soon(py, cb, PyTuple::new(py, [py.None()])?)?;
+            me.link
+                .schedule_connection_lost(slf.as_any(), py.None().into_bound(py))?;
         }
         Ok(())
     }
@@ -614,8 +552,8 @@ impl WritePipeCore {
     }
 
     fn _call_connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let pipe = self.st.borrow_mut(py).pipe.take();
-        connection_lost(&self.link, pipe, py, &exc)
+        self.link
+            .connection_lost(py, &exc, true, || self.st.borrow_mut(py).pipe.take())
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -681,7 +619,7 @@ impl WritePipeCore {
     /// Close the pipe without telling the protocol (the `__del__` path).
     fn _close_pipe(&self, py: Python<'_>) -> PyResult<()> {
         let pipe = self.st.borrow_mut(py).pipe.take();
-        close_pipe(py, pipe)
+        close_object(py, pipe)
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

@@ -5,7 +5,6 @@
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use crate::cell::GilCell;
 use crate::link::LinkCell;
@@ -90,17 +89,6 @@ pub fn resume_reading<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
     Ok(())
 }
 
-fn schedule_connection_lost<T: SockTransport>(
-    slf: &Bound<'_, T>,
-    exc: Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let py = slf.py();
-    let cb = slf
-        .as_any()
-        .getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-    slf.get().link().call_soon(py, cb, PyTuple::new(py, [exc])?)
-}
-
 /// `close()`: stop reading; without buffered data, `connection_lost(None)`
 /// in the next pass, else once the buffer is written.
 pub fn close<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
@@ -117,7 +105,8 @@ pub fn close<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
     if !me.has_buffered(py) {
         me.sel().borrow_mut(py).conn_lost += 1;
         me.link().remove_watch(py, true)?;
-        schedule_connection_lost(slf, py.None().into_bound(py))?;
+        me.link()
+            .schedule_connection_lost(slf.as_any(), py.None().into_bound(py))?;
     }
     Ok(())
 }
@@ -147,7 +136,8 @@ pub fn force_close<T: SockTransport>(
     if !was_closing {
         me.link().remove_watch(py, false)?;
     }
-    schedule_connection_lost(slf, exc.unwrap_or_else(|| py.None().into_bound(py)))
+    let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
+    me.link().schedule_connection_lost(slf.as_any(), exc)
 }
 
 /// `_fatal_error`: report (an OSError only in debug mode's log), then force
@@ -179,39 +169,22 @@ pub fn connection_lost<T: SockTransport>(
     exc: &Bound<'_, PyAny>,
     connected: bool,
 ) -> PyResult<()> {
-    let res = match me.link().protocol(py) {
-        Some(p) if connected => p
-            .bind(py)
-            .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
-            .map(drop),
-        _ => Ok(()),
-    };
-    let (sock, server) = {
-        let mut st = me.sel().borrow_mut(py);
-        (st.sock.take(), st.server.take())
-    };
-    let closed = match &sock {
-        Some(s) => s.bind(py).call_method0("close").map(drop),
-        None => Ok(()),
-    };
-    drop(sock);
-    me.link().release(py);
+    let lost = me
+        .link()
+        .connection_lost(py, exc, connected, || me.sel().borrow_mut(py).sock.take());
+    let server = me.sel().borrow_mut(py).server.take();
     let detached = match server {
         Some(s) => s.bind(py).call_method0("_detach").map(drop),
         None => Ok(()),
     };
-    res?;
-    closed?;
+    lost?;
     detached
 }
 
 /// Close the socket without telling the protocol (the `__del__` path).
 pub fn close_sock<T: SockTransport>(me: &T, py: Python<'_>) -> PyResult<()> {
     let sock = me.sel().borrow_mut(py).sock.take();
-    if let Some(s) = sock {
-        s.bind(py).call_method0("close")?;
-    }
-    Ok(())
+    crate::link::close_object(py, sock)
 }
 
 pub fn traverse(

@@ -14,15 +14,15 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+use pyo3::types::PyBytes;
 
 use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::link::{
-    is_buffered_protocol, is_exit, logger, read_bytes, set_future, would_block, ByteView, Flow,
-    LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    check_bytes_like, is_buffered_protocol, is_exit, logger, read_bytes, set_future, would_block,
+    ByteView, Flow, LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::loop_core::LoopCore;
 use crate::sel::{self, SelState, SockTransport};
@@ -200,7 +200,7 @@ impl StreamCore {
             st.flow.should_pause(size)
         };
         if pause {
-            flow_callback(&self.link, py, "pause_writing")?;
+            self.link.flow_callback(py, "pause_writing")?;
         }
         Ok(())
     }
@@ -212,7 +212,7 @@ impl StreamCore {
             st.flow.should_resume(size)
         };
         if resume {
-            flow_callback(&self.link, py, "resume_writing")?;
+            self.link.flow_callback(py, "resume_writing")?;
         }
         Ok(())
     }
@@ -224,31 +224,6 @@ impl StreamCore {
             .as_ref()
             .map(|w| w.clone_ref(py))
     }
-}
-
-/// `protocol.pause_writing()` / `resume_writing()`; an error goes to the
-/// loop's exception handler as `protocol.<method>() failed`.
-pub fn flow_callback(link: &LinkCell, py: Python<'_>, method: &str) -> PyResult<()> {
-    let protocol = link.protocol_obj(py);
-    match protocol.bind(py).call_method0(method) {
-        Ok(_) => Ok(()),
-        Err(e) if is_exit(py, &e) => Err(e),
-        Err(e) => link.report(py, &format!("protocol.{method}() failed"), e.value(py)),
-    }
-}
-
-/// What `write` accepts: bytes, bytearray and memoryview, as asyncio.
-pub fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
-    if data.is_instance_of::<PyBytes>()
-        || data.is_instance_of::<PyByteArray>()
-        || data.is_instance_of::<PyMemoryView>()
-    {
-        return Ok(());
-    }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not '{}'",
-        data.get_type().name()?
-    )))
 }
 
 #[pymethods]
@@ -282,26 +257,8 @@ impl StreamCore {
     /// that order, as asyncio's transport constructor does.
     #[pyo3(signature = (waiter = None))]
     fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let link = &slf.get().link;
-        let made = link
-            .protocol_obj(py)
-            .into_bound(py)
-            .getattr(pyo3::intern!(py, "connection_made"))?;
-        link.call_soon(py, made, PyTuple::new(py, [link.transport_obj(py)])?)?;
-        let start = slf.getattr(pyo3::intern!(py, "_add_reader_cb"))?;
-        link.call_soon(py, start, PyTuple::empty(py))?;
-        if let Some(w) = waiter.filter(|w| !w.is_none()) {
-            let f = py
-                .import("asyncio.futures")?
-                .getattr("_set_result_unless_cancelled")?;
-            link.call_soon(
-                py,
-                f,
-                PyTuple::new(py, [w.clone(), py.None().into_bound(py)])?,
-            )?;
-        }
-        Ok(())
+        let start = slf.getattr(pyo3::intern!(slf.py(), "_add_reader_cb"))?;
+        slf.get().link.start(slf.py(), Some(start), waiter)
     }
 
     /// `_add_reader(fd, _read_ready)`: start reading unless paused or
