@@ -33,7 +33,7 @@ os.environ.pop("FERROLOOP_SELECTOR", None)
 # tighter with loop watchdogs and explicit timeouts.
 DEFAULT_TIMEOUT = 30
 
-LOOP_KINDS = ["asyncio", "ferroloop"]
+LOOP_KINDS = ["asyncio", "ferroloop", "ferroloop-proactor"]
 
 # kind -> selector family ("epoll" / "poll" / "select")
 FD_KINDS = {
@@ -44,6 +44,9 @@ FD_KINDS = {
     "ferroloop-poll": "poll",
     "ferroloop-select": "select",
     "ferroloop-SelectSelector": "select",
+    # The proactor watches descriptors with io_uring poll ops, which accept
+    # what poll(2) accepts (regular files too, unlike epoll).
+    "ferroloop-proactor": "poll",
 }
 
 
@@ -63,6 +66,8 @@ def make_loop(kind: str) -> asyncio.AbstractEventLoop:
         return ferroloop.new_event_loop("select")
     if kind == "ferroloop-SelectSelector":
         return ferroloop.new_event_loop(selectors.SelectSelector())
+    if kind == "ferroloop-proactor":
+        return ferroloop.ProactorEventLoop()
     raise ValueError(kind)
 
 
@@ -268,7 +273,8 @@ def pytest_collection_modifyitems(config, items):
 # ---------------------------------------------------------------- I/O suites
 
 # The loops the network / TLS / pipe / subprocess tests run on: asyncio, and
-# ferroloop on its three native backends and on a selectors.SelectSelector.
+# ferroloop on its three native backends, on a selectors.SelectSelector, and
+# the proactor loop (io_uring).
 # (Modules parametrize a ``kind`` fixture with these, so the ``ferroloop_bug``
 # marker sees the kind.)
 IO_KINDS = [
@@ -277,6 +283,7 @@ IO_KINDS = [
     "ferroloop-poll",
     "ferroloop-select",
     "ferroloop-SelectSelector",
+    "ferroloop-proactor",
 ]
 
 

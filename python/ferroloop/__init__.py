@@ -5,9 +5,11 @@ Entry points:
 * ``ferroloop.run(main())`` -- like ``asyncio.run``, on a ferroloop loop;
 * ``ferroloop.install()`` -- make ferroloop asyncio's loop everywhere
   (``asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())``);
-* ``ferroloop.new_event_loop(selector=None)`` -- a new loop, e.g. as
-  ``asyncio.Runner(loop_factory=ferroloop.new_event_loop)``;
-* ``ferroloop.Loop`` / ``ferroloop.SelectorEventLoop`` -- the loop class;
+* ``ferroloop.new_event_loop(selector=None, *, kind=None)`` -- a new loop,
+  e.g. as ``asyncio.Runner(loop_factory=ferroloop.new_event_loop)``;
+* ``ferroloop.SelectorEventLoop`` (also ``ferroloop.Loop``) -- the
+  readiness-based loop (epoll); ``ferroloop.ProactorEventLoop`` -- the
+  completion-based loop (io_uring);
 * ``python -m ferroloop script.py`` -- run an unmodified asyncio program.
 """
 
@@ -17,18 +19,30 @@ import asyncio as _asyncio
 import sys as _sys
 
 from ._ferroloop import Handle, TimerHandle, __version__
-from ._loop import Loop, SelectorEventLoop, new_event_loop
-from ._policy import EventLoopPolicy
+from ._loop import (
+    DEFAULT_KIND,
+    Loop,
+    ProactorEventLoop,
+    SelectorEventLoop,
+    new_event_loop,
+    proactor_unavailable_reason,
+)
+from ._policy import EventLoopPolicy, ProactorEventLoopPolicy, SelectorEventLoopPolicy
 
 __all__ = (
+    "DEFAULT_KIND",
     "EventLoopPolicy",
     "Handle",
     "Loop",
+    "ProactorEventLoop",
+    "ProactorEventLoopPolicy",
     "SelectorEventLoop",
+    "SelectorEventLoopPolicy",
     "TimerHandle",
     "__version__",
     "install",
     "new_event_loop",
+    "proactor_unavailable_reason",
     "run",
 )
 

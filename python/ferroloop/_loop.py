@@ -32,6 +32,7 @@ from ._ferroloop import Handle, LoopCore
 from ._transports import (
     DatagramTransport,
     ReadPipeTransport,
+    RingSocketTransport,
     SocketTransport,
     WritePipeTransport,
     _raw_family,
@@ -39,7 +40,7 @@ from ._transports import (
     _raw_type,
 )
 
-__all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
+__all__ = ("Loop", "ProactorEventLoop", "SelectorEventLoop", "new_event_loop")
 
 
 class _NativeSelectorView:
@@ -83,6 +84,19 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     """
 
     def __init__(self, selector=None):
+        self._ff_init_state()
+        if selector is None:
+            # Force a backend for a whole program or test run.
+            selector = os.environ.get("FERROLOOP_SELECTOR") or None
+        if selector is not None:
+            try:
+                self._ff_set_selector(selector)
+            except BaseException:
+                self.close()
+                raise
+            self._selector = self._ff_python_selector() or self._selector
+
+    def _ff_init_state(self):
         # BaseEventLoop's state; BaseSelectorEventLoop.__init__ is not called:
         # the native core is the selector and wakes itself with an eventfd.
         base_events.BaseEventLoop.__init__(self)
@@ -97,16 +111,6 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         self._ff_self_pipe = None
         self._ff_children = {}  # pid -> pidfd, for children still running
         self._selector = _NativeSelectorView(self)
-        if selector is None:
-            # Force a backend for a whole program or test run.
-            selector = os.environ.get("FERROLOOP_SELECTOR") or None
-        if selector is not None:
-            try:
-                self._ff_set_selector(selector)
-            except BaseException:
-                self.close()
-                raise
-            self._selector = self._ff_python_selector() or self._selector
 
     # The self-pipe, made when asyncio's signal code first asks for it.
 
@@ -260,10 +264,13 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         return None
 
     def _ff_accepted(self, protocol_factory, conn, addr, server):
+        self._ff_accept_into(SocketTransport, protocol_factory, conn, addr, server)
+
+    def _ff_accept_into(self, transport_class, protocol_factory, conn, addr, server):
         protocol = transport = None
         try:
             protocol = protocol_factory()
-            transport = SocketTransport(self, conn, protocol, None, {"peername": addr}, server)
+            transport = transport_class(self, conn, protocol, None, {"peername": addr}, server)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 -- as asyncio: logged in debug mode only
@@ -533,6 +540,83 @@ def _reap(pid, transp):
 SelectorEventLoop = Loop
 
 
-def new_event_loop(selector=None) -> Loop:
-    """A new ferroloop loop (not made current)."""
-    return Loop(selector)
+class ProactorEventLoop(Loop):
+    """A completion-based loop on Linux io_uring.
+
+    Everything the selector loop offers, on the same scheduling core; stream
+    transports (TCP and Unix, also under TLS) move their bytes with ring ops
+    submitted together with the loop's wait (one ``io_uring_enter`` per pass),
+    and fd watching (``add_reader``, ``sock_*``, accepting, datagrams, pipes)
+    runs on the ring's one-shot poll ops, level-triggered as asyncio needs.
+
+    Raises ``OSError`` naming io_uring and the cause (``errno`` tells which)
+    where io_uring cannot be used: a seccomp filter, the
+    ``kernel.io_uring_disabled`` sysctl, an old kernel or memlock limits.
+    """
+
+    def __init__(self):
+        self._ff_init_state()
+        try:
+            self._ff_use_ring()
+        except BaseException:
+            self.close()
+            raise
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return RingSocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _ff_accepted(self, protocol_factory, conn, addr, server):
+        self._ff_accept_into(RingSocketTransport, protocol_factory, conn, addr, server)
+
+
+_KINDS = ("selector", "proactor", "auto")
+# What new_event_loop() makes when neither its argument nor FERROLOOP_LOOP
+# says: see docs/proactor.md for the measurements behind it.
+DEFAULT_KIND = "selector"
+
+_proactor_error = None  # why io_uring failed here, once "auto" found out
+
+
+def proactor_unavailable_reason():
+    """None if a ProactorEventLoop can be made here; else why not (the
+    message of the OSError its constructor raises)."""
+    try:
+        ProactorEventLoop().close()
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def _auto_loop():
+    global _proactor_error
+    if _proactor_error is None:
+        try:
+            return ProactorEventLoop()
+        except OSError as exc:
+            _proactor_error = exc
+    return Loop()
+
+
+def new_event_loop(selector=None, *, kind=None) -> Loop:
+    """A new ferroloop loop (not made current).
+
+    ``kind`` is ``"selector"`` (``SelectorEventLoop(selector)``),
+    ``"proactor"`` (``ProactorEventLoop()``; ``OSError`` where io_uring is
+    unavailable) or ``"auto"`` (the proactor where io_uring works, else the
+    epoll selector loop). Without it, the environment variable
+    ``FERROLOOP_LOOP`` decides, else ``DEFAULT_KIND``; a ``selector``
+    argument always means the selector loop.
+    """
+    if selector is not None:
+        if kind not in (None, "selector"):
+            raise ValueError(f"a selector applies to the selector loop, not kind={kind!r}")
+        return Loop(selector)
+    if kind is None:
+        kind = os.environ.get("FERROLOOP_LOOP") or DEFAULT_KIND
+    if kind == "selector":
+        return Loop()
+    if kind == "proactor":
+        return ProactorEventLoop()
+    if kind == "auto":
+        return _auto_loop()
+    raise ValueError(f"unknown loop kind {kind!r}: expected one of {', '.join(map(repr, _KINDS))}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from asyncio import events, unix_events
 
-from ._loop import Loop
+from ._loop import Loop, ProactorEventLoop, new_event_loop
 
-__all__ = ("EventLoopPolicy",)
+__all__ = ("EventLoopPolicy", "ProactorEventLoopPolicy", "SelectorEventLoopPolicy")
 
 
 # asyncio's Unix policy: the default-policy contract plus the child-watcher
@@ -28,9 +28,12 @@ class EventLoopPolicy(_BasePolicy):
 
     Subclass it the documented way: override ``new_event_loop()`` (or
     ``_loop_factory``) to make other loops, or ``get_event_loop()``.
+
+    Its loops are what ``ferroloop.new_event_loop()`` makes: the kind
+    ``FERROLOOP_LOOP`` names, else ``ferroloop.DEFAULT_KIND``.
     """
 
-    _loop_factory = Loop
+    _loop_factory = staticmethod(new_event_loop)
 
     def get_event_loop(self):
         running = events._get_running_loop()
@@ -40,3 +43,16 @@ class EventLoopPolicy(_BasePolicy):
 
     def __repr__(self):
         return f"<{type(self).__module__}.{type(self).__qualname__}>"
+
+
+class SelectorEventLoopPolicy(EventLoopPolicy):
+    """The policy contract with ``ferroloop.SelectorEventLoop`` loops."""
+
+    _loop_factory = Loop
+
+
+class ProactorEventLoopPolicy(EventLoopPolicy):
+    """The policy contract with ``ferroloop.ProactorEventLoop`` loops (io_uring;
+    creating a loop raises ``OSError`` where io_uring is unavailable)."""
+
+    _loop_factory = ProactorEventLoop

@@ -26,9 +26,15 @@ import stat
 import warnings
 from asyncio import base_events, constants, transports, trsock
 
-from ._ferroloop import DatagramCore, ReadPipeCore, StreamCore, WritePipeCore
+from ._ferroloop import DatagramCore, ReadPipeCore, RingStreamCore, StreamCore, WritePipeCore
 
-__all__ = ("DatagramTransport", "ReadPipeTransport", "SocketTransport", "WritePipeTransport")
+__all__ = (
+    "DatagramTransport",
+    "ReadPipeTransport",
+    "RingSocketTransport",
+    "SocketTransport",
+    "WritePipeTransport",
+)
 
 _REPR_NAME = "_SelectorSocketTransport"
 
@@ -163,6 +169,11 @@ class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
     def _fatal_error(self, exc, message="Fatal error on transport"):
         self._core._fatal_error(exc, message)
 
+    @staticmethod
+    def _io_mask(loop, core):
+        # What the loop watches the socket for (the selector engine).
+        return loop._ff_watch_mask(core.fd)
+
     def _repr_info(self, name):
         core = self.__dict__.get("_core")
         if core is None:
@@ -175,7 +186,7 @@ class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
         info.append(f"fd={core.fd}")
         loop = core.loop
         if loop is not None and not loop.is_closed():
-            mask = loop._ff_watch_mask(core.fd)
+            mask = self._io_mask(loop, core)
             info.append("read=polling" if mask & _EVENT_READ else "read=idle")
             state = "polling" if mask & _EVENT_WRITE else "idle"
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
@@ -195,9 +206,11 @@ class SocketTransport(
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     max_size = 256 * 1024
 
+    _core_class = StreamCore
+
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         _init_socket_extra(self, sock, extra)
-        core = StreamCore(loop, sock, protocol, self, server)
+        core = self._core_class(loop, sock, protocol, self, server)
         self._core = core
         self._sock_fd = core.fd
         # The hot methods, without a Python frame in between.
@@ -234,6 +247,19 @@ class SocketTransport(
 
     def _reset_empty_waiter(self):
         self._core._reset_empty_waiter()
+
+
+class RingSocketTransport(SocketTransport):
+    """The proactor loop's stream transport: the same object for protocols,
+    with a core that moves its bytes by io_uring ops (`RingStreamCore`)."""
+
+    _core_class = RingStreamCore
+
+    @staticmethod
+    def _io_mask(loop, core):
+        # What the socket has ops in flight for.
+        reading, writing = core.io_state
+        return (_EVENT_READ if reading else 0) | (_EVENT_WRITE if writing else 0)
 
 
 class DatagramTransport(

@@ -23,6 +23,7 @@
 pub mod clock;
 pub mod event_loop;
 pub mod policy;
+pub mod proactor;
 pub mod scheduler;
 pub mod selector;
 pub mod timers;

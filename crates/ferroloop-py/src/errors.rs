@@ -22,3 +22,12 @@ pub fn io_err(e: io::Error) -> PyErr {
         _ => PyOSError::new_err(e.to_string()),
     }
 }
+
+/// `OSError(errno, "io_uring is unavailable: ...")` for a ring that could
+/// not be made, so callers can tell the causes apart by `errno`.
+pub fn unavailable_err(u: ferroloop_core::proactor::Unavailable) -> PyErr {
+    match u.error.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, u.to_string())),
+        None => PyOSError::new_err(u.to_string()),
+    }
+}

@@ -5,14 +5,14 @@
 //! The public classes live in the Python package `ferroloop`.
 
 mod cell;
-mod datagram;
 mod errors;
 mod handle;
 mod link;
 mod loop_core;
-mod pipe;
-mod sel;
-mod stream;
+mod proactor;
+mod selector;
+
+use selector::{datagram, pipe, stream};
 
 use pyo3::prelude::*;
 
@@ -22,6 +22,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<stream::StreamCore>()?;
+    m.add_class::<proactor::stream::RingStreamCore>()?;
     m.add_class::<datagram::DatagramCore>()?;
     m.add_class::<pipe::ReadPipeCore>()?;
     m.add_class::<pipe::WritePipeCore>()?;

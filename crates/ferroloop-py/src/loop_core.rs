@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use ferroloop_core::proactor::{Completion, Op, OpId, Proactor, UringWaiter};
 use ferroloop_core::selector::Waiter;
 use ferroloop_core::{
     BackendKind, Cancel, Clock, Event, Interest, MonotonicClock, Scheduler, Selector, Waker,
@@ -31,6 +32,7 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
 use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::handle::{Handle, TimerHandle};
+use crate::proactor::Owner;
 
 const WAKER_TOKEN: u64 = u64::MAX;
 /// `selectors.EVENT_READ` / `EVENT_WRITE`.
@@ -53,6 +55,9 @@ impl Cancel for Item {
 
 enum Io {
     Native(Selector),
+    /// The proactor engine: an io_uring, for fd watching (poll ops) and the
+    /// completion-based transports' ops.
+    Ring(Box<Proactor<Owner>>),
     /// A `selectors.BaseSelector` instance, driven through its Python API.
     Python(Py<PyAny>),
     Closed,
@@ -69,6 +74,7 @@ struct State {
     /// as Python's selectors find it.
     fileobjs: HashMap<RawFd, Py<PyAny>>,
     events: Vec<Event>,
+    completions: Vec<Completion<Owner>>,
     thread_id: Option<u64>,
     current_handle: Option<Py<PyAny>>,
     task_factory: Option<Py<PyAny>>,
@@ -182,6 +188,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         writers: HashMap::new(),
         fileobjs: HashMap::new(),
         events: Vec::new(),
+        completions: Vec::new(),
         thread_id: None,
         current_handle: None,
         task_factory: None,
@@ -189,6 +196,20 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         clock_resolution: MonotonicClock.resolution(),
     }
 }
+
+/// The proactor engine: a ring (made on first use in this thread) and the
+/// waker, watched through a poll op.
+fn ring_io() -> PyResult<(Io, Waker)> {
+    let mut ring = Proactor::new(RING_ENTRIES).map_err(crate::errors::unavailable_err)?;
+    let waker = Waker::new().map_err(io_err)?;
+    ring.register(waker.fd(), Interest::READ, WAKER_TOKEN)
+        .map_err(io_err)?;
+    Ok((Io::Ring(Box::new(ring)), waker))
+}
+
+/// Submission-ring size: room for a pass's ops on a few hundred busy
+/// connections; a fuller pass hands its ops to the kernel early.
+const RING_ENTRIES: u32 = 1024;
 
 fn native_io(kind: BackendKind) -> PyResult<(Io, Waker)> {
     let mut sel = Selector::new(kind).map_err(io_err)?;
@@ -367,6 +388,18 @@ impl LoopCore {
                     res.map_err(io_err)?;
                     None
                 }
+                Io::Ring(ring) => {
+                    let had_r = st.readers.contains_key(&fd);
+                    let had_w = st.writers.contains_key(&fd);
+                    let interest = Interest::new(had_r || !write, had_w || write);
+                    let res = if had_r || had_w {
+                        ring.modify(fd, interest, fd as u64)
+                    } else {
+                        ring.register(fd, interest, fd as u64)
+                    };
+                    res.map_err(io_err)?;
+                    None
+                }
                 Io::Python(sel) => Some(sel.clone_ref(py)),
                 Io::Closed => return Err(closed_error()),
             }
@@ -448,11 +481,14 @@ impl LoopCore {
             };
             let other = other_map.contains_key(&fd);
             let pysel = match &mut st.io {
-                Io::Native(sel) => {
-                    let res = if other {
-                        sel.modify(fd, Interest::new(write, !write), fd as u64)
-                    } else {
-                        sel.deregister(fd)
+                Io::Native(_) | Io::Ring(_) => {
+                    let keep = Interest::new(write, !write);
+                    let res = match &mut st.io {
+                        Io::Native(sel) if other => sel.modify(fd, keep, fd as u64),
+                        Io::Native(sel) => sel.deregister(fd),
+                        Io::Ring(ring) if other => ring.modify(fd, keep, fd as u64),
+                        Io::Ring(ring) => ring.deregister(fd),
+                        _ => unreachable!(),
                     };
                     if let Err(e) = res {
                         // Keep the registration as it was and report the error.
@@ -492,6 +528,7 @@ impl LoopCore {
         enum Wait {
             Skip,
             Native(Waiter),
+            Ring(UringWaiter),
             Python(Py<PyAny>),
         }
         let custom_time = Self::time_overridden(slf)?;
@@ -509,6 +546,7 @@ impl LoopCore {
                 // zero wait could report nothing, so skip the system call.
                 Io::Native(sel) if timeout == Some(0.0) && sel.len() <= 1 => Wait::Skip,
                 Io::Native(sel) => Wait::Native(sel.prepare_wait()),
+                Io::Ring(ring) => Wait::Ring(ring.prepare_wait()),
                 Io::Python(sel) => Wait::Python(sel.clone_ref(py)),
                 Io::Closed => Wait::Skip,
             };
@@ -558,6 +596,47 @@ impl LoopCore {
                     }
                     st.events = events;
                 }
+            }
+            Wait::Ring(mut waiter) => {
+                let blocking = timeout != Some(0.0);
+                let res = if blocking {
+                    core.sleeping.store(true, Ordering::SeqCst);
+                    let r = py.detach(|| waiter.wait(timeout));
+                    core.sleeping.store(false, Ordering::SeqCst);
+                    r
+                } else {
+                    waiter.wait(timeout)
+                };
+                let mut st = core.st.borrow_mut(py);
+                let st = &mut *st;
+                let mut events = std::mem::take(&mut st.events);
+                let mut done = std::mem::take(&mut st.completions);
+                if let Io::Ring(ring) = &mut st.io {
+                    ring.finish_wait(waiter, &mut events, &mut done);
+                }
+                if let Err(e) = res {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        st.events = events;
+                        st.completions = done;
+                        return Err(io_err(e));
+                    }
+                }
+                for ev in events.drain(..) {
+                    if ev.token == WAKER_TOKEN {
+                        if let Some(w) = &st.waker {
+                            w.drain();
+                        }
+                        continue;
+                    }
+                    queue_fd(st, ev.fd, ev.readable, ev.writable, py, &mut stale);
+                }
+                for c in done.drain(..) {
+                    if let Some(h) = Owner::deliver(py, c) {
+                        st.sched.call_soon(Item(h));
+                    }
+                }
+                st.events = events;
+                st.completions = done;
             }
             Wait::Python(sel) => {
                 let to: Option<f64> = timeout;
@@ -736,12 +815,28 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Put the loop on the proactor engine (io_uring). Only before the loop
+    /// is used; `OSError` naming the cause where io_uring is unavailable.
+    fn _ff_use_ring(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        core.check_closed()?;
+        let (io, waker) = ring_io()?;
+        let old = {
+            let mut st = core.st.borrow_mut(py);
+            (std::mem::replace(&mut st.io, io), st.waker.replace(waker))
+        };
+        drop(old);
+        Ok(())
+    }
+
     /// The backend the loop waits on: "epoll", "poll", "select", or
     /// "selectors:<class name>" for a Python selector object.
     #[getter]
     fn backend(&self, py: Python<'_>) -> PyResult<String> {
         let sel = match &self.st.borrow(py).io {
             Io::Native(s) => return Ok(s.kind().name().to_owned()),
+            Io::Ring(_) => return Ok("io_uring".to_owned()),
             Io::Closed => return Ok("closed".to_owned()),
             Io::Python(s) => s.clone_ref(py),
         };
@@ -942,7 +1037,7 @@ impl LoopCore {
     }
 
     /// `_add_callback`: queue an existing handle unless it is cancelled.
-    fn _add_callback(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
+    pub(crate) fn _add_callback(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
         if !handle.get().is_cancelled() {
             self.st
                 .borrow_mut(py)
@@ -1073,8 +1168,19 @@ impl LoopCore {
             (items, timers, io, waker, readers, (writers, fileobjs))
         };
         drop((items, timers, readers, writers, waker));
-        if let Io::Python(sel) = io {
-            sel.bind(py).call_method0("close")?;
+        match io {
+            Io::Python(sel) => {
+                sel.bind(py).call_method0("close")?;
+            }
+            Io::Ring(mut ring) => {
+                // Every op in flight is cancelled and waited for (the kernel
+                // may write into their buffers until it answers); their
+                // owners are dropped here, with the GIL.
+                let (done, ring) = py.detach(move || (ring.cancel_all(1.0).0, ring));
+                drop(done);
+                drop(ring);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -1217,6 +1323,22 @@ impl LoopCore {
 }
 
 impl LoopCore {
+    /// Start a completion op on the loop's ring; `None` when the loop does
+    /// not run on one or is closed.
+    pub(crate) fn ring_submit(&self, py: Python<'_>, op: Op, owner: Owner) -> Option<OpId> {
+        match &mut self.st.borrow_mut(py).io {
+            Io::Ring(ring) => Some(ring.submit(op, owner)),
+            _ => None,
+        }
+    }
+
+    /// Ask the kernel to cancel an op; its completion still comes.
+    pub(crate) fn ring_cancel(&self, py: Python<'_>, id: OpId) {
+        if let Io::Ring(ring) = &mut self.st.borrow_mut(py).io {
+            ring.cancel(id);
+        }
+    }
+
     /// `_remove_reader(fd)` / `_remove_writer(fd)` by descriptor number,
     /// for the native transports: nothing on a closed loop, as asyncio.
     pub(crate) fn remove_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<bool> {

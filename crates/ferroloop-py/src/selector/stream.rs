@@ -25,7 +25,7 @@ use crate::link::{
     ByteView, Flow, LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::loop_core::LoopCore;
-use crate::sel::{self, SelState, SockTransport};
+use crate::selector::sel::{self, SelState, SockTransport};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";

@@ -35,6 +35,8 @@ impl SelState {
 }
 
 /// A socket transport core: its link, its shared state, and its buffer.
+/// The I/O hooks default to the selector engine's (watch the descriptor);
+/// the proactor's stream transport moves its bytes with ring ops instead.
 pub trait SockTransport:
     pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync
 {
@@ -42,6 +44,35 @@ pub trait SockTransport:
     fn sel(&self) -> &GilCell<SelState>;
     fn has_buffered(&self, py: Python<'_>) -> bool;
     fn clear_buffer(&self, py: Python<'_>);
+
+    /// Start (or resume) reading: `_add_reader(fd, _read_ready)`.
+    fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        slf.get()
+            .link()
+            .add_watch(slf.as_any(), pyo3::intern!(py, "_read_ready"), false)
+    }
+
+    /// Reading paused: `_remove_reader(fd)`.
+    fn pause_io(&self, py: Python<'_>) -> PyResult<()> {
+        self.link().remove_watch(py, false)
+    }
+
+    /// Reading ends for good (closing): `_remove_reader(fd)`.
+    fn end_reading(&self, py: Python<'_>) -> PyResult<()> {
+        self.link().remove_watch(py, false)
+    }
+
+    /// Writing ends for good (closing, aborting): `_remove_writer(fd)`.
+    fn end_writing(&self, py: Python<'_>) -> PyResult<()> {
+        self.link().remove_watch(py, true)
+    }
+
+    /// At the end of `_call_connection_lost`: take the socket to be closed
+    /// with `sock.close()` (None when the transport closed it itself).
+    fn take_sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.sel().borrow_mut(py).sock.take()
+    }
 }
 
 pub fn is_reading<T: SockTransport>(me: &T, py: Python<'_>) -> bool {
@@ -55,9 +86,7 @@ pub fn start_reading<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
     if !is_reading(slf.get(), py) {
         return Ok(());
     }
-    slf.get()
-        .link()
-        .add_watch(slf.as_any(), pyo3::intern!(py, "_read_ready"), false)
+    T::begin_reading(slf)
 }
 
 pub fn pause_reading<T: SockTransport>(me: &T, py: Python<'_>) -> PyResult<()> {
@@ -65,7 +94,7 @@ pub fn pause_reading<T: SockTransport>(me: &T, py: Python<'_>) -> PyResult<()> {
         return Ok(());
     }
     me.sel().borrow_mut(py).paused = true;
-    me.link().remove_watch(py, false)?;
+    me.pause_io(py)?;
     if me.link().debug(py) {
         me.link().log(py, "debug", "pauses reading")?;
     }
@@ -101,10 +130,10 @@ pub fn close<T: SockTransport>(slf: &Bound<'_, T>) -> PyResult<()> {
         }
         st.closing = true;
     }
-    me.link().remove_watch(py, false)?;
+    me.end_reading(py)?;
     if !me.has_buffered(py) {
         me.sel().borrow_mut(py).conn_lost += 1;
-        me.link().remove_watch(py, true)?;
+        me.end_writing(py)?;
         me.link()
             .schedule_connection_lost(slf.as_any(), py.None().into_bound(py))?;
     }
@@ -124,7 +153,7 @@ pub fn force_close<T: SockTransport>(
     }
     if me.has_buffered(py) {
         me.clear_buffer(py);
-        me.link().remove_watch(py, true)?;
+        me.end_writing(py)?;
     }
     let was_closing = {
         let mut st = me.sel().borrow_mut(py);
@@ -134,7 +163,7 @@ pub fn force_close<T: SockTransport>(
         was
     };
     if !was_closing {
-        me.link().remove_watch(py, false)?;
+        me.end_reading(py)?;
     }
     let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
     me.link().schedule_connection_lost(slf.as_any(), exc)
@@ -171,7 +200,7 @@ pub fn connection_lost<T: SockTransport>(
 ) -> PyResult<()> {
     let lost = me
         .link()
-        .connection_lost(py, exc, connected, || me.sel().borrow_mut(py).sock.take());
+        .connection_lost(py, exc, connected, || me.take_sock(py));
     let server = me.sel().borrow_mut(py).server.take();
     let detached = match server {
         Some(s) => s.bind(py).call_method0("_detach").map(drop),

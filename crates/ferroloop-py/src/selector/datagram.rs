@@ -21,7 +21,7 @@ use crate::link::{
     check_bytes_like, is_exit, logger, Flow, LinkCell, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
 };
 use crate::loop_core::LoopCore;
-use crate::sel::{self, SelState, SockTransport};
+use crate::selector::sel::{self, SelState, SockTransport};
 
 /// Datagrams read per read readiness at most, so one busy socket cannot
 /// starve the rest of the loop.

@@ -1,0 +1,218 @@
+//! The completion ops a [`Proactor`](super::Proactor) runs, each owning
+//! what the kernel reads or writes until its completion.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use super::OpId;
+
+/// An address for `connect`, or the one `accept` filled in.
+#[derive(Clone)]
+pub struct SockAddr {
+    pub storage: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl SockAddr {
+    /// An empty address with room for any family.
+    pub fn empty() -> Box<Self> {
+        Box::new(SockAddr {
+            // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
+            storage: unsafe { std::mem::zeroed() },
+            len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        })
+    }
+
+    /// An address from raw bytes of a `sockaddr`.
+    pub fn from_bytes(raw: &[u8]) -> Option<Box<Self>> {
+        let mut a = Self::empty();
+        if raw.len() > std::mem::size_of::<libc::sockaddr_storage>() {
+            return None;
+        }
+        // SAFETY: `raw` fits in the storage, which is plain bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                (&mut a.storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                raw.len(),
+            )
+        };
+        a.len = raw.len() as libc::socklen_t;
+        Some(a)
+    }
+}
+
+impl std::fmt::Debug for SockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockAddr")
+            .field("family", &self.storage.ss_family)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// One completion op. Buffers are `Vec`s whose heap memory does not move
+/// while the op is in flight.
+#[derive(Debug)]
+pub enum Op {
+    /// `recv(fd, buf[..buf.len()])`; the completion's result is the count.
+    Recv { fd: RawFd, buf: Vec<u8> },
+    /// `send(fd, buf[sent..], MSG_NOSIGNAL)` until all of `buf` is sent (or
+    /// an error): partial sends are continued by the driver. The result is
+    /// the total sent.
+    Send {
+        fd: RawFd,
+        buf: Vec<u8>,
+        sent: usize,
+    },
+    /// `read(fd, buf)` at the current position (pipes, character devices).
+    Read { fd: RawFd, buf: Vec<u8> },
+    /// `write(fd, buf[written..])` until all of `buf` is written, as Send.
+    Write {
+        fd: RawFd,
+        buf: Vec<u8>,
+        written: usize,
+    },
+    /// `accept4(fd, SOCK_CLOEXEC)`; the peer's address lands in `addr`.
+    Accept { fd: RawFd, addr: Box<SockAddr> },
+    /// `connect(fd, addr)`.
+    Connect { fd: RawFd, addr: Box<SockAddr> },
+    /// `close(fd)`.
+    Close { fd: RawFd },
+    /// A one-shot `poll(fd, mask)`; the result is the returned mask.
+    Poll { fd: RawFd, mask: u32 },
+}
+
+impl Op {
+    /// A `Recv` of up to `len` bytes into a new buffer.
+    pub fn recv(fd: RawFd, len: usize) -> Op {
+        Op::Recv {
+            fd,
+            buf: vec![0; len],
+        }
+    }
+
+    /// A `Send` of `buf`.
+    pub fn send(fd: RawFd, buf: Vec<u8>) -> Op {
+        Op::Send { fd, buf, sent: 0 }
+    }
+
+    /// The descriptor the op works on.
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Op::Recv { fd, .. }
+            | Op::Send { fd, .. }
+            | Op::Read { fd, .. }
+            | Op::Write { fd, .. }
+            | Op::Accept { fd, .. }
+            | Op::Connect { fd, .. }
+            | Op::Close { fd }
+            | Op::Poll { fd, .. } => *fd,
+        }
+    }
+
+    /// The submission entry for the op as it stands (without user data).
+    pub(super) fn entry(&mut self) -> squeue::Entry {
+        match self {
+            Op::Recv { fd, buf } => {
+                opcode::Recv::new(types::Fd(*fd), buf.as_mut_ptr(), clamp(buf.len())).build()
+            }
+            Op::Send { fd, buf, sent } => {
+                let rest = &buf[*sent..];
+                opcode::Send::new(types::Fd(*fd), rest.as_ptr(), clamp(rest.len()))
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Op::Read { fd, buf } => {
+                opcode::Read::new(types::Fd(*fd), buf.as_mut_ptr(), clamp(buf.len()))
+                    .offset(u64::MAX)
+                    .build()
+            }
+            Op::Write { fd, buf, written } => {
+                let rest = &buf[*written..];
+                opcode::Write::new(types::Fd(*fd), rest.as_ptr(), clamp(rest.len()))
+                    .offset(u64::MAX)
+                    .build()
+            }
+            Op::Accept { fd, addr } => {
+                addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                opcode::Accept::new(
+                    types::Fd(*fd),
+                    (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
+                    &mut addr.len,
+                )
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+            }
+            Op::Connect { fd, addr } => opcode::Connect::new(
+                types::Fd(*fd),
+                (&addr.storage as *const libc::sockaddr_storage).cast(),
+                addr.len,
+            )
+            .build(),
+            Op::Close { fd } => opcode::Close::new(types::Fd(*fd)).build(),
+            Op::Poll { fd, mask } => opcode::PollAdd::new(types::Fd(*fd), *mask).build(),
+        }
+    }
+
+    /// Count `n` more bytes as done; true if a send or write has more to go.
+    pub(super) fn advance(&mut self, n: usize) -> bool {
+        match self {
+            Op::Send {
+                buf, sent: done, ..
+            }
+            | Op::Write {
+                buf, written: done, ..
+            } => {
+                *done += n;
+                *done < buf.len()
+            }
+            _ => false,
+        }
+    }
+
+    /// The result of the op once its last completion arrived.
+    pub(super) fn finish(&self, res: i32) -> io::Result<usize> {
+        let done = match self {
+            Op::Send { sent, .. } => *sent,
+            Op::Write { written, .. } => *written,
+            _ => 0,
+        };
+        if res < 0 {
+            // Bytes a send already took count as sent, as a partial send
+            // would report; the error shows on the next one.
+            if done > 0 {
+                return Ok(done);
+            }
+            return Err(io::Error::from_raw_os_error(-res));
+        }
+        Ok(match self {
+            Op::Send { .. } | Op::Write { .. } => done,
+            _ => res as usize,
+        })
+    }
+}
+
+fn clamp(len: usize) -> u32 {
+    len.min(u32::MAX as usize) as u32
+}
+
+/// A finished op: who asked, what came of it, and the op with its buffers.
+#[derive(Debug)]
+pub struct Completion<T> {
+    /// The op's identity, as `submit` returned it.
+    pub id: OpId,
+    /// The value given to `submit`.
+    pub owner: T,
+    /// Bytes moved, the new descriptor (accept), the poll mask (poll), or 0;
+    /// or the error.
+    pub result: io::Result<usize>,
+    /// The completion's flags (`IORING_CQE_F_*`).
+    pub flags: u32,
+    /// `cancel` was called for the op (it may have finished anyway).
+    pub cancelled: bool,
+    /// The op, with its buffers.
+    pub op: Op,
+}
