@@ -279,6 +279,28 @@ impl<T> Proactor<T> {
             .build()
             .user_data(INTERNAL);
         self.push(e);
+        // Hand the removal to the kernel now: the poll holds a reference to
+        // the file, and the caller may close the descriptor next, expecting
+        // the file to go (a listener that lingered would take connections
+        // only to reset them).
+        self.flush();
+    }
+
+    /// Hand the queued submissions to the kernel without waiting, and let
+    /// it finish what they started at once (a removal releases its file in
+    /// deferred task work, which only an enter that gets events runs).
+    pub fn flush(&mut self) {
+        if self.foreign() {
+            return;
+        }
+        self.drain_backlog();
+        let mut w = UringWaiter {
+            fd: self.ring.as_raw_fd(),
+            to_submit: self.ring.submission().len() as u32,
+            ready: false,
+            pending_work: true,
+        };
+        let _ = w.wait(Some(0.0));
     }
 
     fn arm_queued(&mut self) {

@@ -92,7 +92,9 @@ fn modify_and_write_readiness() {
     // Not open: reported (POLLNVAL), as poll(2) reports it.
     p.register(9999, Interest::READ, 3).unwrap();
     let (ev, _) = turn(&mut p, 1.0);
-    assert!(ev.iter().any(|e| e.fd == 9999 && e.readable && e.token == 3));
+    assert!(ev
+        .iter()
+        .any(|e| e.fd == 9999 && e.readable && e.token == 3));
 }
 
 #[test]
