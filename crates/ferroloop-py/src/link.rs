@@ -2,8 +2,9 @@
 //! protocol ([`Link`]), byte views of Python buffers, and the error rules of
 //! asyncio's transports. The protocol-facing write half ([`WriteBuf`] and the
 //! water marks in [`Flow`]) is pure Rust, in `ferroloop_core::transport`.
-//! `sel.rs` adds the socket transports' shared rules; the I/O-facing halves
-//! are `stream.rs`, `datagram.rs` and `pipe.rs`.
+//! `selector/sel.rs` adds the socket transports' shared rules; the
+//! I/O-facing halves are `selector/{stream,datagram,pipe}.rs` (readiness)
+//! and `proactor/stream.rs` (ring ops).
 //!
 //! Locking discipline is the loop's: state sits in a [`GilCell`], and no
 //! borrow is held across a call into Python (protocol callbacks may call

@@ -38,6 +38,8 @@ mod setup;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -108,7 +110,27 @@ pub struct Proactor<T> {
     arm: Vec<RawFd>,
     /// Entries that did not fit in the submission ring.
     backlog: VecDeque<squeue::Entry>,
-    pid: u32,
+    /// [`forks`] when the ring was made: another value means this is a
+    /// forked child, which must not touch the ring.
+    born: u64,
+}
+
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static AT_FORK: Once = Once::new();
+
+extern "C" fn count_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many times this process's ancestors forked into it (counted from
+/// the first ring made): a cheap "am I a forked child?" without `getpid`.
+fn forks() -> u64 {
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic,
+        // which is async-signal-safe as a fork child handler must be.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork)) };
+    });
+    FORKS.load(Ordering::Relaxed)
 }
 
 /// What one wait needs, detached from its [`Proactor`]; `Send`, so the
@@ -159,8 +181,7 @@ impl<T> Proactor<T> {
             watches: Vec::new(),
             arm: Vec::new(),
             backlog: VecDeque::new(),
-            // SAFETY: getpid has no preconditions.
-            pid: unsafe { libc::getpid() } as u32,
+            born: forks(),
         })
     }
 
@@ -180,8 +201,7 @@ impl<T> Proactor<T> {
     }
 
     fn foreign(&self) -> bool {
-        // SAFETY: getpid has no preconditions.
-        unsafe { libc::getpid() as u32 != self.pid }
+        FORKS.load(Ordering::Relaxed) != self.born
     }
 
     fn forked_error() -> io::Error {

@@ -1,0 +1,226 @@
+//! One pass of the loop: compute the wait from the timers, wait on the
+//! engine (GIL released), queue what became ready (descriptors, ring
+//! completions), run due timers, then run what was ready when the pass
+//! began, with asyncio's rules (see `ferroloop_core::scheduler`).
+
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+
+use ferroloop_core::proactor::UringWaiter;
+use ferroloop_core::selector::Waiter;
+use ferroloop_core::{Clock, MonotonicClock, Waker};
+use pyo3::prelude::*;
+
+use super::fds::queue_fd;
+use super::{base_events, Io, Item, LoopCore, EVENT_READ, EVENT_WRITE, WAKER_TOKEN};
+use crate::errors::io_err;
+use crate::handle::Handle;
+use crate::proactor::Owner;
+
+impl LoopCore {
+    /// One pass; see `ferroloop_core::scheduler` for the rules.
+    pub(super) fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+
+        // Steps 1 and 2: clean timers, compute the wait.
+        enum Wait {
+            Skip,
+            Native(Waiter),
+            Ring(UringWaiter),
+            Python(Py<PyAny>),
+        }
+        let custom_time = Self::time_overridden(slf)?;
+        let now_py = Self::overridden_now(slf, custom_time)?;
+        let mut purged = Vec::new();
+        let (wait, timeout) = {
+            let mut st = core.st.borrow_mut(py);
+            let st = &mut *st;
+            let timeout = st.sched.poll_timeout(
+                || now_py.unwrap_or_else(|| MonotonicClock.now()),
+                &mut purged,
+            );
+            let wait = match &mut st.io {
+                // Only the waker is registered and nothing needs waking: a
+                // zero wait could report nothing, so skip the system call.
+                Io::Native(sel) if timeout == Some(0.0) && sel.len() <= 1 => Wait::Skip,
+                Io::Native(sel) => Wait::Native(sel.prepare_wait()),
+                Io::Ring(ring) => Wait::Ring(ring.prepare_wait()),
+                Io::Python(sel) => Wait::Python(sel.clone_ref(py)),
+                Io::Closed => Wait::Skip,
+            };
+            (wait, timeout)
+        };
+        // Cancelled timers leave the queue here; dropping them may run Python
+        // code (finalizers, weakref callbacks), so only now, unborrowed.
+        drop(purged);
+
+        // Step 3: wait, then queue the callbacks of ready descriptors.
+        let mut stale = Vec::new();
+        match wait {
+            Wait::Skip => {}
+            Wait::Native(mut waiter) => {
+                let blocking = timeout != Some(0.0);
+                let res = if blocking {
+                    core.sleeping.store(true, Ordering::SeqCst);
+                    let r = py.detach(|| waiter.wait(timeout));
+                    core.sleeping.store(false, Ordering::SeqCst);
+                    r
+                } else {
+                    waiter.wait(timeout)
+                };
+                {
+                    let mut st = core.st.borrow_mut(py);
+                    let st = &mut *st;
+                    let mut events = std::mem::take(&mut st.events);
+                    if let Io::Native(sel) = &mut st.io {
+                        sel.finish_wait(waiter, &mut events);
+                    }
+                    match res {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            st.events = events;
+                            return Err(io_err(e));
+                        }
+                    }
+                    for ev in events.drain(..) {
+                        if ev.token == WAKER_TOKEN {
+                            if let Some(w) = &st.waker {
+                                w.drain();
+                            }
+                            continue;
+                        }
+                        queue_fd(st, ev.fd, ev.readable, ev.writable, py, &mut stale);
+                    }
+                    st.events = events;
+                }
+            }
+            Wait::Ring(mut waiter) => {
+                let blocking = timeout != Some(0.0);
+                let res = if blocking {
+                    core.sleeping.store(true, Ordering::SeqCst);
+                    let r = py.detach(|| waiter.wait(timeout));
+                    core.sleeping.store(false, Ordering::SeqCst);
+                    r
+                } else {
+                    waiter.wait(timeout)
+                };
+                let mut st = core.st.borrow_mut(py);
+                let st = &mut *st;
+                let mut events = std::mem::take(&mut st.events);
+                let mut done = std::mem::take(&mut st.completions);
+                if let Io::Ring(ring) = &mut st.io {
+                    ring.finish_wait(waiter, &mut events, &mut done);
+                }
+                if let Err(e) = res {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        st.events = events;
+                        st.completions = done;
+                        return Err(io_err(e));
+                    }
+                }
+                for ev in events.drain(..) {
+                    if ev.token == WAKER_TOKEN {
+                        if let Some(w) = &st.waker {
+                            w.drain();
+                        }
+                        continue;
+                    }
+                    queue_fd(st, ev.fd, ev.readable, ev.writable, py, &mut stale);
+                }
+                for c in done.drain(..) {
+                    if let Some(h) = Owner::deliver(py, c) {
+                        st.sched.call_soon(Item(h));
+                    }
+                }
+                st.events = events;
+                st.completions = done;
+            }
+            Wait::Python(sel) => {
+                let to: Option<f64> = timeout;
+                core.sleeping.store(to != Some(0.0), Ordering::SeqCst);
+                let ready = sel.bind(py).call_method1("select", (to,));
+                core.sleeping.store(false, Ordering::SeqCst);
+                let ready = ready?;
+                let mut got: Vec<(RawFd, u32)> = Vec::new();
+                for pair in ready.try_iter()? {
+                    let pair = pair?;
+                    let key = pair.get_item(0)?;
+                    let mask: u32 = pair.get_item(1)?.extract()?;
+                    got.push((key.getattr("fd")?.extract()?, mask));
+                }
+                let mut st = core.st.borrow_mut(py);
+                let st = &mut *st;
+                let waker_fd = st.waker.as_ref().map(Waker::fd);
+                for (fd, mask) in got {
+                    if Some(fd) == waker_fd {
+                        if let Some(w) = &st.waker {
+                            w.drain();
+                        }
+                        continue;
+                    }
+                    let (r, w) = (mask & EVENT_READ != 0, mask & EVENT_WRITE != 0);
+                    queue_fd(st, fd, r, w, py, &mut stale);
+                }
+            }
+        }
+        for (fd, write) in stale {
+            Self::unwatch_fd(slf, fd, write)?;
+        }
+
+        // Run the Python handlers of signals that arrived (Ctrl-C), as
+        // asyncio's selector call would. Every pass: a pass may run only C
+        // callbacks, and then nothing else would ever check.
+        py.check_signals()?;
+
+        // Step 4: due timers.
+        let now_py = Self::overridden_now(slf, custom_time)?;
+        let n = {
+            let mut st = core.st.borrow_mut(py);
+            if !st.sched.timers().is_empty() {
+                let now = now_py.unwrap_or_else(|| MonotonicClock.now());
+                let end = now + st.clock_resolution;
+                st.sched.collect_due(end);
+            }
+            st.sched.begin_pass()
+        };
+
+        // Step 5: run what was ready when the pass began.
+        let debug = core.debug(py);
+        for _ in 0..n {
+            let item = core.st.borrow_mut(py).sched.pop_ready();
+            let Some(Item(h)) = item else { break };
+            if h.get().is_cancelled() {
+                continue;
+            }
+            let h = h.into_bound(py);
+            if debug {
+                Self::run_debug(slf, &h)?;
+            } else {
+                Handle::run(&h)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn run_debug(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        core.st.borrow_mut(py).current_handle = Some(h.clone().into_any().unbind());
+        let t0 = MonotonicClock.now();
+        let res = Handle::run(h);
+        let dt = MonotonicClock.now() - t0;
+        let old = core.st.borrow_mut(py).current_handle.take();
+        drop(old);
+        res?;
+        let slow = core.st.borrow(py).slow_callback_duration;
+        if dt >= slow {
+            let be = base_events(py)?;
+            let what = be.call_method1("_format_handle", (h,))?;
+            be.getattr("logger")?
+                .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
+        }
+        Ok(())
+    }
+}
