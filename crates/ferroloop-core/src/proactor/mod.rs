@@ -53,6 +53,9 @@ use crate::selector::{bad_fd, Event, FdTable, Interest};
 const INTERNAL: u64 = u64::MAX;
 
 const IORING_ENTER_GETEVENTS: u32 = 1;
+/// Completions copied out of the ring at a time (the ring's head moves on
+/// after each batch, so the kernel can post more meanwhile).
+const REAP_BATCH: usize = 256;
 const IORING_ENTER_EXT_ARG: u32 = 8;
 
 /// An op's identity: slot index and generation.
@@ -110,6 +113,8 @@ pub struct Proactor<T> {
     arm: Vec<RawFd>,
     /// Entries that did not fit in the submission ring.
     backlog: VecDeque<squeue::Entry>,
+    /// Completions copied out of the ring, reused from wait to wait.
+    reaped: Vec<(u64, i32, u32)>,
     /// [`forks`] when the ring was made: another value means this is a
     /// forked child, which must not touch the ring.
     born: u64,
@@ -181,6 +186,7 @@ impl<T> Proactor<T> {
             watches: Vec::new(),
             arm: Vec::new(),
             backlog: VecDeque::new(),
+            reaped: Vec::new(),
             born: forks(),
         })
     }
@@ -488,23 +494,23 @@ impl<T> Proactor<T> {
         if self.foreign() {
             return;
         }
+        let mut batch = std::mem::take(&mut self.reaped);
         loop {
-            let mut got = 0;
-            let mut cq = self.ring.completion();
-            let batch: Vec<(u64, i32, u32)> = cq
-                .by_ref()
-                .take(1024)
-                .map(|c| (c.user_data(), c.result(), c.flags()))
-                .collect();
-            drop(cq);
-            for (ud, res, flags) in batch {
-                got += 1;
+            batch.clear();
+            batch.extend(
+                self.ring
+                    .completion()
+                    .take(REAP_BATCH)
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(ud, res, flags) in &batch {
                 self.complete(ud, res, flags, events, done);
             }
-            if got < 1024 {
+            if batch.len() < REAP_BATCH {
                 break;
             }
         }
+        self.reaped = batch;
     }
 
     fn complete(

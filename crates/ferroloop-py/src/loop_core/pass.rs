@@ -96,46 +96,32 @@ impl LoopCore {
                     st.events = events;
                 }
             }
-            Wait::Ring(mut waiter) => {
+            Wait::Ring(first) => {
                 let blocking = timeout != Some(0.0);
-                let res = if blocking {
-                    core.sleeping.store(true, Ordering::SeqCst);
-                    let r = py.detach(|| waiter.wait(timeout));
-                    core.sleeping.store(false, Ordering::SeqCst);
-                    r
-                } else {
-                    waiter.wait(timeout)
-                };
-                let mut st = core.st.borrow_mut(py);
-                let st = &mut *st;
-                let mut events = std::mem::take(&mut st.events);
-                let mut done = std::mem::take(&mut st.completions);
-                if let Io::Ring(ring) = &mut st.io {
-                    ring.finish_wait(waiter, &mut events, &mut done);
-                }
-                if let Err(e) = res {
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        st.events = events;
-                        st.completions = done;
-                        return Err(io_err(e));
+                let deadline = timeout.map(|t| MonotonicClock.now() + t);
+                let mut waiter = first;
+                loop {
+                    let left = deadline.map(|d| (d - MonotonicClock.now()).max(0.0));
+                    let res = if blocking {
+                        core.sleeping.store(true, Ordering::SeqCst);
+                        let r = py.detach(|| waiter.wait(left));
+                        core.sleeping.store(false, Ordering::SeqCst);
+                        r
+                    } else {
+                        waiter.wait(left)
+                    };
+                    // A signal (EINTR) ends the wait: its handler runs below.
+                    let interrupted = res.is_err();
+                    let (woke, again) = Self::reap_ring(slf, waiter, res, &mut stale)?;
+                    // Completions that needed no callback (a send that went
+                    // out whole) are no reason to run a pass: wait on, for
+                    // what is left of the timeout.
+                    let expired = left.is_some_and(|l| l <= 0.0);
+                    match again {
+                        Some(w) if !woke && !interrupted && blocking && !expired => waiter = w,
+                        _ => break,
                     }
                 }
-                for ev in events.drain(..) {
-                    if ev.token == WAKER_TOKEN {
-                        if let Some(w) = &st.waker {
-                            w.drain();
-                        }
-                        continue;
-                    }
-                    queue_fd(st, ev.fd, ev.readable, ev.writable, py, &mut stale);
-                }
-                for c in done.drain(..) {
-                    if let Some(h) = Owner::deliver(py, c) {
-                        st.sched.call_soon(Item(h));
-                    }
-                }
-                st.events = events;
-                st.completions = done;
             }
             Wait::Python(sel) => {
                 let to: Option<f64> = timeout;
@@ -202,6 +188,69 @@ impl LoopCore {
             }
         }
         Ok(())
+    }
+
+    /// Reap the ring after a wait: queue the callbacks of ready descriptors
+    /// and of finished ops. True in the first value when anything was
+    /// queued (or must be looked at); the second is the next wait, prepared,
+    /// for a caller that waits on when nothing was.
+    fn reap_ring(
+        slf: &Bound<'_, Self>,
+        waiter: UringWaiter,
+        res: std::io::Result<()>,
+        stale: &mut Vec<(RawFd, bool)>,
+    ) -> PyResult<(bool, Option<UringWaiter>)> {
+        let py = slf.py();
+        let core = slf.get();
+        let (mut done, had_events) = {
+            let mut st = core.st.borrow_mut(py);
+            let st = &mut *st;
+            let mut events = std::mem::take(&mut st.events);
+            let mut done = std::mem::take(&mut st.completions);
+            if let Io::Ring(ring) = &mut st.io {
+                ring.finish_wait(waiter, &mut events, &mut done);
+            }
+            if let Err(e) = res {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    st.events = events;
+                    st.completions = done;
+                    return Err(io_err(e));
+                }
+            }
+            let had_events = !events.is_empty();
+            for ev in events.drain(..) {
+                if ev.token == WAKER_TOKEN {
+                    if let Some(w) = &st.waker {
+                        w.drain();
+                    }
+                    continue;
+                }
+                queue_fd(st, ev.fd, ev.readable, ev.writable, py, stale);
+            }
+            st.events = events;
+            (done, had_events)
+        };
+        // Owners are handed their completions, and dropped, with the loop's
+        // state unborrowed: dropping the last reference to a transport may
+        // run Python code.
+        let mut handles = Vec::with_capacity(done.len());
+        for c in done.drain(..) {
+            if let Some(h) = Owner::deliver(py, c) {
+                handles.push(h);
+            }
+        }
+        let mut st = core.st.borrow_mut(py);
+        let st = &mut *st;
+        st.completions = done;
+        let woke = had_events || !handles.is_empty() || st.sched.ready_len() > 0;
+        for h in handles {
+            st.sched.call_soon(Item(h));
+        }
+        let again = match &mut st.io {
+            Io::Ring(ring) if !woke => Some(ring.prepare_wait()),
+            _ => None,
+        };
+        Ok((woke, again))
     }
 
     pub(super) fn run_debug(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>) -> PyResult<()> {

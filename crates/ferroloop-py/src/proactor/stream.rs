@@ -229,6 +229,18 @@ impl RingStreamCore {
         if buf.capacity() <= 4 * MAX_READ {
             st.spare_write = Some(buf);
         }
+        let quiet = result.is_ok()
+            && st.buf.is_empty()
+            && !st.flow.paused
+            && !st.eof
+            && st.empty_waiter.is_none()
+            && !self.sel.borrow(py).closing;
+        if quiet {
+            // All sent and nobody to tell: no callback at all (the common
+            // case of a reply that fit the socket).
+            st.in_flight = 0;
+            return None;
+        }
         let h = st.write_handle.as_ref()?.clone_ref(py);
         st.write_result = Some(result);
         Some(h)
@@ -276,8 +288,8 @@ impl RingStreamCore {
         Ok(())
     }
 
-    /// Send the write buffer (nothing may be in flight).
-    fn submit_send(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Send the write buffer, then `more` (nothing may be in flight).
+    fn submit_send(slf: &Bound<'_, Self>, more: &[u8]) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let Some(lp) = me.link.lp(py) else {
@@ -288,6 +300,7 @@ impl RingStreamCore {
             let mut st = me.st.borrow_mut(py);
             let mut data = st.spare_write.take().unwrap_or_default();
             data.extend_from_slice(st.buf.pending());
+            data.extend_from_slice(more);
             st.buf.clear();
             st.in_flight = data.len();
             Op::send(fd, data)
@@ -578,9 +591,10 @@ impl RingStreamCore {
                 Err(e) => return sel::fatal_error(slf, io_err(e), WRITE_FAILED),
             }
         }
-        me.st.borrow_mut(py).buf.push(rest);
-        if !sending {
-            Self::submit_send(slf)?;
+        if sending {
+            me.st.borrow_mut(py).buf.push(rest);
+        } else {
+            Self::submit_send(slf, rest)?;
         }
         let pause = {
             let size = me.buffer_size(py);
@@ -629,7 +643,7 @@ impl RingStreamCore {
             !st.buf.is_empty()
         };
         if more {
-            Self::submit_send(slf)?;
+            Self::submit_send(slf, &[])?;
         }
         let resume = {
             let size = me.buffer_size(py);
