@@ -454,6 +454,7 @@ def test_fd_registered_on_two_loops(fd_loop_factory, pair):
         ("ferroloop-poll", "poll"),
         ("ferroloop-select", "select"),
         ("ferroloop-SelectSelector", "selectors:SelectSelector"),
+        ("ferroloop-proactor", "io_uring"),
     ],
 )
 def test_backend_names(kind, expected):

@@ -33,6 +33,8 @@ CHILD = textwrap.dedent(
             return ferroloop.new_event_loop("select")
         if kind == "ferroloop-SelectSelector":
             return ferroloop.new_event_loop(selectors.SelectSelector())
+        if kind == "ferroloop-proactor":
+            return ferroloop.ProactorEventLoop()
         raise SystemExit("bad kind")
 
     def ready():
@@ -148,6 +150,7 @@ LOOP_KINDS = [
     "ferroloop-poll",
     "ferroloop-select",
     "ferroloop-SelectSelector",
+    "ferroloop-proactor",
 ]
 
 

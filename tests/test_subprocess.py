@@ -600,7 +600,7 @@ def test_no_zombie_and_no_fd_leak(kind):
 # Regression test for a bug this suite found: closing the loop while a child
 # ran dropped the child's pidfd reader without closing the pidfd, and nobody
 # reaped the child. close() now closes the pidfds and reaps from a thread.
-@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop", "ferroloop-proactor"])
 def test_loop_closed_while_child_runs_leaves_no_zombie_or_fd(kind):
     collect()
     before = fd_count()
@@ -635,7 +635,7 @@ def test_loop_closed_while_child_runs_leaves_no_zombie_or_fd(kind):
 # child first and may reap it; the pidfd callback then got ECHILD and reported
 # 255. The exit code Popen collected is used now.
 @pytest.mark.parametrize("action", ["kill", "send_signal"])
-@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop", "ferroloop-proactor"])
 def test_signalling_a_child_that_exited_while_the_loop_was_busy(kind, action):
     loop = make_loop(kind)
     r, w = os.pipe()
@@ -666,7 +666,7 @@ def test_signalling_a_child_that_exited_while_the_loop_was_busy(kind, action):
     assert code == 3
 
 
-@pytest.mark.parametrize("kind", ["ferroloop", "ferroloop-poll"])
+@pytest.mark.parametrize("kind", ["ferroloop", "ferroloop-poll", "ferroloop-proactor"])
 def test_thread_fallback_without_pidfd_open(kind, monkeypatch):
     # Where os.pidfd_open is missing, a thread waits for each child.
     monkeypatch.delattr(os, "pidfd_open")
@@ -711,6 +711,8 @@ def make():
         return asyncio.SelectorEventLoop(selectors.EpollSelector())
     if KIND == "ferroloop":
         return ferroloop.new_event_loop()
+    if KIND == "ferroloop-proactor":
+        return ferroloop.ProactorEventLoop()
     return ferroloop.new_event_loop(KIND.split("-")[1])
 
 
@@ -778,7 +780,9 @@ parent_loop.close()
 
 
 @pytest.mark.parametrize("where", ["idle", "running"])
-@pytest.mark.parametrize("kind", ["asyncio", "ferroloop", "ferroloop-poll", "ferroloop-select"])
+@pytest.mark.parametrize(
+    "kind", ["asyncio", "ferroloop", "ferroloop-poll", "ferroloop-select", "ferroloop-proactor"]
+)
 def test_fork_child_runs_a_fresh_loop(kind, where):
     proc = run_python(FORK_SCRIPT.format(kind=kind, where=where), timeout=30)
     assert proc.returncode == 0, proc.stderr
@@ -790,7 +794,7 @@ def test_fork_child_runs_a_fresh_loop(kind, where):
 # (the other backends run the smaller versions above).
 
 
-@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop", "ferroloop-proactor"])
 def test_hundred_megabytes_from_a_child(kind):
     loop = make_loop(kind)
     size = 100 * 1024 * 1024
@@ -812,7 +816,7 @@ def test_hundred_megabytes_from_a_child(kind):
         loop.close()
 
 
-@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop", "ferroloop-proactor"])
 def test_two_hundred_concurrent_children(kind):
     loop = make_loop(kind)
 

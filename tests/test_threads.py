@@ -216,7 +216,9 @@ def test_to_thread(loop):
     assert run_coro(loop, main()) == (3, "propagated", False)
 
 
-@pytest.mark.parametrize("kind", ["asyncio", "ferroloop", "ferroloop-poll", "ferroloop-select"])
+@pytest.mark.parametrize(
+    "kind", ["asyncio", "ferroloop", "ferroloop-poll", "ferroloop-select", "ferroloop-proactor"]
+)
 def test_loop_in_a_non_main_thread(kind):
     result = {}
 
