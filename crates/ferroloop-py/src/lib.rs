@@ -11,6 +11,7 @@ mod link;
 mod loop_core;
 mod proactor;
 mod selector;
+mod stream_half;
 
 use selector::{datagram, pipe, stream};
 

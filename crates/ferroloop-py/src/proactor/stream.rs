@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use ferroloop_core::proactor::{Op, OpId};
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -33,12 +33,12 @@ use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::handle::Handle;
 use crate::link::{
-    check_bytes_like, is_buffered_protocol, is_exit, logger, set_future, would_block, ByteView,
-    Flow, LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
+    check_bytes_like, is_buffered_protocol, is_exit, would_block, ByteView, LinkCell, MAX_READ,
 };
 use crate::loop_core::LoopCore;
 use crate::proactor::Owner;
-use crate::selector::sel::{self, SelState, SockTransport};
+use crate::selector::sel::{self, sock_methods, SelState, SockTransport};
+use crate::stream_half::{self as half, stream_methods, StreamHalf, StreamTransport};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
@@ -47,15 +47,8 @@ const FIRST_READ: usize = 64 * 1024;
 /// ones ride the pass's single `io_uring_enter`.
 const DIRECT_SEND_AT: usize = 64 * 1024;
 
-struct St {
-    buffered: bool,
-    protocol_connected: bool,
-    flow: Flow,
-    /// Bytes written while a send is in flight.
-    buf: WriteBuf,
-    eof: bool,
-    empty_waiter: Option<Py<PyAny>>,
-
+/// The ops in flight and what they brought.
+struct RingIo {
     read_op: Option<OpId>,
     read_size: usize,
     /// A finished recv not yet handed to the protocol.
@@ -79,7 +72,8 @@ struct St {
 pub struct RingStreamCore {
     link: LinkCell,
     sel: GilCell<SelState>,
-    st: GilCell<St>,
+    st: GilCell<StreamHalf>,
+    io: GilCell<RingIo>,
 }
 
 impl SockTransport for RingStreamCore {
@@ -90,24 +84,22 @@ impl SockTransport for RingStreamCore {
         &self.sel
     }
     fn has_buffered(&self, py: Python<'_>) -> bool {
-        let st = self.st.borrow(py);
-        st.in_flight > 0 || !st.buf.is_empty()
+        self.write_buffer_size(py) > 0
     }
     fn clear_buffer(&self, py: Python<'_>) {
-        let mut st = self.st.borrow_mut(py);
-        st.buf.clear();
-        st.in_flight = 0;
+        self.st.borrow_mut(py).buf.clear();
+        self.io.borrow_mut(py).in_flight = 0;
     }
 
     fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let stashed = {
-            let st = me.st.borrow(py);
-            if st.read_op.is_some() {
+            let io = me.io.borrow(py);
+            if io.read_op.is_some() {
                 return Ok(());
             }
-            st.read_result.is_some()
+            io.read_result.is_some()
         };
         if stashed {
             // Bytes that came while paused go to the protocol first.
@@ -123,18 +115,14 @@ impl SockTransport for RingStreamCore {
     }
 
     fn end_reading(&self, py: Python<'_>) -> PyResult<()> {
-        let id = self.st.borrow(py).read_op;
-        if let (Some(id), Some(lp)) = (id, self.link.lp(py)) {
-            lp.get().ring_cancel(py, id);
-        }
+        let id = self.io.borrow(py).read_op;
+        self.cancel(py, id);
         Ok(())
     }
 
     fn end_writing(&self, py: Python<'_>) -> PyResult<()> {
-        let id = self.st.borrow(py).write_op;
-        if let (Some(id), Some(lp)) = (id, self.link.lp(py)) {
-            lp.get().ring_cancel(py, id);
-        }
+        let id = self.io.borrow(py).write_op;
+        self.cancel(py, id);
         Ok(())
     }
 
@@ -144,7 +132,6 @@ impl SockTransport for RingStreamCore {
         // the close comes after the ops that name this descriptor.
         self.end_reading(py).ok();
         self.end_writing(py).ok();
-        let lp = self.link.lp(py);
         let fd = match sock.bind(py).call_method0("detach") {
             Ok(fd) => fd.extract::<RawFd>().unwrap_or(-1),
             Err(_) => return Some(sock), // not a real socket: close it
@@ -152,7 +139,7 @@ impl SockTransport for RingStreamCore {
         if fd < 0 {
             return None;
         }
-        let queued = lp.is_some_and(|lp| {
+        let queued = self.link.lp(py).is_some_and(|lp| {
             lp.get()
                 .ring_submit(py, Op::Close { fd }, Owner::Nobody)
                 .is_some()
@@ -164,6 +151,19 @@ impl SockTransport for RingStreamCore {
         None
     }
 }
+
+impl StreamTransport for RingStreamCore {
+    fn half(&self) -> &GilCell<StreamHalf> {
+        &self.st
+    }
+
+    fn write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.io.borrow(py).in_flight + self.st.borrow(py).buf.len()
+    }
+}
+
+sock_methods!(RingStreamCore);
+stream_methods!(RingStreamCore);
 
 fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     // SAFETY: `data` is a valid slice for the duration of the call; send
@@ -183,14 +183,6 @@ fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     }
 }
 
-fn shutdown_wr(fd: RawFd) -> PyResult<()> {
-    // SAFETY: a plain system call on a descriptor number.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
-        return Err(io_err(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 impl RingStreamCore {
     /// A recv completed (called while reaping, no Python code runs).
     pub fn read_completed(
@@ -202,14 +194,14 @@ impl RingStreamCore {
         let Op::Recv { buf, .. } = op else {
             return None;
         };
-        let mut st = self.st.borrow_mut(py);
-        st.read_op = None;
-        let h = st.read_handle.as_ref()?.clone_ref(py);
-        if st.read_queued {
+        let mut io = self.io.borrow_mut(py);
+        io.read_op = None;
+        let h = io.read_handle.as_ref()?.clone_ref(py);
+        if io.read_queued {
             return None;
         }
-        st.read_result = Some((result, buf));
-        st.read_queued = true;
+        io.read_result = Some((result, buf));
+        io.read_queued = true;
         Some(h)
     }
 
@@ -223,37 +215,43 @@ impl RingStreamCore {
         let Op::Send { mut buf, .. } = op else {
             return None;
         };
-        let mut st = self.st.borrow_mut(py);
-        st.write_op = None;
+        let mut io = self.io.borrow_mut(py);
+        io.write_op = None;
         buf.clear();
         if buf.capacity() <= 4 * MAX_READ {
-            st.spare_write = Some(buf);
+            io.spare_write = Some(buf);
         }
         let quiet = result.is_ok()
-            && st.buf.is_empty()
-            && !st.flow.paused
-            && !st.eof
-            && st.empty_waiter.is_none()
+            && {
+                let h = self.st.borrow(py);
+                h.buf.is_empty() && !h.flow.paused && !h.eof && h.empty_waiter.is_none()
+            }
             && !self.sel.borrow(py).closing;
         if quiet {
             // All sent and nobody to tell: no callback at all (the common
             // case of a reply that fit the socket).
-            st.in_flight = 0;
+            io.in_flight = 0;
             return None;
         }
-        let h = st.write_handle.as_ref()?.clone_ref(py);
-        st.write_result = Some(result);
+        let h = io.write_handle.as_ref()?.clone_ref(py);
+        io.write_result = Some(result);
         Some(h)
+    }
+
+    fn cancel(&self, py: Python<'_>, id: Option<OpId>) {
+        if let (Some(id), Some(lp)) = (id, self.link.lp(py)) {
+            lp.get().ring_cancel(py, id);
+        }
     }
 
     fn queue_read_done(&self, py: Python<'_>) -> PyResult<()> {
         let h = {
-            let mut st = self.st.borrow_mut(py);
-            if st.read_queued {
+            let mut io = self.io.borrow_mut(py);
+            if io.read_queued {
                 return Ok(());
             }
-            st.read_queued = true;
-            st.read_handle.as_ref().map(|h| h.clone_ref(py))
+            io.read_queued = true;
+            io.read_handle.as_ref().map(|h| h.clone_ref(py))
         };
         let (Some(h), Some(lp)) = (h, self.link.lp(py)) else {
             return Ok(());
@@ -270,12 +268,12 @@ impl RingStreamCore {
         };
         let fd = me.link.fd(py);
         let op = {
-            let mut st = me.st.borrow_mut(py);
-            if st.read_op.is_some() || st.read_result.is_some() {
+            let mut io = me.io.borrow_mut(py);
+            if io.read_op.is_some() || io.read_result.is_some() {
                 return Ok(());
             }
-            let size = st.read_size;
-            let buf = match st.spare_read.take() {
+            let size = io.read_size;
+            let buf = match io.spare_read.take() {
                 Some(b) if b.len() == size => b,
                 _ => vec![0u8; size],
             };
@@ -284,7 +282,7 @@ impl RingStreamCore {
         let id = lp
             .get()
             .ring_submit(py, op, Owner::Read(slf.clone().unbind()));
-        me.st.borrow_mut(py).read_op = id;
+        me.io.borrow_mut(py).read_op = id;
         Ok(())
     }
 
@@ -297,60 +295,20 @@ impl RingStreamCore {
         };
         let fd = me.link.fd(py);
         let op = {
-            let mut st = me.st.borrow_mut(py);
-            let mut data = st.spare_write.take().unwrap_or_default();
-            data.extend_from_slice(st.buf.pending());
+            let mut io = me.io.borrow_mut(py);
+            let mut h = me.st.borrow_mut(py);
+            let mut data = io.spare_write.take().unwrap_or_default();
+            data.extend_from_slice(h.buf.pending());
             data.extend_from_slice(more);
-            st.buf.clear();
-            st.in_flight = data.len();
+            h.buf.clear();
+            io.in_flight = data.len();
             Op::send(fd, data)
         };
         let id = lp
             .get()
             .ring_submit(py, op, Owner::Write(slf.clone().unbind()));
-        me.st.borrow_mut(py).write_op = id;
+        me.io.borrow_mut(py).write_op = id;
         Ok(())
-    }
-
-    fn buffer_size(&self, py: Python<'_>) -> usize {
-        let st = self.st.borrow(py);
-        st.in_flight + st.buf.len()
-    }
-
-    fn after_callback(
-        slf: &Bound<'_, Self>,
-        res: PyResult<Bound<'_, PyAny>>,
-        message: &str,
-    ) -> PyResult<()> {
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_exit(slf.py(), &e) => Err(e),
-            Err(e) => sel::fatal_error(slf, e, message),
-        }
-    }
-
-    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let link = &slf.get().link;
-        if link.debug(py) {
-            link.log(py, "debug", "received EOF")?;
-        }
-        let keep_open = match protocol
-            .call_method0(pyo3::intern!(py, "eof_received"))
-            .and_then(|r| r.is_truthy())
-        {
-            Ok(k) => k,
-            Err(e) if is_exit(py, &e) => return Err(e),
-            Err(e) => {
-                let msg = "Fatal error: protocol.eof_received() call failed.";
-                return sel::fatal_error(slf, e, msg);
-            }
-        };
-        if keep_open {
-            Ok(()) // no further recv: the peer sends nothing more
-        } else {
-            sel::close(slf)
-        }
     }
 
     /// Hand `data` to a BufferedProtocol through its buffers.
@@ -386,7 +344,7 @@ impl RingStreamCore {
             drop(buf);
             data = &data[n..];
             let res = protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (n,));
-            Self::after_callback(
+            half::after_callback(
                 slf,
                 res,
                 "Fatal error: protocol.buffer_updated() call failed.",
@@ -416,13 +374,8 @@ impl RingStreamCore {
         Ok(RingStreamCore {
             link: LinkCell::new(fd, lp, protocol, transport),
             sel: GilCell::new(SelState::new(sock, server)),
-            st: GilCell::new(St {
-                buffered,
-                protocol_connected: true,
-                flow: Flow::default(),
-                buf: WriteBuf::default(),
-                eof: false,
-                empty_waiter: None,
+            st: GilCell::new(StreamHalf::new(buffered)),
+            io: GilCell::new(RingIo {
                 read_op: None,
                 read_size: FIRST_READ,
                 read_result: None,
@@ -464,9 +417,9 @@ impl RingStreamCore {
         let rh = handle(pyo3::intern!(py, "_read_done"))?;
         let wh = handle(pyo3::intern!(py, "_write_done"))?;
         {
-            let mut st = me.st.borrow_mut(py);
-            st.read_handle = Some(rh);
-            st.write_handle = Some(wh);
+            let mut io = me.io.borrow_mut(py);
+            io.read_handle = Some(rh);
+            io.write_handle = Some(wh);
         }
         let start = slf.getattr(pyo3::intern!(py, "_add_reader_cb"))?;
         me.link.start(py, Some(start), waiter)
@@ -480,24 +433,24 @@ impl RingStreamCore {
     fn _read_done(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let (result, buf, buffered) = {
-            let mut st = me.st.borrow_mut(py);
-            st.read_queued = false;
-            if me.sel.borrow(py).conn_lost > 0 {
-                st.read_result = None;
+        let (result, buf) = {
+            let mut io = me.io.borrow_mut(py);
+            io.read_queued = false;
+            let (lost, closing) = {
+                let s = me.sel.borrow(py);
+                (s.conn_lost > 0, s.closing)
+            };
+            if lost || closing {
+                io.read_result = None;
                 return Ok(());
             }
             if !sel::is_reading(me, py) {
-                // Paused (the bytes wait) or closing (they are dropped).
-                if me.sel.borrow(py).closing {
-                    st.read_result = None;
-                }
-                return Ok(());
+                return Ok(()); // paused: the bytes wait for resume_reading
             }
-            let Some((result, buf)) = st.read_result.take() else {
+            let Some(got) = io.read_result.take() else {
                 return Ok(());
             };
-            (result, buf, st.buffered)
+            got
         };
         let Some(protocol) = me.link.protocol(py) else {
             return Ok(());
@@ -507,60 +460,46 @@ impl RingStreamCore {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                me.st.borrow_mut(py).spare_read = Some(buf);
+                me.io.borrow_mut(py).spare_read = Some(buf);
                 return Self::submit_recv(slf);
             }
             Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
         };
         if n == 0 {
-            return Self::on_eof(slf, &protocol);
+            return half::on_eof(slf, &protocol);
         }
         {
-            let mut st = me.st.borrow_mut(py);
-            if n == buf.len() && st.read_size < MAX_READ {
-                st.read_size = (st.read_size * 2).min(MAX_READ);
+            let mut io = me.io.borrow_mut(py);
+            if n == buf.len() && io.read_size < MAX_READ {
+                io.read_size = (io.read_size * 2).min(MAX_READ);
             }
         }
-        if buffered {
+        if me.st.borrow(py).buffered {
             Self::feed_buffered(slf, &protocol, &buf[..n])?;
-            me.st.borrow_mut(py).spare_read = Some(buf);
-        } else {
-            let data = PyBytes::new(py, &buf[..n]);
-            me.st.borrow_mut(py).spare_read = Some(buf);
-            // The next recv goes out with this pass's enter, whatever the
-            // protocol does (pausing leaves it in flight; closing cancels it).
-            Self::submit_recv(slf)?;
-            let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-            return Self::after_callback(
-                slf,
-                res,
-                "Fatal error: protocol.data_received() call failed.",
-            );
+            me.io.borrow_mut(py).spare_read = Some(buf);
+            if sel::is_reading(me, py) && me.sel.borrow(py).conn_lost == 0 {
+                Self::submit_recv(slf)?;
+            }
+            return Ok(());
         }
-        if sel::is_reading(me, py) && me.sel.borrow(py).conn_lost == 0 {
-            Self::submit_recv(slf)?;
-        }
-        Ok(())
+        let data = PyBytes::new(py, &buf[..n]);
+        me.io.borrow_mut(py).spare_read = Some(buf);
+        // The next recv goes out with this pass's enter, whatever the
+        // protocol does (pausing leaves it in flight; closing cancels it).
+        Self::submit_recv(slf)?;
+        let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
+        half::after_callback(
+            slf,
+            res,
+            "Fatal error: protocol.data_received() call failed.",
+        )
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         check_bytes_like(data)?;
-        let (conn_lost, sending) = {
-            let st = me.st.borrow(py);
-            if st.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-            (me.sel.borrow(py).conn_lost, st.write_op.is_some())
-        };
+        half::check_writable(me, py)?;
         let view;
         let bytes: &[u8] = match data.cast::<PyBytes>() {
             Ok(b) => b.as_bytes(),
@@ -569,16 +508,10 @@ impl RingStreamCore {
                 view.as_slice()
             }
         };
-        if bytes.is_empty() {
+        if bytes.is_empty() || half::lost_write(me, py)? {
             return Ok(());
         }
-        if conn_lost > 0 {
-            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
-            }
-            me.sel.borrow_mut(py).conn_lost += 1;
-            return Ok(());
-        }
+        let sending = me.io.borrow(py).write_op.is_some();
         let mut rest = bytes;
         if !sending && bytes.len() >= DIRECT_SEND_AT {
             // A large write is offered to the socket at once, from the
@@ -596,20 +529,7 @@ impl RingStreamCore {
         } else {
             Self::submit_send(slf, rest)?;
         }
-        let pause = {
-            let size = me.buffer_size(py);
-            me.st.borrow_mut(py).flow.should_pause(size)
-        };
-        if pause {
-            me.link.flow_callback(py, "pause_writing")?;
-        }
-        Ok(())
-    }
-
-    /// `writelines`: the buffers joined, then one `write`.
-    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
-        Self::write(slf, &joined)
+        half::maybe_pause(me, py)
     }
 
     /// A send finished: send what accumulated, tell the protocol, finish
@@ -617,98 +537,35 @@ impl RingStreamCore {
     fn _write_done(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let Some(result) = me.st.borrow_mut(py).write_result.take() else {
+        let Some(result) = me.io.borrow_mut(py).write_result.take() else {
             return Ok(());
         };
         if me.sel.borrow(py).conn_lost > 0 {
             return Ok(());
         }
         if let Err(e) = result {
-            {
-                let mut st = me.st.borrow_mut(py);
-                st.buf.clear();
-                st.in_flight = 0;
-            }
+            me.clear_buffer(py);
             let err = io_err(e);
             let exc = err.value(py).clone().into_any();
             sel::fatal_error(slf, err, WRITE_FAILED)?;
-            if let Some(w) = me.empty_waiter_ref(py) {
-                set_future(py, &w, Some(&exc))?;
-            }
-            return Ok(());
+            return half::write_failed(me, py, &exc);
         }
-        let more = {
-            let mut st = me.st.borrow_mut(py);
-            st.in_flight = 0;
-            !st.buf.is_empty()
-        };
-        if more {
+        me.io.borrow_mut(py).in_flight = 0;
+        if !me.st.borrow(py).buf.is_empty() {
             Self::submit_send(slf, &[])?;
         }
-        let resume = {
-            let size = me.buffer_size(py);
-            me.st.borrow_mut(py).flow.should_resume(size)
-        };
-        if resume {
-            me.link.flow_callback(py, "resume_writing")?; // may write more
-        }
-        let (empty, closing, eof) = {
-            let st = me.st.borrow(py);
-            (
-                st.in_flight == 0 && st.buf.is_empty(),
-                me.sel.borrow(py).closing,
-                st.eof,
-            )
-        };
-        if !empty {
+        half::maybe_resume(me, py)?; // may write more
+        if me.write_buffer_size(py) > 0 {
             return Ok(());
         }
-        if let Some(w) = me.empty_waiter_ref(py) {
-            set_future(py, &w, None)?;
-        }
-        if closing {
+        half::buffer_emptied(me, py)?;
+        if me.sel.borrow(py).closing {
             Self::_call_connection_lost(slf, py.None().into_bound(py))
-        } else if eof {
-            shutdown_wr(me.link.fd(py))
+        } else if me.st.borrow(py).eof {
+            half::shutdown_wr(me.link.fd(py))
         } else {
             Ok(())
         }
-    }
-
-    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
-        let flush_now = {
-            let mut st = self.st.borrow_mut(py);
-            if self.sel.borrow(py).closing || st.eof {
-                return Ok(());
-            }
-            st.eof = true;
-            st.in_flight == 0 && st.buf.is_empty()
-        };
-        if flush_now {
-            shutdown_wr(self.link.fd(py))?;
-        }
-        Ok(())
-    }
-
-    fn can_write_eof(&self) -> bool {
-        true
-    }
-
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::close(slf)
-    }
-
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::force_close(slf, None)
-    }
-
-    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        sel::fatal_error(slf, PyErr::from_value(exc.clone()), message)
-    }
-
-    fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        sel::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
     }
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
@@ -718,147 +575,13 @@ impl RingStreamCore {
         let res = sel::connection_lost(me, py, &exc, connected);
         // Completions still to come find no handle: nothing more runs.
         let handles = {
-            let mut st = me.st.borrow_mut(py);
-            st.read_result = None;
-            (st.read_handle.take(), st.write_handle.take())
+            let mut io = me.io.borrow_mut(py);
+            io.read_result = None;
+            (io.read_handle.take(), io.write_handle.take())
         };
         drop(handles);
         res?;
-        if let Some(w) = me.empty_waiter_ref(py) {
-            let err = PyConnectionError::new_err("Connection is closed by peer");
-            set_future(py, &w, Some(err.value(py).as_any()))?;
-        }
-        Ok(())
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.sel.borrow(py).closing
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        sel::is_reading(self, py)
-    }
-
-    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        sel::pause_reading(self, py)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::resume_reading(slf)
-    }
-
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.buffer_size(py)
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (i64, i64) {
-        let st = self.st.borrow(py);
-        (st.flow.low, st.flow.high)
-    }
-
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        &self,
-        py: Python<'_>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
-        crate::link::set_limits(&mut self.st.borrow_mut(py).flow, high, low)?;
-        let pause = {
-            let size = self.buffer_size(py);
-            self.st.borrow_mut(py).flow.should_pause(size)
-        };
-        if pause {
-            self.link.flow_callback(py, "pause_writing")?;
-        }
-        Ok(())
-    }
-
-    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = protocol.py();
-        let buffered = is_buffered_protocol(protocol)?;
-        {
-            let mut st = self.st.borrow_mut(py);
-            st.buffered = buffered;
-            st.protocol_connected = true;
-        }
-        self.link.set_protocol(protocol);
-        Ok(())
-    }
-
-    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
-        self.link.protocol_obj(py)
-    }
-
-    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.st.borrow(py).empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
-        }
-        let Some(lp) = self.link.lp(py) else {
-            return Err(PyRuntimeError::new_err("the transport is closed"));
-        };
-        let fut = LoopCore::create_future(&lp)?;
-        let done = {
-            let mut st = self.st.borrow_mut(py);
-            st.empty_waiter = Some(fut.clone_ref(py));
-            st.in_flight == 0 && st.buf.is_empty()
-        };
-        if done {
-            set_future(py, &fut, None)?;
-        }
-        Ok(fut)
-    }
-
-    fn _reset_empty_waiter(&self, py: Python<'_>) {
-        let old = self.st.borrow_mut(py).empty_waiter.take();
-        drop(old);
-    }
-
-    // Read-only state for the Python half (repr, asyncio's internal users).
-
-    #[getter]
-    fn fd(&self, py: Python<'_>) -> RawFd {
-        self.link.fd(py)
-    }
-
-    #[getter]
-    fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sel.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
-    }
-
-    #[getter(r#loop)]
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.link.lp(py).map(|l| l.into_any().unbind())
-    }
-
-    #[getter]
-    fn server(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sel.borrow(py).server.as_ref().map(|s| s.clone_ref(py))
-    }
-
-    #[getter]
-    fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.sel.borrow(py).conn_lost
-    }
-
-    #[getter]
-    fn paused(&self, py: Python<'_>) -> bool {
-        self.sel.borrow(py).paused
-    }
-
-    #[getter]
-    fn eof(&self, py: Python<'_>) -> bool {
-        self.st.borrow(py).eof
-    }
-
-    #[getter]
-    fn protocol_paused(&self, py: Python<'_>) -> bool {
-        self.st.borrow(py).flow.paused
-    }
-
-    #[getter]
-    fn empty_waiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.empty_waiter_ref(py)
+        half::closed_by_peer(me, py)
     }
 
     /// What the repr shows, as the selector transport's watch mask would:
@@ -867,22 +590,16 @@ impl RingStreamCore {
     fn io_state(&self, py: Python<'_>) -> (bool, bool) {
         let live = self.sel.borrow(py).conn_lost == 0;
         let reading = live && sel::is_reading(self, py);
-        (reading, live && self.st.borrow(py).write_op.is_some())
-    }
-
-    /// Close the socket without telling the protocol (the `__del__` path).
-    fn _close_sock(&self, py: Python<'_>) -> PyResult<()> {
-        let sock = self.take_sock(py);
-        crate::link::close_object(py, sock)
+        (reading, live && self.io.borrow(py).write_op.is_some())
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         self.link.traverse(&visit)?;
         sel::traverse(&self.sel, &visit)?;
-        if let Some(st) = self.st.gc_borrow() {
-            visit.call(&st.empty_waiter)?;
-            visit.call(&st.read_handle)?;
-            visit.call(&st.write_handle)?;
+        half::traverse(&self.st, &visit)?;
+        if let Some(io) = self.io.gc_borrow() {
+            visit.call(&io.read_handle)?;
+            visit.call(&io.write_handle)?;
         }
         Ok(())
     }
@@ -890,23 +607,11 @@ impl RingStreamCore {
     fn __clear__(&self) {
         self.link.clear();
         sel::clear(&self.sel);
-        let taken = self.st.gc_borrow_mut().map(|mut st| {
-            (
-                st.empty_waiter.take(),
-                st.read_handle.take(),
-                st.write_handle.take(),
-            )
-        });
+        half::clear(&self.st);
+        let taken = self
+            .io
+            .gc_borrow_mut()
+            .map(|mut io| (io.read_handle.take(), io.write_handle.take()));
         drop(taken);
-    }
-}
-
-impl RingStreamCore {
-    fn empty_waiter_ref(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st
-            .borrow(py)
-            .empty_waiter
-            .as_ref()
-            .map(|w| w.clone_ref(py))
     }
 }

@@ -21,7 +21,7 @@ use crate::link::{
     check_bytes_like, is_exit, logger, Flow, LinkCell, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
 };
 use crate::loop_core::LoopCore;
-use crate::selector::sel::{self, SelState, SockTransport};
+use crate::selector::sel::{self, sock_methods, SelState, SockTransport};
 
 /// Datagrams read per read readiness at most, so one busy socket cannot
 /// starve the rest of the loop.
@@ -67,6 +67,8 @@ impl SockTransport for DatagramCore {
         drop(taken);
     }
 }
+
+sock_methods!(DatagramCore);
 
 /// How a socket call ended, sorted as asyncio's `except` clauses sort it.
 enum Outcome<T> {
@@ -311,41 +313,8 @@ impl DatagramCore {
         Ok(())
     }
 
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::close(slf)
-    }
-
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::force_close(slf, None)
-    }
-
-    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        sel::fatal_error(slf, PyErr::from_value(exc.clone()), message)
-    }
-
-    fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        sel::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
-    }
-
     fn _call_connection_lost(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         sel::connection_lost(self, py, &exc, true)
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.sel.borrow(py).closing
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        sel::is_reading(self, py)
-    }
-
-    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        sel::pause_reading(self, py)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::resume_reading(slf)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -372,35 +341,6 @@ impl DatagramCore {
         self.link.set_protocol(protocol);
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
-        self.link.protocol_obj(py)
-    }
-
-    #[getter]
-    fn fd(&self, py: Python<'_>) -> RawFd {
-        self.link.fd(py)
-    }
-
-    #[getter]
-    fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sel.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
-    }
-
-    #[getter(r#loop)]
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.link.lp(py).map(|l| l.into_any().unbind())
-    }
-
-    #[getter]
-    fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.sel.borrow(py).conn_lost
-    }
-
-    #[getter]
-    fn paused(&self, py: Python<'_>) -> bool {
-        self.sel.borrow(py).paused
-    }
-
     #[getter]
     fn protocol_paused(&self, py: Python<'_>) -> bool {
         self.st.borrow(py).flow.paused
@@ -409,11 +349,6 @@ impl DatagramCore {
     #[getter]
     fn address(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.st.borrow(py).address.as_ref().map(|a| a.clone_ref(py))
-    }
-
-    /// Close the socket without telling the protocol (the `__del__` path).
-    fn _close_sock(&self, py: Python<'_>) -> PyResult<()> {
-        sel::close_sock(self, py)
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

@@ -212,7 +212,7 @@ pub fn connection_lost<T: SockTransport>(
 
 /// Close the socket without telling the protocol (the `__del__` path).
 pub fn close_sock<T: SockTransport>(me: &T, py: Python<'_>) -> PyResult<()> {
-    let sock = me.sel().borrow_mut(py).sock.take();
+    let sock = me.take_sock(py);
     crate::link::close_object(py, sock)
 }
 
@@ -233,3 +233,98 @@ pub fn clear(sel: &GilCell<SelState>) {
         .map(|mut st| (st.sock.take(), st.server.take()));
     drop(taken);
 }
+
+/// The Python methods every socket transport core has, the same for each:
+/// closing, aborting, pausing, and the read-only state asyncio's code and
+/// the reprs read. (A second `#[pymethods]` block of the class, which the
+/// `multiple-pymethods` feature allows.)
+macro_rules! sock_methods {
+    ($core:ty) => {
+        #[pyo3::pymethods]
+        impl $core {
+            fn close(slf: &pyo3::Bound<'_, Self>) -> pyo3::PyResult<()> {
+                $crate::selector::sel::close(slf)
+            }
+
+            fn abort(slf: &pyo3::Bound<'_, Self>) -> pyo3::PyResult<()> {
+                $crate::selector::sel::force_close(slf, None)
+            }
+
+            #[pyo3(signature = (exc, message = "Fatal error on transport"))]
+            fn _fatal_error(
+                slf: &pyo3::Bound<'_, Self>,
+                exc: &pyo3::Bound<'_, pyo3::PyAny>,
+                message: &str,
+            ) -> pyo3::PyResult<()> {
+                let err = pyo3::PyErr::from_value(exc.clone());
+                $crate::selector::sel::fatal_error(slf, err, message)
+            }
+
+            fn _force_close(
+                slf: &pyo3::Bound<'_, Self>,
+                exc: &pyo3::Bound<'_, pyo3::PyAny>,
+            ) -> pyo3::PyResult<()> {
+                $crate::selector::sel::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
+            }
+
+            fn is_closing(&self, py: pyo3::Python<'_>) -> bool {
+                $crate::selector::sel::SockTransport::sel(self)
+                    .borrow(py)
+                    .closing
+            }
+
+            fn is_reading(&self, py: pyo3::Python<'_>) -> bool {
+                $crate::selector::sel::is_reading(self, py)
+            }
+
+            fn pause_reading(&self, py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
+                $crate::selector::sel::pause_reading(self, py)
+            }
+
+            fn resume_reading(slf: &pyo3::Bound<'_, Self>) -> pyo3::PyResult<()> {
+                $crate::selector::sel::resume_reading(slf)
+            }
+
+            fn get_protocol(&self, py: pyo3::Python<'_>) -> pyo3::Py<pyo3::PyAny> {
+                $crate::selector::sel::SockTransport::link(self).protocol_obj(py)
+            }
+
+            #[getter]
+            fn fd(&self, py: pyo3::Python<'_>) -> std::os::fd::RawFd {
+                $crate::selector::sel::SockTransport::link(self).fd(py)
+            }
+
+            #[getter]
+            fn sock(&self, py: pyo3::Python<'_>) -> Option<pyo3::Py<pyo3::PyAny>> {
+                let sel = $crate::selector::sel::SockTransport::sel(self).borrow(py);
+                sel.sock.as_ref().map(|s| s.clone_ref(py))
+            }
+
+            #[getter(r#loop)]
+            fn loop_obj(&self, py: pyo3::Python<'_>) -> Option<pyo3::Py<pyo3::PyAny>> {
+                let link = $crate::selector::sel::SockTransport::link(self);
+                link.lp(py).map(|l| l.into_any().unbind())
+            }
+
+            #[getter]
+            fn conn_lost(&self, py: pyo3::Python<'_>) -> u32 {
+                $crate::selector::sel::SockTransport::sel(self)
+                    .borrow(py)
+                    .conn_lost
+            }
+
+            #[getter]
+            fn paused(&self, py: pyo3::Python<'_>) -> bool {
+                $crate::selector::sel::SockTransport::sel(self)
+                    .borrow(py)
+                    .paused
+            }
+
+            /// Close the socket without telling the protocol (the `__del__` path).
+            fn _close_sock(&self, py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
+                $crate::selector::sel::close_sock(self, py)
+            }
+        }
+    };
+}
+pub(crate) use sock_methods;

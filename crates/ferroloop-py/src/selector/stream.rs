@@ -14,37 +14,28 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::link::{
-    check_bytes_like, is_buffered_protocol, is_exit, logger, read_bytes, set_future, would_block,
-    ByteView, Flow, LinkCell, WriteBuf, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    check_bytes_like, is_buffered_protocol, is_exit, read_bytes, would_block, ByteView, LinkCell,
 };
 use crate::loop_core::LoopCore;
-use crate::selector::sel::{self, SelState, SockTransport};
+use crate::selector::sel::{self, sock_methods, SelState, SockTransport};
+use crate::stream_half::{self as half, stream_methods, StreamHalf, StreamTransport};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
-
-struct St {
-    buffered: bool,
-    protocol_connected: bool,
-    buf: WriteBuf,
-    flow: Flow,
-    eof: bool,
-    empty_waiter: Option<Py<PyAny>>,
-}
 
 /// The state and work of one stream transport (see the module docs).
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct StreamCore {
     link: LinkCell,
     sel: GilCell<SelState>,
-    st: GilCell<St>,
+    st: GilCell<StreamHalf>,
 }
 
 impl SockTransport for StreamCore {
@@ -61,6 +52,15 @@ impl SockTransport for StreamCore {
         self.st.borrow_mut(py).buf.clear();
     }
 }
+
+impl StreamTransport for StreamCore {
+    fn half(&self) -> &GilCell<StreamHalf> {
+        &self.st
+    }
+}
+
+sock_methods!(StreamCore);
+stream_methods!(StreamCore);
 
 fn send_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     // SAFETY: `data` is a valid slice for the duration of the call; send
@@ -84,53 +84,7 @@ fn recv_fd(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
     }
 }
 
-fn shutdown_wr(fd: RawFd) -> PyResult<()> {
-    // SAFETY: a plain system call on a descriptor number.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
-        return Err(io_err(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 impl StreamCore {
-    /// The end of a protocol callback: exits propagate, any other error is
-    /// fatal with `message`.
-    fn after_callback(
-        slf: &Bound<'_, Self>,
-        res: PyResult<Bound<'_, PyAny>>,
-        message: &str,
-    ) -> PyResult<()> {
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_exit(slf.py(), &e) => Err(e),
-            Err(e) => sel::fatal_error(slf, e, message),
-        }
-    }
-
-    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let link = &slf.get().link;
-        if link.debug(py) {
-            link.log(py, "debug", "received EOF")?;
-        }
-        let keep_open = match protocol
-            .call_method0(pyo3::intern!(py, "eof_received"))
-            .and_then(|r| r.is_truthy())
-        {
-            Ok(k) => k,
-            Err(e) if is_exit(py, &e) => return Err(e),
-            Err(e) => {
-                let msg = "Fatal error: protocol.eof_received() call failed.";
-                return sel::fatal_error(slf, e, msg);
-            }
-        };
-        if keep_open {
-            link.remove_watch(py, false)
-        } else {
-            sel::close(slf)
-        }
-    }
-
     fn read_data(slf: &Bound<'_, Self>, fd: RawFd, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let data = match read_bytes(py, |ptr, len| recv_fd(fd, ptr, len)) {
@@ -139,10 +93,10 @@ impl StreamCore {
             Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
         };
         if data.as_bytes().is_empty() {
-            return Self::on_eof(slf, protocol);
+            return half::on_eof(slf, protocol);
         }
         let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-        Self::after_callback(
+        half::after_callback(
             slf,
             res,
             "Fatal error: protocol.data_received() call failed.",
@@ -183,46 +137,14 @@ impl StreamCore {
             Err(e) => return sel::fatal_error(slf, e, READ_FAILED),
         };
         if n == 0 {
-            return Self::on_eof(slf, protocol);
+            return half::on_eof(slf, protocol);
         }
         let res = protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (n,));
-        Self::after_callback(
+        half::after_callback(
             slf,
             res,
             "Fatal error: protocol.buffer_updated() call failed.",
         )
-    }
-
-    fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
-        let pause = {
-            let mut st = self.st.borrow_mut(py);
-            let size = st.buf.len();
-            st.flow.should_pause(size)
-        };
-        if pause {
-            self.link.flow_callback(py, "pause_writing")?;
-        }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
-        let resume = {
-            let mut st = self.st.borrow_mut(py);
-            let size = st.buf.len();
-            st.flow.should_resume(size)
-        };
-        if resume {
-            self.link.flow_callback(py, "resume_writing")?;
-        }
-        Ok(())
-    }
-
-    fn empty_waiter_ref(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st
-            .borrow(py)
-            .empty_waiter
-            .as_ref()
-            .map(|w| w.clone_ref(py))
     }
 }
 
@@ -242,14 +164,7 @@ impl StreamCore {
         Ok(StreamCore {
             link: LinkCell::new(fd, lp, protocol, transport),
             sel: GilCell::new(SelState::new(sock, server)),
-            st: GilCell::new(St {
-                buffered,
-                protocol_connected: true,
-                buf: WriteBuf::default(),
-                flow: Flow::default(),
-                eof: false,
-                empty_waiter: None,
-            }),
+            st: GilCell::new(StreamHalf::new(buffered)),
         })
     }
 
@@ -290,20 +205,7 @@ impl StreamCore {
         let py = slf.py();
         let me = slf.get();
         check_bytes_like(data)?;
-        let (conn_lost, buffered_now) = {
-            let st = me.st.borrow(py);
-            if st.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-            (me.sel.borrow(py).conn_lost, !st.buf.is_empty())
-        };
+        half::check_writable(me, py)?;
         let view;
         let bytes: &[u8] = match data.cast::<PyBytes>() {
             Ok(b) => b.as_bytes(),
@@ -312,18 +214,11 @@ impl StreamCore {
                 view.as_slice()
             }
         };
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        if conn_lost > 0 {
-            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
-            }
-            me.sel.borrow_mut(py).conn_lost += 1;
+        if bytes.is_empty() || half::lost_write(me, py)? {
             return Ok(());
         }
         let mut rest = bytes;
-        if !buffered_now {
+        if me.st.borrow(py).buf.is_empty() {
             match send_fd(me.link.fd(py), bytes) {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(n) => rest = &bytes[n..],
@@ -334,13 +229,7 @@ impl StreamCore {
                 .add_watch(slf.as_any(), pyo3::intern!(py, "_write_ready"), true)?;
         }
         me.st.borrow_mut(py).buf.push(rest);
-        me.maybe_pause_protocol(py)
-    }
-
-    /// `writelines`: the buffers joined, then one `write`.
-    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
-        Self::write(slf, &joined)
+        half::maybe_pause(me, py)
     }
 
     fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -363,14 +252,11 @@ impl StreamCore {
                 let err = io_err(e);
                 let exc = err.value(py).clone().into_any();
                 sel::fatal_error(slf, err, WRITE_FAILED)?;
-                if let Some(w) = me.empty_waiter_ref(py) {
-                    set_future(py, &w, Some(&exc))?;
-                }
-                return Ok(());
+                return half::write_failed(me, py, &exc);
             }
         };
         me.st.borrow_mut(py).buf.consume(n);
-        me.maybe_resume_protocol(py)?; // may write more
+        half::maybe_resume(me, py)?; // may write more
         let (empty, closing, eof) = {
             let st = me.st.borrow(py);
             (st.buf.is_empty(), me.sel.borrow(py).closing, st.eof)
@@ -379,52 +265,14 @@ impl StreamCore {
             return Ok(());
         }
         me.link.remove_watch(py, true)?;
-        if let Some(w) = me.empty_waiter_ref(py) {
-            set_future(py, &w, None)?;
-        }
+        half::buffer_emptied(me, py)?;
         if closing {
             Self::_call_connection_lost(slf, py.None().into_bound(py))
         } else if eof {
-            shutdown_wr(fd)
+            half::shutdown_wr(fd)
         } else {
             Ok(())
         }
-    }
-
-    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
-        let flush_now = {
-            let mut st = self.st.borrow_mut(py);
-            if self.sel.borrow(py).closing || st.eof {
-                return Ok(());
-            }
-            st.eof = true;
-            st.buf.is_empty()
-        };
-        if flush_now {
-            shutdown_wr(self.link.fd(py))?;
-        }
-        Ok(())
-    }
-
-    fn can_write_eof(&self) -> bool {
-        true
-    }
-
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::close(slf)
-    }
-
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::force_close(slf, None)
-    }
-
-    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        sel::fatal_error(slf, PyErr::from_value(exc.clone()), message)
-    }
-
-    fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        sel::force_close(slf, (!exc.is_none()).then(|| exc.clone()))
     }
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
@@ -432,154 +280,18 @@ impl StreamCore {
         let me = slf.get();
         let connected = me.st.borrow(py).protocol_connected;
         sel::connection_lost(me, py, &exc, connected)?;
-        if let Some(w) = me.empty_waiter_ref(py) {
-            let err = PyConnectionError::new_err("Connection is closed by peer");
-            set_future(py, &w, Some(err.value(py).as_any()))?;
-        }
-        Ok(())
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.sel.borrow(py).closing
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        sel::is_reading(self, py)
-    }
-
-    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        sel::pause_reading(self, py)
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        sel::resume_reading(slf)
-    }
-
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).buf.len()
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (i64, i64) {
-        let st = self.st.borrow(py);
-        (st.flow.low, st.flow.high)
-    }
-
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        &self,
-        py: Python<'_>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
-        crate::link::set_limits(&mut self.st.borrow_mut(py).flow, high, low)?;
-        self.maybe_pause_protocol(py)
-    }
-
-    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = protocol.py();
-        let buffered = is_buffered_protocol(protocol)?;
-        {
-            let mut st = self.st.borrow_mut(py);
-            st.buffered = buffered;
-            st.protocol_connected = true;
-        }
-        self.link.set_protocol(protocol);
-        Ok(())
-    }
-
-    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
-        self.link.protocol_obj(py)
-    }
-
-    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.st.borrow(py).empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
-        }
-        let Some(lp) = self.link.lp(py) else {
-            return Err(PyRuntimeError::new_err("the transport is closed"));
-        };
-        let fut = LoopCore::create_future(&lp)?;
-        let done = {
-            let mut st = self.st.borrow_mut(py);
-            st.empty_waiter = Some(fut.clone_ref(py));
-            st.buf.is_empty()
-        };
-        if done {
-            set_future(py, &fut, None)?;
-        }
-        Ok(fut)
-    }
-
-    fn _reset_empty_waiter(&self, py: Python<'_>) {
-        let old = self.st.borrow_mut(py).empty_waiter.take();
-        drop(old);
-    }
-
-    // Read-only state for the Python half (repr, asyncio's internal users).
-
-    #[getter]
-    fn fd(&self, py: Python<'_>) -> RawFd {
-        self.link.fd(py)
-    }
-
-    #[getter]
-    fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sel.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
-    }
-
-    #[getter(r#loop)]
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.link.lp(py).map(|l| l.into_any().unbind())
-    }
-
-    #[getter]
-    fn server(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sel.borrow(py).server.as_ref().map(|s| s.clone_ref(py))
-    }
-
-    #[getter]
-    fn conn_lost(&self, py: Python<'_>) -> u32 {
-        self.sel.borrow(py).conn_lost
-    }
-
-    #[getter]
-    fn paused(&self, py: Python<'_>) -> bool {
-        self.sel.borrow(py).paused
-    }
-
-    #[getter]
-    fn eof(&self, py: Python<'_>) -> bool {
-        self.st.borrow(py).eof
-    }
-
-    #[getter]
-    fn protocol_paused(&self, py: Python<'_>) -> bool {
-        self.st.borrow(py).flow.paused
-    }
-
-    #[getter]
-    fn empty_waiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.empty_waiter_ref(py)
-    }
-
-    /// Close the socket without telling the protocol (the `__del__` path).
-    fn _close_sock(&self, py: Python<'_>) -> PyResult<()> {
-        sel::close_sock(self, py)
+        half::closed_by_peer(me, py)
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         self.link.traverse(&visit)?;
         sel::traverse(&self.sel, &visit)?;
-        if let Some(st) = self.st.gc_borrow() {
-            visit.call(&st.empty_waiter)?;
-        }
-        Ok(())
+        half::traverse(&self.st, &visit)
     }
 
     fn __clear__(&self) {
         self.link.clear();
         sel::clear(&self.sel);
-        let taken = self.st.gc_borrow_mut().map(|mut st| st.empty_waiter.take());
-        drop(taken);
+        half::clear(&self.st);
     }
 }
