@@ -430,6 +430,11 @@ impl<T> Proactor<T> {
     /// Queue one entry; a full submission ring is handed to the kernel
     /// first (without waiting).
     fn push(&mut self, e: squeue::Entry) {
+        if self.foreign() {
+            // The parent's ring is not mapped in this process: nothing can
+            // be submitted to it (and the op will never complete).
+            return;
+        }
         if !self.backlog.is_empty() {
             self.backlog.push_back(e);
             return;
@@ -449,6 +454,9 @@ impl<T> Proactor<T> {
     }
 
     fn drain_backlog(&mut self) {
+        if self.foreign() {
+            return;
+        }
         while let Some(e) = self.backlog.pop_front() {
             // SAFETY: as in `push`.
             if unsafe { self.ring.submission().push(&e) }.is_err() {
@@ -460,9 +468,33 @@ impl<T> Proactor<T> {
 
     // Waiting.
 
+    /// Nothing to hand to the kernel and nothing to reap: a wait that may
+    /// not block would find nothing, so the caller can skip it.
+    pub fn idle(&mut self) -> bool {
+        if !self.arm.is_empty() || !self.backlog.is_empty() || self.foreign() {
+            return false;
+        }
+        let sq = self.ring.submission();
+        if !sq.is_empty() || sq.taskrun() || sq.cq_overflow() {
+            return false;
+        }
+        drop(sq);
+        self.ring.completion().is_empty()
+    }
+
     /// Step 1 of a wait: arm the queued polls and detach what the system
     /// call needs. Every queued submission goes to the kernel with the wait.
     pub fn prepare_wait(&mut self) -> UringWaiter {
+        if self.foreign() {
+            // The ring's memory was not inherited (MADV_DONTFORK): touch
+            // none of it; the wait reports the fork.
+            return UringWaiter {
+                fd: -1,
+                to_submit: 0,
+                ready: false,
+                pending_work: false,
+            };
+        }
         self.arm_queued();
         self.drain_backlog();
         let (to_submit, pending_work) = {
@@ -471,11 +503,7 @@ impl<T> Proactor<T> {
         };
         let ready = !self.ring.completion().is_empty();
         UringWaiter {
-            fd: if self.foreign() {
-                -1
-            } else {
-                self.ring.as_raw_fd()
-            },
+            fd: self.ring.as_raw_fd(),
             to_submit,
             ready,
             pending_work,
@@ -593,6 +621,17 @@ impl<T> Proactor<T> {
             return (done, false);
         }
         let mut events = Vec::new();
+        // Every watch goes first, armed or only queued to be armed: a poll
+        // armed now would never finish (a waker nobody writes to) and the
+        // wait below would last the whole timeout.
+        let watched: Vec<RawFd> = (0..self.watches.len())
+            .filter(|&i| self.watches[i].is_some())
+            .map(|i| i as RawFd)
+            .collect();
+        for fd in watched {
+            let _ = self.deregister(fd);
+        }
+        self.arm.clear();
         for i in 0..self.slots.len() {
             let gen = self.slots[i].gen;
             match &self.slots[i].work {

@@ -286,3 +286,27 @@ fn probe_reports_features_or_a_reason() {
         Err(e) => assert!(e.to_string().starts_with("io_uring is unavailable: ")),
     }
 }
+
+#[test]
+fn cancel_all_drops_armed_and_queued_watches_at_once() {
+    let Some(mut p) = ring() else { return };
+    let (a, _b) = socketpair();
+    let (c, _d) = socketpair();
+    // One watch armed in the kernel, one only queued to be armed, and a
+    // recv that never completes on its own: none must hold cancel_all up.
+    p.register(a.as_raw_fd(), Interest::READ, 1).unwrap();
+    turn(&mut p, 0.0);
+    p.register(c.as_raw_fd(), Interest::READ, 2).unwrap();
+    p.submit(Op::recv(a.as_raw_fd(), 16), 3);
+    let start = std::time::Instant::now();
+    let (done, clean) = p.cancel_all(5.0);
+    assert!(clean, "everything answered");
+    assert_eq!(done.len(), 1, "the recv is reported, cancelled");
+    assert!(done[0].cancelled);
+    assert!(p.is_empty(), "no watch is left registered");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}

@@ -45,7 +45,14 @@ impl LoopCore {
                 // zero wait could report nothing, so skip the system call.
                 Io::Native(sel) if timeout == Some(0.0) && sel.len() <= 1 => Wait::Skip,
                 Io::Native(sel) => Wait::Native(sel.prepare_wait()),
-                Io::Ring(ring) => Wait::Ring(ring.prepare_wait()),
+                // Nothing to submit or reap and no wait wanted: skip it.
+                Io::Ring(ring) => {
+                    if timeout == Some(0.0) && ring.idle() {
+                        Wait::Skip
+                    } else {
+                        Wait::Ring(ring.prepare_wait())
+                    }
+                }
                 Io::Python(sel) => Wait::Python(sel.clone_ref(py)),
                 Io::Closed => Wait::Skip,
             };
