@@ -5,6 +5,17 @@
 //! schedules more work, watches descriptors, cancels handles or stops the loop.
 //! Other threads talk to the loop through a [`Remote`].
 //!
+//! A loop waits on one of two engines ([`LoopKind`]): a readiness
+//! [`Selector`] (asyncio's `SelectorEventLoop`), or an io_uring
+//! [`Proactor`] (asyncio's `ProactorEventLoop`), made by
+//! [`EventLoop::proactor`]. Everything but the wait is the same code for
+//! both: the scheduler, timers, descriptor watching (the proactor has the
+//! selector's level-triggered readiness contract), the [`Remote`] and its
+//! waker. A proactor loop also runs completion ops: [`EventLoop::submit`]
+//! hands an [`Op`] with its buffer to the kernel, and the closure given with
+//! it runs in the pass that reaps its [`Completion`], getting the op and its
+//! buffer back.
+//!
 //! ```
 //! use ferroloop_core::EventLoop;
 //! let mut lp = EventLoop::new().unwrap();
@@ -23,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::clock::{Clock, MonotonicClock};
+use crate::proactor::{Completion, Features, Op, OpId, Proactor};
 use crate::scheduler::{Cancel, Scheduler};
 use crate::selector::{BackendKind, Event, Interest, Selector};
 use crate::waker::Waker;
@@ -30,6 +42,10 @@ use crate::waker::Waker;
 type Once<C> = Box<dyn FnOnce(&mut EventLoop<C>)>;
 type Repeat<C> = Rc<RefCell<dyn FnMut(&mut EventLoop<C>)>>;
 type SendOnce<C> = Box<dyn FnOnce(&mut EventLoop<C>) + Send>;
+type OpDone<C> = Box<dyn FnOnce(&mut EventLoop<C>, Completion<()>)>;
+
+/// Submission entries of the ring a proactor loop makes by default.
+pub const DEFAULT_RING_ENTRIES: u32 = 256;
 
 const WAKER_TOKEN: u64 = u64::MAX;
 
@@ -61,6 +77,8 @@ impl Handle {
 enum Work<C: Clock> {
     Once(Once<C>),
     Repeat(Repeat<C>),
+    /// A completion op's callback with what it gets.
+    Done(OpDone<C>, Completion<()>),
 }
 
 struct Job<C: Clock> {
@@ -131,15 +149,114 @@ impl<C: Clock> Remote<C> {
     }
 }
 
-/// A selector event loop driven by closures.
+/// What a loop waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopKind {
+    /// A readiness selector on this backend.
+    Selector(BackendKind),
+    /// An io_uring proactor: completion ops, and descriptors watched with
+    /// one-shot poll ops re-armed on every wait (level-triggered).
+    Proactor,
+}
+
+impl LoopKind {
+    /// A selector loop on the best backend.
+    pub const fn best() -> Self {
+        LoopKind::Selector(BackendKind::best())
+    }
+
+    /// `"epoll"`, `"poll"`, `"select"` or `"io_uring"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LoopKind::Selector(b) => b.name(),
+            LoopKind::Proactor => "io_uring",
+        }
+    }
+
+    /// Parse a name given by [`name`](Self::name) (or `"proactor"`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "io_uring" | "proactor" => Some(LoopKind::Proactor),
+            other => BackendKind::from_name(other).map(LoopKind::Selector),
+        }
+    }
+}
+
+/// The engine a loop waits on; the rest of the loop does not care which.
+enum Engine<C: Clock> {
+    Selector(Selector),
+    /// Boxed: the ring's state is several hundred bytes.
+    Proactor(Box<Proactor<OpDone<C>>>),
+}
+
+impl<C: Clock> Engine<C> {
+    fn register(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        match self {
+            Engine::Selector(s) => s.register(fd, interest, token),
+            Engine::Proactor(p) => p.register(fd, interest, token),
+        }
+    }
+
+    fn modify(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        match self {
+            Engine::Selector(s) => s.modify(fd, interest, token),
+            Engine::Proactor(p) => p.modify(fd, interest, token),
+        }
+    }
+
+    fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
+        match self {
+            Engine::Selector(s) => s.deregister(fd),
+            Engine::Proactor(p) => p.deregister(fd),
+        }
+    }
+
+    /// Wait up to `timeout`; ready descriptors go to `events`, finished ops
+    /// to `done`.
+    fn wait(
+        &mut self,
+        events: &mut Vec<Event>,
+        done: &mut Vec<Completion<OpDone<C>>>,
+        timeout: Option<f64>,
+    ) -> io::Result<()> {
+        match self {
+            Engine::Selector(s) => s.select(events, timeout),
+            Engine::Proactor(p) => {
+                let mut w = p.prepare_wait();
+                let res = w.wait(timeout);
+                p.finish_wait(w, events, done);
+                res
+            }
+        }
+    }
+
+    fn proactor(&mut self) -> io::Result<&mut Proactor<OpDone<C>>> {
+        match self {
+            Engine::Proactor(p) => Ok(p),
+            Engine::Selector(s) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "completion ops need a proactor loop, not a {} selector loop",
+                    s.kind().name()
+                ),
+            )),
+        }
+    }
+}
+
+/// An event loop driven by closures, on a selector or a proactor.
 pub struct EventLoop<C: Clock = MonotonicClock> {
     clock: C,
     resolution: f64,
     sched: Scheduler<Job<C>>,
-    selector: Selector,
+    engine: Engine<C>,
     watches: HashMap<RawFd, Watch<C>>,
     shared: Arc<Shared<C>>,
     events: Vec<Event>,
+    done: Vec<Completion<OpDone<C>>>,
+    /// Completion ops submitted and not reaped (the driver's own count also
+    /// has the readiness polls).
+    ops: usize,
     running: bool,
 }
 
@@ -148,20 +265,45 @@ impl EventLoop<MonotonicClock> {
     pub fn new() -> io::Result<Self> {
         Self::with_backend(BackendKind::best(), MonotonicClock)
     }
+
+    /// A proactor loop (io_uring, [`DEFAULT_RING_ENTRIES`]) on the monotonic
+    /// clock. Where io_uring cannot be used the error says why; its inner
+    /// error is the driver's [`Unavailable`](crate::proactor::Unavailable).
+    pub fn proactor() -> io::Result<Self> {
+        Self::with_proactor(DEFAULT_RING_ENTRIES, MonotonicClock)
+    }
 }
 
 impl<C: Clock> EventLoop<C> {
     /// A loop on the given backend and clock.
     pub fn with_backend(kind: BackendKind, clock: C) -> io::Result<Self> {
-        let mut selector = Selector::new(kind)?;
+        Self::with_engine(Engine::Selector(Selector::new(kind)?), clock)
+    }
+
+    /// A proactor loop on a ring of `entries` submission entries (a power
+    /// of two) and the given clock.
+    pub fn with_proactor(entries: u32, clock: C) -> io::Result<Self> {
+        let ring = Proactor::new(entries).map_err(|u| io::Error::new(u.error.kind(), u))?;
+        Self::with_engine(Engine::Proactor(Box::new(ring)), clock)
+    }
+
+    /// A loop of the given kind and clock.
+    pub fn with_kind(kind: LoopKind, clock: C) -> io::Result<Self> {
+        match kind {
+            LoopKind::Selector(b) => Self::with_backend(b, clock),
+            LoopKind::Proactor => Self::with_proactor(DEFAULT_RING_ENTRIES, clock),
+        }
+    }
+
+    fn with_engine(mut engine: Engine<C>, clock: C) -> io::Result<Self> {
         let waker = Waker::new()?;
-        selector.register(waker.fd(), Interest::READ, WAKER_TOKEN)?;
+        engine.register(waker.fd(), Interest::READ, WAKER_TOKEN)?;
         let resolution = clock.resolution();
         Ok(Self {
             clock,
             resolution,
             sched: Scheduler::new(),
-            selector,
+            engine,
             watches: HashMap::new(),
             shared: Arc::new(Shared {
                 queue: Mutex::new(Vec::new()),
@@ -170,13 +312,29 @@ impl<C: Clock> EventLoop<C> {
                 closed: AtomicBool::new(false),
             }),
             events: Vec::new(),
+            done: Vec::new(),
+            ops: 0,
             running: false,
         })
     }
 
-    /// The backend this loop waits on.
+    /// What this loop waits on.
+    pub fn kind(&self) -> LoopKind {
+        match &self.engine {
+            Engine::Selector(s) => LoopKind::Selector(s.kind()),
+            Engine::Proactor(_) => LoopKind::Proactor,
+        }
+    }
+
+    /// The selector backend this loop waits on. A proactor loop reports
+    /// [`BackendKind::Poll`], whose readiness rules its poll ops follow (a
+    /// descriptor that is not open registers and is reported readable);
+    /// [`kind`](Self::kind) tells the two apart.
     pub fn backend(&self) -> BackendKind {
-        self.selector.kind()
+        match &self.engine {
+            Engine::Selector(s) => s.kind(),
+            Engine::Proactor(_) => BackendKind::Poll,
+        }
     }
 
     /// The loop's time, in seconds.
@@ -258,9 +416,9 @@ impl<C: Clock> EventLoop<C> {
         let (had_r, had_w) = (w.reader.is_some(), w.writer.is_some());
         let interest = Interest::new(had_r || !write, had_w || write);
         let res = if had_r || had_w {
-            self.selector.modify(fd, interest, fd as u64)
+            self.engine.modify(fd, interest, fd as u64)
         } else {
-            self.selector.register(fd, interest, fd as u64)
+            self.engine.register(fd, interest, fd as u64)
         };
         if let Err(e) = res {
             if !had_r && !had_w {
@@ -288,9 +446,9 @@ impl<C: Clock> EventLoop<C> {
         let interest = Interest::new(w.reader.is_some(), w.writer.is_some());
         if interest.is_empty() {
             self.watches.remove(&fd);
-            self.selector.deregister(fd)?;
+            self.engine.deregister(fd)?;
         } else {
-            self.selector.modify(fd, interest, fd as u64)?;
+            self.engine.modify(fd, interest, fd as u64)?;
         }
         Ok(true)
     }
@@ -314,6 +472,47 @@ impl<C: Clock> EventLoop<C> {
     /// Stop watching `fd` for writing; true if it was watched.
     pub fn remove_writer(&mut self, fd: RawFd) -> io::Result<bool> {
         self.unwatch(fd, true)
+    }
+
+    /// Start a completion op (proactor loops only). `f` runs in the pass
+    /// that reaps its completion, with the op and its buffers; also after
+    /// [`cancel_op`](Self::cancel_op), which the completion then reports
+    /// (`cancelled`, and `ECANCELED` unless the op finished first). Ops still
+    /// in flight when the loop is dropped are cancelled and their callbacks
+    /// dropped unrun. Submissions go to the kernel with the next wait.
+    ///
+    /// Fails with `Unsupported` on a selector loop (`f` and `op` are dropped).
+    pub fn submit(
+        &mut self,
+        op: Op,
+        f: impl FnOnce(&mut Self, Completion<()>) + 'static,
+    ) -> io::Result<OpId> {
+        let id = self.engine.proactor()?.submit(op, Box::new(f));
+        self.ops += 1;
+        Ok(id)
+    }
+
+    /// Ask the kernel to cancel op `id`; its callback still runs once the
+    /// kernel answers. False if `id` is not in flight (its completion may
+    /// have been reaped already, its callback queued for this pass).
+    pub fn cancel_op(&mut self, id: OpId) -> bool {
+        match &mut self.engine {
+            Engine::Proactor(p) => p.cancel(id),
+            Engine::Selector(_) => false,
+        }
+    }
+
+    /// Completion ops submitted whose completion was not reaped yet.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops
+    }
+
+    /// What the kernel gave the ring, on a proactor loop.
+    pub fn proactor_features(&self) -> Option<&Features> {
+        match &self.engine {
+            Engine::Proactor(p) => Some(p.features()),
+            Engine::Selector(_) => None,
+        }
     }
 
     /// Stop after the current pass.
@@ -362,12 +561,38 @@ impl<C: Clock> EventLoop<C> {
             timeout = Some(0.0);
         }
         let mut events = std::mem::take(&mut self.events);
-        let res = self.selector.select(&mut events, timeout);
+        let mut done = std::mem::take(&mut self.done);
+        let res = self.engine.wait(&mut events, &mut done, timeout);
         self.shared.sleeping.store(false, Ordering::SeqCst);
+        // Finished ops run whatever the wait returned: the driver has given
+        // them back, and only their callbacks can take their buffers.
+        self.ops -= done.len();
+        for c in done.drain(..) {
+            let Completion {
+                id,
+                owner,
+                result,
+                flags,
+                cancelled,
+                op,
+            } = c;
+            let c = Completion {
+                id,
+                owner: (),
+                result,
+                flags,
+                cancelled,
+                op,
+            };
+            let (job, _) = self.job(Work::Done(owner, c), false);
+            self.sched.call_soon(job);
+        }
+        self.done = done;
         match res {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
+                events.clear();
                 self.events = events;
                 return Err(e);
             }
@@ -399,6 +624,7 @@ impl<C: Clock> EventLoop<C> {
             match job.work {
                 Work::Once(f) => f(self),
                 Work::Repeat(cb) => (cb.borrow_mut())(self),
+                Work::Done(f, c) => f(self, c),
             }
         }
         Ok(())

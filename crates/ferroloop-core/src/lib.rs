@@ -12,7 +12,9 @@
 //!   bytes and the high / low water marks, with asyncio's rules.
 //! * [`waker`]: a cross-thread waker (eventfd).
 //! * [`event_loop`]: a complete event loop for Rust programs, driven by
-//!   closures, with a [`event_loop::Remote`] for other threads.
+//!   closures, with a [`event_loop::Remote`] for other threads, waiting on
+//!   a selector or on the io_uring [`proactor`] (completion ops with
+//!   closures).
 //! * [`policy`]: a thread-local default-loop policy mirroring asyncio's
 //!   `get_event_loop` / `set_event_loop` / `new_event_loop`.
 //!
@@ -31,7 +33,7 @@ pub mod transport;
 pub mod waker;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use event_loop::{EventLoop, Remote};
+pub use event_loop::{EventLoop, LoopKind, Remote};
 pub use scheduler::{Cancel, Scheduler, MAXIMUM_SELECT_TIMEOUT};
 pub use selector::{BackendKind, Event, Interest, Selector};
 pub use timers::TimerQueue;

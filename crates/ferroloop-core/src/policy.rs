@@ -3,6 +3,10 @@
 //! [`get_event_loop`] creates one on first use, in any other thread it fails
 //! until [`set_event_loop`] gave the thread a loop.
 //!
+//! Which kind of loop the policy makes ([`set_loop_kind`]: a selector loop
+//! by default, or a proactor loop) is one setting for the whole process, as
+//! asyncio's policy is.
+//!
 //! Callbacks receive `&mut EventLoop` and should use it: the loop is borrowed
 //! while it runs, so borrowing the shared handle from inside a callback panics.
 
@@ -10,11 +14,15 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::rc::Rc;
+use std::sync::Mutex;
 
-use crate::event_loop::EventLoop;
+use crate::clock::MonotonicClock;
+use crate::event_loop::{EventLoop, LoopKind};
 
 /// A loop shared within its thread.
 pub type SharedLoop = Rc<RefCell<EventLoop>>;
+
+static KIND: Mutex<LoopKind> = Mutex::new(LoopKind::best());
 
 thread_local! {
     static CURRENT: RefCell<Option<SharedLoop>> = const { RefCell::new(None) };
@@ -73,9 +81,23 @@ pub fn set_event_loop(lp: Option<SharedLoop>) {
     CURRENT.with(|c| *c.borrow_mut() = lp);
 }
 
-/// A new loop, not made current.
+/// Make every loop the policy creates from now on of this kind, in every
+/// thread (loops that exist keep theirs).
+pub fn set_loop_kind(kind: LoopKind) {
+    *KIND.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+}
+
+/// The kind of loop the policy creates.
+pub fn loop_kind() -> LoopKind {
+    *KIND.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A new loop of [`loop_kind`], not made current.
 pub fn new_event_loop() -> io::Result<SharedLoop> {
-    Ok(Rc::new(RefCell::new(EventLoop::new()?)))
+    Ok(Rc::new(RefCell::new(EventLoop::with_kind(
+        loop_kind(),
+        MonotonicClock,
+    )?)))
 }
 
 #[cfg(test)]
