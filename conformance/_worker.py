@@ -54,7 +54,7 @@ def test_id(name, test):
 class Recorder(unittest.TestResult):
     """Records one JSON line per test, with the loops that ran during it."""
 
-    def __init__(self, out, name, tracker, loop_name, test_timeout, verbose):
+    def __init__(self, out, name, tracker, loop_name, test_timeout, verbose, kind="selector"):
         super().__init__()
         self.guard = bindings.PolicyGuard(loop_name)
         self.out = out
@@ -63,6 +63,7 @@ class Recorder(unittest.TestResult):
         self.loop_name = loop_name
         self.test_timeout = test_timeout
         self.verbose = verbose
+        self.kind = kind
         self.cur = None
 
     def emit(self, record):
@@ -122,6 +123,19 @@ class Recorder(unittest.TestResult):
             # that its never-retrieved futures and pending tasks are not
             # reported (and logged) in the middle of a later test.
             gc.collect()
+        wrong = self.tracker.take_wrong_kind()
+        if wrong:
+            # A loop of another kind than the run's: the binding is broken
+            # for this test, whatever the test itself reported.
+            cur["status"] = "error"
+            cur["wrong_kind"] = wrong
+            cur["tb"] = (
+                (cur.get("tb") or "")
+                + f"conformance binding (--kind {self.kind}): "
+                + "; ".join(wrong)
+                + "\n"
+            )[-TB_LIMIT:]
+            print(f"CONFORMANCE BINDING ERROR in {cur['id']}: {'; '.join(wrong)}", file=sys.stderr)
         ran, target, created = self.tracker.snapshot()
         cur["dur"] = round(time.monotonic() - cur.pop("t0"), 4)
         cur["loops"] = ran
@@ -188,6 +202,9 @@ def filter_suite(suite, keep):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loop", choices=("ferroloop", "asyncio"), required=True)
+    ap.add_argument(
+        "--kind", choices=bindings.KINDS, default="selector", help="ferroloop loop kind"
+    )
     ap.add_argument("--module", required=True, help="dotted module name")
     ap.add_argument("--name", required=True, help="display name used in test ids")
     ap.add_argument("--out", required=True)
@@ -214,17 +231,21 @@ def main():
     not_run = read_ids(args.not_run) - exclude
 
     with open(args.out, "a") as out:
-        if args.loop == "ferroloop":
-            bindings.bind_default_policy()
-        tracker = bindings.LoopTracker(args.loop)
-        tracker.install()
-        recorder = Recorder(out, args.name, tracker, args.loop, args.test_timeout, args.verbose)
+        tracker = bindings.LoopTracker(args.loop, args.kind)
+        recorder = Recorder(
+            out, args.name, tracker, args.loop, args.test_timeout, args.verbose, args.kind
+        )
 
         try:
+            if args.loop == "ferroloop":
+                # Raises (reported as <module>.<import>) if the policy's
+                # loops are not of the run's kind.
+                bindings.bind_default_policy(args.kind)
+            tracker.install()
             mod = importlib.import_module(args.module)
             if args.loop == "ferroloop":
-                bindings.bind_loop_classes(mod, args.name)
-            bindings.bind_real_loop_variants(mod, args.name, args.loop)
+                bindings.bind_loop_classes(mod, args.name, args.kind)
+            bindings.bind_real_loop_variants(mod, args.name, args.loop, args.kind)
             suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
         except Exception:  # noqa: BLE001 - any import failure is reported as a result
             recorder.emit(

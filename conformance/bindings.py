@@ -38,23 +38,63 @@ is imported (see ``_worker.py``):
   the run (ferroloop's, or asyncio's ``SelectorEventLoop`` in the asyncio
   run), so the same tests exercise the loop under test. Both runs define
   them, so their outcomes can be compared one to one.
+
+* The loop *kind* of a ferroloop run (``run.py --kind``): ``selector`` (the
+  default, ``ferroloop.SelectorEventLoop``) or ``proactor``
+  (``ferroloop.ProactorEventLoop``, io_uring). run.py sets
+  ``FERROLOOP_LOOP`` to it, so the policy's loops are of that kind; the
+  factories here ask for it explicitly; and :class:`LoopTracker` checks every
+  ferroloop loop created or run during a test (:func:`kind_problem`): a loop
+  of another kind makes the test an error (see ``_worker.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
 import threading
 import unittest
 from unittest import mock
 
+#: The loop kinds of a ferroloop run, and what ``loop.backend`` must be for
+#: each (``None``: any of the selector loop's native backends).
+KINDS = ("selector", "proactor")
+PROACTOR_BACKEND = "io_uring"
+
+
+def kind_problem(loop, kind):
+    """None if ``loop`` (a ferroloop loop) is of the run's ``kind``; else a
+    sentence saying what it is instead."""
+    import ferroloop
+
+    backend = getattr(loop, "backend", None)
+    if kind == "proactor":
+        if isinstance(loop, ferroloop.ProactorEventLoop) and (
+            backend == PROACTOR_BACKEND or loop.is_closed()
+        ):
+            # A closed loop says backend 'closed' (tests call run_forever()
+            # on one, expecting RuntimeError); its backend was checked when
+            # it was made.
+            return None
+        return (
+            f"a {type(loop).__qualname__} on backend {backend!r} in the proactor run "
+            f"(expected ferroloop.ProactorEventLoop, backend {PROACTOR_BACKEND!r})"
+        )
+    if isinstance(loop, ferroloop.ProactorEventLoop) or backend == PROACTOR_BACKEND:
+        return f"a {type(loop).__qualname__} on backend {backend!r} in the selector run"
+    return None
+
+
 # --------------------------------------------------------------------------
 # Policy
 
 
-def bind_default_policy():
-    """Make ``ferroloop.EventLoopPolicy`` asyncio's default policy."""
+def bind_default_policy(kind="selector"):
+    """Make ``ferroloop.EventLoopPolicy`` asyncio's default policy, and check
+    that its loops are of the run's ``kind`` (``FERROLOOP_LOOP``, set by
+    run.py)."""
     import asyncio
     from asyncio import events
 
@@ -73,6 +113,12 @@ def bind_default_policy():
     loop = asyncio.new_event_loop()
     try:
         assert isinstance(loop, ferroloop.Loop), loop
+        problem = kind_problem(loop, kind)
+        if problem:
+            raise AssertionError(
+                f"conformance binding: asyncio.new_event_loop() made {type(loop).__qualname__}: "
+                f"{problem} (FERROLOOP_LOOP={os.environ.get('FERROLOOP_LOOP')!r})"
+            )
     finally:
         loop.close()
 
@@ -144,12 +190,15 @@ class LoopTracker:
     objects count as "not on the target loop" in both modes alike.
     """
 
-    def __init__(self, loop_name):
+    def __init__(self, loop_name, kind="selector"):
         self.loop_name = loop_name
+        self.kind = kind
         self._lock = threading.Lock()
         self.ran = set()
         self.ran_target = False
         self.created_target = False
+        #: loops of the wrong kind seen during the current test (sentences)
+        self.wrong_kind = []
         if loop_name == "ferroloop":
             from ferroloop._ferroloop import LoopCore
 
@@ -164,10 +213,24 @@ class LoopTracker:
             self.ran = set()
             self.ran_target = False
             self.created_target = False
+            # wrong_kind is kept: a loop of the wrong kind made between tests
+            # (setUpClass) is charged to the next test; take_wrong_kind()
+            # clears it.
 
     def snapshot(self):
         with self._lock:
             return sorted(self.ran), self.ran_target, self.created_target
+
+    def take_wrong_kind(self):
+        with self._lock:
+            out, self.wrong_kind = self.wrong_kind, []
+            return out
+
+    def _check_kind(self, loop, when):
+        # called with the lock held, for ferroloop loops only
+        problem = kind_problem(loop, self.kind)
+        if problem and f"{when}: {problem}" not in self.wrong_kind:
+            self.wrong_kind.append(f"{when}: {problem}")
 
     def note_running(self, loop):
         if loop is None:
@@ -176,10 +239,13 @@ class LoopTracker:
             self.ran.add(_class_name(type(loop)))
             if isinstance(loop, self._target):
                 self.ran_target = True
+                if self.loop_name == "ferroloop":
+                    self._check_kind(loop, "ran")
 
     def note_created(self, loop):
         with self._lock:
             self.created_target = True
+            self._check_kind(loop, "created")
 
     def install(self):
         import asyncio
@@ -201,7 +267,6 @@ class LoopTracker:
 
             cls = ferroloop.Loop
             run_forever = cls.run_forever
-            init = cls.__init__
             note_created = self.note_created
 
             @functools.wraps(run_forever)
@@ -209,13 +274,22 @@ class LoopTracker:
                 note(loop)
                 return run_forever(loop)
 
-            @functools.wraps(init)
-            def tracked_init(loop, *args, **kwargs):
-                note_created(loop)
-                return init(loop, *args, **kwargs)
-
             cls.run_forever = tracked_run_forever
-            cls.__init__ = tracked_init
+
+            # ProactorEventLoop.__init__ does not call Loop.__init__: wrap
+            # both. The loop is noted once made (its backend is known then).
+            def wrap_init(klass):
+                init = klass.__init__
+
+                @functools.wraps(init)
+                def tracked_init(loop, *args, **kwargs):
+                    init(loop, *args, **kwargs)
+                    note_created(loop)
+
+                return tracked_init
+
+            cls.__init__ = wrap_init(cls)
+            ferroloop.ProactorEventLoop.__init__ = wrap_init(ferroloop.ProactorEventLoop)
 
 
 # --------------------------------------------------------------------------
@@ -270,18 +344,69 @@ for _mod, _classes in POLICY_CLASSES.items():
     for _aio, _ff in _classes.items():
         COUNTERPARTS.setdefault(_mod, {})[_ff] = _aio
 
+#: The ferroloop classes that exist in the selector run only: in the
+#: proactor run every loop is a ProactorEventLoop, whatever native selector
+#: backend the class names, so the poll/select copies of the epoll class would
+#: run the same tests on the same loop again; they are left out (asyncio's
+#: classes are still removed).
+SELECTOR_ONLY_CLASSES = frozenset({"FerroloopPollEventLoopTests", "FerroloopSelectEventLoopTests"})
+
+
+def loop_classes(display, kind="selector"):
+    """``LOOP_CLASSES[display]`` for a run of ``kind``: asyncio class ->
+    (ferroloop class or None, native backend)."""
+    classes = LOOP_CLASSES.get(display, {})
+    if kind == "selector":
+        return classes
+    return {
+        aio: ((None, None) if ff in SELECTOR_ONLY_CLASSES else (ff, backend))
+        for aio, (ff, backend) in classes.items()
+    }
+
+
+def absent_classes(kind="selector"):
+    """(module, ferroloop class) pairs that a run of ``kind`` does not have:
+    entries of the expected list for them do not apply to that run."""
+    if kind == "selector":
+        return frozenset()
+    return frozenset(
+        (mod, ff)
+        for mod, classes in LOOP_CLASSES.items()
+        for ff, _ in classes.values()
+        if ff in SELECTOR_ONLY_CLASSES
+    )
+
+
 #: The methods through which asyncio's test classes make their loop.
 _FACTORY_METHODS = ("create_event_loop", "new_loop")
 
 
-def _loop_factory(backend):
-    """Stands for ``asyncio.SelectorEventLoop(selector=None)``: a ferroloop
-    loop on ``backend``, whatever Python selector the test passes (the
-    asyncio class named by the selector maps to that native backend)."""
+def new_loop_of_kind(kind="selector", backend=None):
+    """A new ferroloop loop of the run's kind: ``ferroloop.new_event_loop(backend)``
+    (selector; ``None``: epoll, or ``FERROLOOP_SELECTOR``), or
+    ``ferroloop.new_event_loop(kind="proactor")``; checked (AssertionError
+    if it is not of that kind)."""
     import ferroloop
 
+    if kind == "proactor":
+        loop = ferroloop.new_event_loop(kind="proactor")
+    else:
+        loop = ferroloop.new_event_loop(backend, kind="selector")
+    problem = kind_problem(loop, kind)
+    if problem:
+        loop.close()
+        raise AssertionError(f"conformance binding: {problem}")
+    return loop
+
+
+def _loop_factory(backend, kind="selector"):
+    """Stands for ``asyncio.SelectorEventLoop(selector=None)``: a ferroloop
+    loop on ``backend`` (or a proactor loop in the proactor run), whatever
+    Python selector the test passes (the asyncio class named by the selector
+    maps to that native backend)."""
+
     def new_loop(*args, **kwargs):
-        return ferroloop.new_event_loop(backend)
+        return new_loop_of_kind(kind, backend)
 
     return new_loop
 
@@ -293,7 +418,7 @@ def _make_class(mod, name, bases, namespace):
     return cls
 
 
-def bind_loop_classes(mod, display):
+def bind_loop_classes(mod, display, kind="selector"):
     """Replace the module's asyncio-loop classes by ferroloop ones (see
     ``LOOP_CLASSES``) and add the policy copies (``POLICY_CLASSES``); return
     the names of the classes added.
@@ -309,14 +434,14 @@ def bind_loop_classes(mod, display):
     import ferroloop
 
     made = []
-    for aio_name, (ff_name, backend) in LOOP_CLASSES.get(display, {}).items():
+    for aio_name, (ff_name, backend) in loop_classes(display, kind).items():
         base = getattr(mod, aio_name, None)
         if base is None:
             continue
         delattr(mod, aio_name)
         if ff_name is None:
             continue
-        factory = _loop_factory(backend)
+        factory = _loop_factory(backend, kind)
         own = [m for m in _FACTORY_METHODS if m in vars(base)]
         if own:
             namespace = {m: (lambda self, f=factory: f()) for m in own}
@@ -326,9 +451,9 @@ def bind_loop_classes(mod, display):
                 with mock.patch.object(asyncio, "SelectorEventLoop", _factory):
                     _base.setUp(self)
                 # Loud if CPython's setUp stops making its loop that way.
-                self.assertIsInstance(
-                    getattr(self, "loop", None), ferroloop.Loop, "conformance binding"
-                )
+                loop = getattr(self, "loop", None)
+                self.assertIsInstance(loop, ferroloop.Loop, "conformance binding")
+                self.assertIsNone(kind_problem(loop, kind), "conformance binding")
 
             namespace = {"setUp": setUp}
         _make_class(mod, ff_name, (base,), namespace)
@@ -367,13 +492,11 @@ REAL_LOOP_MODULES = (
 )
 
 
-def real_loop_factory(loop_name):
+def real_loop_factory(loop_name, kind="selector"):
     """The loop class/factory of the run, called directly (not through the
     policy: test_runners installs a policy whose factory is our factory)."""
     if loop_name == "ferroloop":
-        import ferroloop
-
-        return ferroloop.new_event_loop
+        return functools.partial(new_loop_of_kind, kind)
     import asyncio
 
     return asyncio.SelectorEventLoop
@@ -426,7 +549,7 @@ def _setup_source(cls):
         return ""
 
 
-def bind_real_loop_variants(mod, display, loop_name):
+def bind_real_loop_variants(mod, display, loop_name, kind="selector"):
     """Add ``RealLoop_<Class>`` classes to ``mod``; return their names.
 
     * test_tasks, test_futures: classes whose setUp calls
@@ -446,7 +569,7 @@ def bind_real_loop_variants(mod, display, loop_name):
         return []
     from test.test_asyncio import utils as test_utils
 
-    factory = real_loop_factory(loop_name)
+    factory = real_loop_factory(loop_name, kind)
 
     def real_loop(self):
         loop = factory()

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Run CPython 3.11's own asyncio test modules against ferroloop.
 
-    python3 conformance/run.py [--loop ferroloop|asyncio] [--module NAME ...]
-                               [--update-expected] [--verbose] [-j N]
+    python3 conformance/run.py [--loop ferroloop|asyncio] [--kind selector|proactor]
+                               [--module NAME ...] [--update-expected] [--verbose] [-j N]
 
 Each module runs in its own subprocess (``_worker.py``) with a time limit;
 the worker records every test, its outcome and which loops ran during it.
-The outcomes are checked against ``expected_failures.txt``; the exit status
+The outcomes are checked against ``expected_failures.txt`` (and, in the
+``--kind proactor`` run, ``expected_failures_proactor.txt``); the exit status
 is 1 if a test fails that is not listed there, a listed test passes, or a
 listed id no longer exists. See README.md.
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected_failures.txt"
+#: Extra entries for the ``--kind proactor`` run (on top of EXPECTED).
+EXPECTED_PROACTOR = HERE / "expected_failures_proactor.txt"
 RESULTS = HERE / ".results"
 WORKER = HERE / "_worker.py"
 
@@ -74,6 +77,8 @@ ASYNCIO_ONLY = "asyncio only"
 
 #: The reason categories, by prefix, for the summary.
 CATEGORIES = [
+    ("white-box (selector)", "white-box (selector)"),
+    ("ferroloop bug (proactor)", "ferroloop bug (proactor)"),
     ("white-box", "white-box"),
     (ASYNCIO_TOO, ASYNCIO_TOO),
     (ASYNCIO_ONLY, ASYNCIO_ONLY),
@@ -168,6 +173,8 @@ def run_module(display, dotted, opts, workdir):
             str(WORKER),
             "--loop",
             opts.loop,
+            "--kind",
+            opts.kind,
             "--module",
             dotted,
             "--name",
@@ -192,6 +199,11 @@ def run_module(display, dotted, opts, workdir):
         env.pop("FERROLOOP_SELECTOR", None)
         if opts.backend:
             env["FERROLOOP_SELECTOR"] = opts.backend
+        # The kind of loop ferroloop.new_event_loop() (and so the policy)
+        # makes; the worker checks every ferroloop loop against it.
+        env.pop("FERROLOOP_LOOP", None)
+        if opts.loop == "ferroloop":
+            env["FERROLOOP_LOOP"] = opts.kind
         env["PYTHONUNBUFFERED"] = "1"
         log_start = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as logf, tempfile.TemporaryDirectory(prefix="ffconf-") as cwd:
@@ -295,6 +307,27 @@ def expected_for_loop(expected, loop):
     return {t: r for t, r in expected.items() if r.startswith((ASYNCIO_TOO, ASYNCIO_ONLY))}
 
 
+def applies_to_kind(tid, kind):
+    """False for ids of classes the run of ``kind`` does not have (the
+    poll/select copies of the ferroloop classes, in the proactor run)."""
+    from bindings import absent_classes
+
+    parts = tid.split(".")
+    return len(parts) < 2 or (parts[0], parts[1]) not in absent_classes(kind)
+
+
+def expected_for_run(all_expected, proactor_extra, loop, kind):
+    """The expected failures of a run: the main list for the loop; in the
+    proactor run, without the entries of classes that run lacks, and with
+    ``expected_failures_proactor.txt`` on top (its reason wins for an id in
+    both)."""
+    expected = expected_for_loop(all_expected, loop)
+    if loop == "ferroloop" and kind == "proactor":
+        expected = {t: r for t, r in expected.items() if applies_to_kind(t, kind)}
+        expected.update(proactor_extra)
+    return expected
+
+
 def category(reason):
     for prefix, name in CATEGORIES:
         if reason.startswith(prefix):
@@ -311,13 +344,27 @@ def guess_reason(rec):
     return "TODO: classify"
 
 
-def write_expected(expected, module_order, path=EXPECTED):
+PROACTOR_HEADER = [
+    "# Tests expected to fail in the proactor run (`run.py --kind proactor`, every loop a",
+    "# ferroloop.ProactorEventLoop on io_uring) on top of expected_failures.txt, which",
+    "# applies to that run as well (except its entries for the poll/select classes, which",
+    "# the proactor run does not have). Same format; an id listed in both takes its reason",
+    "# from here. Reason prefixes:",
+    "#   white-box (selector): ...     the test inspects selector-loop internals a",
+    "#                                 completion-based loop does not have",
+    "#   ferroloop bug (proactor): ... a behaviour difference of the proactor loop",
+    f"# '{HANGS}' as in expected_failures.txt. Maintained with",
+    "# `python3 conformance/run.py --kind proactor --update-expected` (writes this file only).",
+]
+
+
+def write_expected(expected, module_order, path=EXPECTED, header=None):
     by_module = defaultdict(list)
     for tid, reason in expected.items():
         by_module[tid.split(".", 1)[0]].append((tid, reason))
     order = [m for m in module_order if m in by_module]
     order += sorted(m for m in by_module if m not in order)
-    lines = [
+    lines = header or [
         "# Tests of CPython 3.11's asyncio suite that are expected to fail on ferroloop.",
         "# One test id per line, then ' # ' and the reason. Reason prefixes:",
         "#   white-box: ...          the test inspects asyncio internals ferroloop does not have",
@@ -330,6 +377,7 @@ def write_expected(expected, module_order, path=EXPECTED):
         "# Maintained with `python3 conformance/run.py --update-expected` (keeps the",
         "# reasons of entries that still fail; new entries need a reason by hand).",
     ]
+    lines = list(lines)
     for module in order:
         lines += ["", f"# ===== {module} " + "=" * max(1, 60 - len(module))]
         width = max(len(t) for t, _ in by_module[module])
@@ -451,32 +499,41 @@ def counterpart_id(tid):
     return tid
 
 
-def compare(results, loop, expected, debug=False):
+def compare(results, loop, expected, debug=False, against="asyncio"):
     """After a ferroloop run: tests that pass on asyncio (per the last
-    saved asyncio run) but not on ferroloop, by expected reason."""
-    other = RESULTS / ("asyncio-debug.json" if debug else "asyncio.json")
+    saved asyncio run; ``against="ferroloop"``: per the last saved
+    ferroloop selector run) but not in this run, by expected reason."""
+    other = RESULTS / (against + ("-debug.json" if debug else ".json"))
     if loop != "ferroloop" or not other.exists():
         return
+    label = "asyncio" if against == "asyncio" else "the selector loop"
+    ids = against != "asyncio"
     saved = json.loads(other.read_text())["modules"]
     by_cat = Counter()
     wrong_asyncio_too = []
+    listed_ids = defaultdict(list)
     for res in results:
         theirs = saved.get(res["module"], {}).get("records", {})
         for tid, rec in res["records"].items():
             if rec["status"] not in FAILED:
                 continue
-            twin = theirs.get(counterpart_id(tid))
+            twin = theirs.get(tid if ids else counterpart_id(tid))
             if twin is None:
                 continue
             reason = expected.get(tid, "not listed")
             if twin["status"] in ("pass", "xfail"):
-                by_cat[category(reason) if tid in expected else "not listed"] += 1
+                cat = category(reason) if tid in expected else "not listed"
+                by_cat[cat] += 1
+                listed_ids[cat].append(tid)
                 if reason.startswith(ASYNCIO_TOO):
                     wrong_asyncio_too.append(tid)
     if by_cat:
-        print("\nPass on asyncio (last saved asyncio run) but fail on ferroloop, by reason:")
+        print(f"\nPass on {label} (last saved {against} run) but fail in this run, by reason:")
         for cat, n in by_cat.most_common():
             print(f"  {n:5d}  {cat}")
+            if ids:
+                for tid in sorted(listed_ids[cat]):
+                    print(f"           {tid}")
     for tid in wrong_asyncio_too:
         print(f"  WARNING: {tid} is listed as '{ASYNCIO_TOO}' but passed on asyncio")
 
@@ -545,6 +602,14 @@ def main(argv=None):
         help="ferroloop's native backend for every loop the tests make with selector=None "
         "(sets FERROLOOP_SELECTOR; default: unset, i.e. epoll)",
     )
+    ap.add_argument(
+        "--kind",
+        choices=("selector", "proactor"),
+        default="selector",
+        help="ferroloop run: the kind of every ferroloop loop the tests make, "
+        "ferroloop.SelectorEventLoop (default) or ferroloop.ProactorEventLoop (io_uring; "
+        "sets FERROLOOP_LOOP, checks loop.backend, adds expected_failures_proactor.txt)",
+    )
     ap.add_argument("-j", "--jobs", type=int, default=1, help="modules run in parallel")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per module")
     ap.add_argument(
@@ -555,6 +620,10 @@ def main(argv=None):
         ap.error("--update-expected applies to the ferroloop run")
     if opts.backend and opts.loop != "ferroloop":
         ap.error("--backend applies to the ferroloop run")
+    if opts.kind != "selector" and opts.loop != "ferroloop":
+        ap.error("--kind applies to the ferroloop run")
+    if opts.kind == "proactor" and opts.backend:
+        ap.error("--backend picks a selector backend; the proactor loop has one (io_uring)")
     if opts.update_expected and (opts.asyncio_debug or opts.backend):
         ap.error("--update-expected applies to the normal run (no --asyncio-debug/--backend)")
     if opts.update_expected and opts.patterns:
@@ -562,17 +631,19 @@ def main(argv=None):
 
     t0 = time.monotonic()
     modules = [resolve_module(m) for m in opts.module] if opts.module else DEFAULT_MODULES
-    run_name = opts.loop + (f"-{opts.backend}" if opts.backend else "")
+    run_name = opts.loop + ("-proactor" if opts.kind == "proactor" else "")
+    run_name += f"-{opts.backend}" if opts.backend else ""
     run_name += "-debug" if opts.asyncio_debug else ""
     workdir = RESULTS / run_name
     workdir.mkdir(parents=True, exist_ok=True)
     all_expected = load_expected()
-    expected = expected_for_loop(all_expected, opts.loop)
+    proactor_extra = load_expected(EXPECTED_PROACTOR) if opts.kind == "proactor" else {}
+    expected = expected_for_run(all_expected, proactor_extra, opts.loop, opts.kind)
     opts.expected = expected
 
+    on = opts.loop if opts.loop == "asyncio" else f"ferroloop ({opts.kind} loop)"
     print(
-        f"ferroloop conformance: {len(modules)} module(s) on {opts.loop}, "
-        f"python {sys.version.split()[0]}",
+        f"ferroloop conformance: {len(modules)} module(s) on {on}, python {sys.version.split()[0]}",
         flush=True,
     )
     results = []
@@ -638,9 +709,20 @@ def main(argv=None):
         for note in res["notes"]:
             print(f"\n{res['module']}: {note}")
 
-    compare(results, opts.loop, all_expected, opts.asyncio_debug)
+    compare(results, opts.loop, expected, opts.asyncio_debug)
+    if opts.kind == "proactor":
+        compare(results, opts.loop, expected, opts.asyncio_debug, against="ferroloop")
 
     bad = False
+    wrong_kind = [
+        rec for res in results for rec in res["records"].values() if rec.get("wrong_kind")
+    ]
+    if wrong_kind:
+        # Whatever the expected list says: the run did not test what it claims.
+        bad = True
+        print(f"\nLOOPS OF THE WRONG KIND (--kind {opts.kind}) IN {len(wrong_kind)} TEST(S):")
+        for rec in wrong_kind:
+            print(f"  {rec['id']}: {'; '.join(rec['wrong_kind'])}")
     if problems["unexpected_failures"]:
         bad = True
         print(f"\nUNEXPECTED FAILURES ({len(problems['unexpected_failures'])}):")
@@ -664,7 +746,35 @@ def main(argv=None):
         bad = True
         print("\nINCOMPLETE MODULES: " + ", ".join(r["module"] for r in problems["incomplete"]))
 
-    if opts.update_expected:
+    if opts.update_expected and opts.kind == "proactor":
+        # Only expected_failures_proactor.txt is written: failing tests the
+        # main list does not cover. A main-list entry that passes here shows
+        # as an unexpected pass; it is left to be handled by hand.
+        ran = {d for d, _ in modules}
+        main = expected_for_run(all_expected, {}, opts.loop, opts.kind)
+        new = {t: r for t, r in proactor_extra.items() if t.split(".", 1)[0] not in ran}
+        added = 0
+        for res in results:
+            for tid, rec in res["records"].items():
+                if rec["status"] not in FAILED:
+                    continue
+                reason = proactor_extra.get(tid)
+                if reason is None:
+                    if tid in main:
+                        continue
+                    added += 1
+                    reason = guess_reason(rec)
+                new[tid] = reason
+        write_expected(
+            new, [d for d, _ in DEFAULT_MODULES], path=EXPECTED_PROACTOR, header=PROACTOR_HEADER
+        )
+        todo = sum(1 for r in new.values() if r.startswith("TODO"))
+        print(
+            f"\nWrote {EXPECTED_PROACTOR.relative_to(HERE.parent)}: {len(new)} entries "
+            f"({added} new, {todo} need a reason)."
+        )
+        bad = bool(problems["incomplete"])
+    elif opts.update_expected:
         ran = {d for d, _ in modules}
         new = {
             t: r

@@ -20,3 +20,4 @@ echo "== pytest parity suite"
 
 echo "== CPython test_asyncio conformance"
 "$PY" conformance/run.py
+"$PY" conformance/run.py --kind proactor
