@@ -30,6 +30,9 @@ import asyncio, sys
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "asyncio":
     loop = asyncio.new_event_loop()
+elif "-" in kind:  # ferroloop-proactor: ferroloop.new_event_loop(kind="proactor")
+    module, _, loop_kind = kind.partition("-")
+    loop = __import__(module).new_event_loop(kind=loop_kind)
 else:
     loop = __import__(kind).new_event_loop()
 

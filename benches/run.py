@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import gc
 import importlib
 import json
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ import sched_benches
 HERE = Path(__file__).resolve().parent
 SCRIPT = Path(__file__).resolve()
 
-DEFAULT_LOOPS = "asyncio,uvloop,rloop,ferroloop"
+DEFAULT_LOOPS = "asyncio,uvloop,rloop,ferroloop-proactor,ferroloop"
 DEFAULT_REPEAT = 5
 QUICK_DIVISOR = 10
 WORKER_TIMEOUT_S = 60.0
@@ -65,8 +67,17 @@ def _import_loop_module(name: str) -> Any:
     """Import the module that provides ``new_event_loop()`` for loop *name*.
 
     The loop name is the module name: asyncio, uvloop, rloop, ferroloop, or
-    any other importable module exposing ``new_event_loop()``.
+    any other importable module exposing ``new_event_loop()``; ``MODULE-KIND``
+    (``ferroloop-proactor``) means ``MODULE.new_event_loop(kind=KIND)``.
     """
+    base, sep, kind = name.partition("-")
+    if sep:
+        # "ferroloop-proactor": the module's new_event_loop(kind="proactor").
+        module = importlib.import_module(base)
+        return types.SimpleNamespace(
+            new_event_loop=functools.partial(module.new_event_loop, kind=kind),
+            __version__=getattr(module, "__version__", "unknown"),
+        )
     module = importlib.import_module(name)
     if getattr(module, "new_event_loop", None) is None:
         raise ImportError(f"module {name!r} has no new_event_loop()")
