@@ -3,7 +3,7 @@
 
 Usage (from the repository root; needs valgrind):
 
-    python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024]
+    python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024] [--keep DIR]
 
 For each loop, an echo server (an ``asyncio.Protocol`` on a Unix socket) runs
 under ``valgrind --tool=callgrind`` twice, serving N1 and then N2 messages
@@ -131,10 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=20000)
+    ap.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the callgrind output files (cg.LOOP.N) in DIR, for callgrind_annotate",
+    )
     args = ap.parse_args(argv)
     print(f"| loop | instructions per message ({args.size} B, {args.conns} connections) |")
     print("|---|---:|")
     with tempfile.TemporaryDirectory(prefix="ferroloop-cg-") as tmp:
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            tmp = args.keep
         for loop in args.loops.split(","):
             a = instructions(loop, args.n1, args.conns, args.size, tmp)
             b = instructions(loop, args.n2, args.conns, args.size, tmp)

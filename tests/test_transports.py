@@ -123,6 +123,46 @@ def test_write_argument_checks(io_loop):
     assert got == b"abcd" + array.array("i", [1, 2]).tobytes() + b"efghij"
 
 
+def test_written_buffers_are_taken_as_they_were(io_loop):
+    # write() takes the bytes as they are when it returns: a bytearray or a
+    # memoryview changed afterwards, a bytes object dropped at once, or one
+    # written in part while the socket is full, must not change what the
+    # peer receives (the proactor sends bytes objects from where they are,
+    # and copies everything else).
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        expected = bytearray()
+        for i in range(200):
+            kind = i % 4
+            chunk = bytes([i % 251]) * (1 + (i * 997) % 20000)
+            if kind == 0:
+                t.write(bytes(chunk))  # the only reference is the transport's
+            elif kind == 1:
+                ba = bytearray(chunk)
+                t.write(ba)
+                ba[:] = b"!" * len(ba)
+            elif kind == 2:
+                ba = bytearray(chunk)
+                t.write(memoryview(ba))
+                ba[0:1] = b"?"
+            else:
+                big = chunk * 40  # up to 800 KB: more than the socket takes at once
+                t.write(big)
+                chunk = big
+            expected += chunk
+            if i % 50 == 49:
+                await asyncio.sleep(0)
+        t.write_eof()
+        got = await _recv_all(io_loop, peer, timeout=20)
+        t.close()
+        await p.lost
+        peer.close()
+        return got == bytes(expected), len(got), len(expected)
+
+    ok, n_got, n_expected = run_coro(io_loop, main(), timeout=30)
+    assert ok, (n_got, n_expected)
+
+
 class SmallBuffers(asyncio.BufferedProtocol):
     def __init__(self, loop, size):
         self.loop = loop

@@ -43,7 +43,7 @@ use std::sync::Once;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-pub use ops::{Completion, Op, SockAddr};
+pub use ops::{Completion, LentBuf, Op, SockAddr};
 pub use setup::{probe, Features, Unavailable};
 
 use crate::selector::{bad_fd, Event, FdTable, Interest};
@@ -367,7 +367,7 @@ impl<T> Proactor<T> {
             cancelled: false,
         });
         let e = match &mut self.slots[id.index()].work {
-            Some(Work::User { op, .. }) => op.entry(),
+            Some(Work::User { op, .. }) => op.entry(self.features.recv_poll_first),
             _ => unreachable!("a user op was just stored"),
         };
         self.push(e.user_data(id.raw()));
@@ -561,7 +561,7 @@ impl<T> Proactor<T> {
         // A send or write that the kernel took part of goes on from there.
         if let Some(Work::User { op, cancelled, .. }) = &mut self.slots[index].work {
             if res > 0 && op.advance(res as usize) && !*cancelled {
-                let e = op.entry().user_data(ud);
+                let e = op.entry(self.features.recv_poll_first).user_data(ud);
                 self.push(e);
                 return;
             }

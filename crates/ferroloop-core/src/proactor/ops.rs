@@ -53,18 +53,53 @@ impl std::fmt::Debug for SockAddr {
     }
 }
 
+/// `IORING_RECVSEND_POLL_FIRST` (include/uapi/linux/io_uring.h), in a recv's
+/// `ioprio`; the crate does not export it.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// Memory a send reads that its owner keeps, not the driver: for example
+/// an immutable Python `bytes` object, sent without copying it. The op holds
+/// the value, and so the memory, until its completion.
+///
+/// # Safety
+///
+/// For as long as the value lives, `as_ptr()` must return the same pointer
+/// to `len()` readable bytes that do not change and are not freed, and the
+/// value may be dropped on any thread.
+pub unsafe trait LentBuf: Send + std::fmt::Debug {
+    fn as_ptr(&self) -> *const u8;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One completion op. Buffers are `Vec`s whose heap memory does not move
-/// while the op is in flight.
+/// while the op is in flight, or [`LentBuf`]s.
 #[derive(Debug)]
 pub enum Op {
     /// `recv(fd, buf[..buf.len()])`; the completion's result is the count.
-    Recv { fd: RawFd, buf: Vec<u8> },
+    /// `poll_first`: the caller expects no data yet (its last recv left the
+    /// socket empty), so the kernel should wait for readiness before trying
+    /// (`IORING_RECVSEND_POLL_FIRST`, where the kernel has it) rather than
+    /// make a first attempt that only finds nothing.
+    Recv {
+        fd: RawFd,
+        buf: Vec<u8>,
+        poll_first: bool,
+    },
     /// `send(fd, buf[sent..], MSG_NOSIGNAL)` until all of `buf` is sent (or
     /// an error): partial sends are continued by the driver. The result is
     /// the total sent.
     Send {
         fd: RawFd,
         buf: Vec<u8>,
+        sent: usize,
+    },
+    /// [`Send`](Op::Send) from memory the caller lent.
+    SendLent {
+        fd: RawFd,
+        buf: Box<dyn LentBuf>,
         sent: usize,
     },
     /// `read(fd, buf)` at the current position (pipes, character devices).
@@ -91,6 +126,7 @@ impl Op {
         Op::Recv {
             fd,
             buf: vec![0; len],
+            poll_first: false,
         }
     }
 
@@ -104,6 +140,7 @@ impl Op {
         match self {
             Op::Recv { fd, .. }
             | Op::Send { fd, .. }
+            | Op::SendLent { fd, .. }
             | Op::Read { fd, .. }
             | Op::Write { fd, .. }
             | Op::Accept { fd, .. }
@@ -114,14 +151,34 @@ impl Op {
     }
 
     /// The submission entry for the op as it stands (without user data).
-    pub(super) fn entry(&mut self) -> squeue::Entry {
+    /// `poll_first_ok`: the kernel takes `IORING_RECVSEND_POLL_FIRST`.
+    pub(super) fn entry(&mut self, poll_first_ok: bool) -> squeue::Entry {
         match self {
-            Op::Recv { fd, buf } => {
-                opcode::Recv::new(types::Fd(*fd), buf.as_mut_ptr(), clamp(buf.len())).build()
+            Op::Recv {
+                fd,
+                buf,
+                poll_first,
+            } => {
+                let prio = if *poll_first && poll_first_ok {
+                    RECVSEND_POLL_FIRST
+                } else {
+                    0
+                };
+                opcode::Recv::new(types::Fd(*fd), buf.as_mut_ptr(), clamp(buf.len()))
+                    .ioprio(prio)
+                    .build()
             }
             Op::Send { fd, buf, sent } => {
                 let rest = &buf[*sent..];
                 opcode::Send::new(types::Fd(*fd), rest.as_ptr(), clamp(rest.len()))
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Op::SendLent { fd, buf, sent } => {
+                // SAFETY: LentBuf's contract: `len` bytes stay readable at
+                // `as_ptr` while the op holds `buf`; `sent <= len`.
+                let rest = unsafe { buf.as_ptr().add(*sent) };
+                opcode::Send::new(types::Fd(*fd), rest, clamp(buf.len() - *sent))
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             }
@@ -169,6 +226,10 @@ impl Op {
                 *done += n;
                 *done < buf.len()
             }
+            Op::SendLent { buf, sent, .. } => {
+                *sent += n;
+                *sent < buf.len()
+            }
             _ => false,
         }
     }
@@ -176,7 +237,7 @@ impl Op {
     /// The result of the op once its last completion arrived.
     pub(super) fn finish(&self, res: i32) -> io::Result<usize> {
         let done = match self {
-            Op::Send { sent, .. } => *sent,
+            Op::Send { sent, .. } | Op::SendLent { sent, .. } => *sent,
             Op::Write { written, .. } => *written,
             _ => 0,
         };
@@ -189,7 +250,7 @@ impl Op {
             return Err(io::Error::from_raw_os_error(-res));
         }
         Ok(match self {
-            Op::Send { .. } | Op::Write { .. } => done,
+            Op::Send { .. } | Op::SendLent { .. } | Op::Write { .. } => done,
             _ => res as usize,
         })
     }

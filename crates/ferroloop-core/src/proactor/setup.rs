@@ -13,6 +13,9 @@ pub struct Features {
     pub setup_flags: Vec<&'static str>,
     /// Multishot accept (`IORING_ACCEPT_MULTISHOT`, Linux 5.19).
     pub accept_multishot: bool,
+    /// Receives may ask to wait for readiness before their first attempt
+    /// (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19).
+    pub recv_poll_first: bool,
     /// Completions are never dropped on overflow (`IORING_FEAT_NODROP`).
     pub nodrop: bool,
     /// Submission and completion rings in one mapping.
@@ -165,6 +168,9 @@ fn check(ring: &IoUring, flags: &[&'static str]) -> Result<Features, Unavailable
         setup_flags: flags.to_vec(),
         // Multishot accept came with the SOCKET opcode (Linux 5.19).
         accept_multishot: probe.is_supported(opcode::Socket::CODE),
+        // So did IORING_RECVSEND_POLL_FIRST; an older kernel rejects any
+        // ioprio on a recv with EINVAL, so it is only set where it is known.
+        recv_poll_first: probe.is_supported(opcode::Socket::CODE),
         nodrop: p.is_feature_nodrop(),
         single_mmap: p.is_feature_single_mmap(),
         sq_entries: p.sq_entries(),

@@ -127,13 +127,37 @@ fn recv_and_send_complete() {
     assert_eq!(p.in_flight(), 0);
 }
 
-#[test]
-fn partial_sends_are_continued() {
+/// A lent buffer: shared bytes; the test checks it was dropped.
+#[derive(Debug)]
+struct Shared(std::sync::Arc<Vec<u8>>);
+
+// SAFETY: the Arc keeps the Vec alive and nobody mutates it.
+unsafe impl LentBuf for Shared {
+    fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Send 4 MiB (owned or lent) and check it all arrives, in order.
+fn check_partial_sends(lent: bool) {
     let Some(mut p) = ring() else { return };
     let (a, b) = socketpair();
     let size = 4 << 20; // far more than a socket buffer holds
     let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    p.submit(Op::send(a.as_raw_fd(), data.clone()), 1);
+    let shared = std::sync::Arc::new(data.clone());
+    let op = if lent {
+        Op::SendLent {
+            fd: a.as_raw_fd(),
+            buf: Box::new(Shared(shared.clone())),
+            sent: 0,
+        }
+    } else {
+        Op::send(a.as_raw_fd(), data.clone())
+    };
+    p.submit(op, 1);
     let mut received = Vec::new();
     let mut sent = None;
     let mut buf = vec![0u8; 1 << 16];
@@ -155,6 +179,21 @@ fn partial_sends_are_continued() {
     }
     assert_eq!(sent, Some(size));
     assert!(received == data, "bytes arrive whole and in order");
+    assert_eq!(
+        std::sync::Arc::strong_count(&shared),
+        1,
+        "the completion gave the lent buffer back and it was dropped"
+    );
+}
+
+#[test]
+fn partial_sends_are_continued() {
+    check_partial_sends(false);
+}
+
+#[test]
+fn partial_sends_from_a_lent_buffer_are_continued() {
+    check_partial_sends(true);
 }
 
 #[test]

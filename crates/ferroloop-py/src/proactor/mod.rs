@@ -13,8 +13,9 @@
 
 pub mod stream;
 
-use ferroloop_core::proactor::Completion;
+use ferroloop_core::proactor::{Completion, LentBuf};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use crate::handle::Handle;
 
@@ -40,5 +41,42 @@ impl Owner {
             Owner::Write(t) => t.get().write_completed(py, result, op),
             Owner::Nobody => None,
         }
+    }
+}
+
+/// A `bytes` object lent to a send op: it cannot change, so the kernel
+/// reads it where it is, with no copy.
+#[derive(Debug)]
+pub struct LentBytes {
+    /// Held, never read: it keeps the memory alive.
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl LentBytes {
+    pub fn new(b: &Bound<'_, PyBytes>) -> Self {
+        let s = b.as_bytes();
+        LentBytes {
+            ptr: s.as_ptr(),
+            len: s.len(),
+            _obj: b.clone().unbind(),
+        }
+    }
+}
+
+// SAFETY: `ptr` points into the bytes object `_obj` keeps alive; a Py may
+// be dropped on any thread (pyo3 defers the decref to a thread holding the
+// GIL).
+unsafe impl Send for LentBytes {}
+
+// SAFETY: a bytes object's contents never move or change while it lives,
+// and `_obj` keeps it alive as long as this value.
+unsafe impl LentBuf for LentBytes {
+    fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
     }
 }

@@ -36,7 +36,7 @@ use crate::link::{
     check_bytes_like, is_buffered_protocol, is_exit, would_block, ByteView, LinkCell, MAX_READ,
 };
 use crate::loop_core::LoopCore;
-use crate::proactor::Owner;
+use crate::proactor::{LentBytes, Owner};
 use crate::selector::sel::{self, sock_methods, SelState, SockTransport};
 use crate::stream_half::{self as half, stream_methods, StreamHalf, StreamTransport};
 
@@ -51,6 +51,9 @@ const DIRECT_SEND_AT: usize = 64 * 1024;
 struct RingIo {
     read_op: Option<OpId>,
     read_size: usize,
+    /// The last recv left the socket empty (it brought less than its
+    /// buffer): the next one waits for readiness before its first try.
+    drained: bool,
     /// A finished recv not yet handed to the protocol.
     read_result: Option<(io::Result<usize>, Vec<u8>)>,
     read_queued: bool,
@@ -212,15 +215,18 @@ impl RingStreamCore {
         result: io::Result<usize>,
         op: Op,
     ) -> Option<Py<Handle>> {
-        let Op::Send { mut buf, .. } = op else {
-            return None;
-        };
         let mut io = self.io.borrow_mut(py);
-        io.write_op = None;
-        buf.clear();
-        if buf.capacity() <= 4 * MAX_READ {
-            io.spare_write = Some(buf);
+        match op {
+            Op::Send { mut buf, .. } => {
+                buf.clear();
+                if buf.capacity() <= 4 * MAX_READ {
+                    io.spare_write = Some(buf);
+                }
+            }
+            Op::SendLent { .. } => {} // the bytes object goes
+            _ => return None,
         }
+        io.write_op = None;
         let quiet = result.is_ok()
             && {
                 let h = self.st.borrow(py);
@@ -277,7 +283,11 @@ impl RingStreamCore {
                 Some(b) if b.len() == size => b,
                 _ => vec![0u8; size],
             };
-            Op::Recv { fd, buf }
+            Op::Recv {
+                fd,
+                buf,
+                poll_first: io.drained,
+            }
         };
         let id = lp
             .get()
@@ -303,6 +313,28 @@ impl RingStreamCore {
             h.buf.clear();
             io.in_flight = data.len();
             Op::send(fd, data)
+        };
+        let id = lp
+            .get()
+            .ring_submit(py, op, Owner::Write(slf.clone().unbind()));
+        me.io.borrow_mut(py).write_op = id;
+        Ok(())
+    }
+
+    /// Send `data[sent..]` from the bytes object itself (nothing may be in
+    /// flight, the write buffer must be empty).
+    fn submit_lent(slf: &Bound<'_, Self>, data: &Bound<'_, PyBytes>, sent: usize) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let Some(lp) = me.link.lp(py) else {
+            return Ok(());
+        };
+        let buf = LentBytes::new(data);
+        me.io.borrow_mut(py).in_flight = data.as_bytes().len() - sent;
+        let op = Op::SendLent {
+            fd: me.link.fd(py),
+            buf: Box::new(buf),
+            sent,
         };
         let id = lp
             .get()
@@ -378,6 +410,7 @@ impl RingStreamCore {
             io: GilCell::new(RingIo {
                 read_op: None,
                 read_size: FIRST_READ,
+                drained: false,
                 read_result: None,
                 read_queued: false,
                 spare_read: None,
@@ -470,6 +503,7 @@ impl RingStreamCore {
         }
         {
             let mut io = me.io.borrow_mut(py);
+            io.drained = n < buf.len();
             if n == buf.len() && io.read_size < MAX_READ {
                 io.read_size = (io.read_size * 2).min(MAX_READ);
             }
@@ -511,9 +545,16 @@ impl RingStreamCore {
         if bytes.is_empty() || half::lost_write(me, py)? {
             return Ok(());
         }
-        let sending = me.io.borrow(py).write_op.is_some();
+        // A send is in flight, or finished with its `_write_done` still to
+        // run: either way one send at a time, and what comes meanwhile
+        // waits in the buffer (a second op would race the first, and
+        // `_write_done` would count the buffer empty under it).
+        let sending = {
+            let io = me.io.borrow(py);
+            io.write_op.is_some() || io.write_result.is_some()
+        };
         let mut rest = bytes;
-        if !sending && bytes.len() >= DIRECT_SEND_AT {
+        if !sending && bytes.len() >= DIRECT_SEND_AT && me.st.borrow(py).buf.is_empty() {
             // A large write is offered to the socket at once, from the
             // caller's buffer: no copy of what the kernel takes, and the
             // same buffer sizes the selector loop shows.
@@ -526,6 +567,13 @@ impl RingStreamCore {
         }
         if sending {
             me.st.borrow_mut(py).buf.push(rest);
+        } else if let Some(b) = data
+            .cast::<PyBytes>()
+            .ok()
+            .filter(|_| me.st.borrow(py).buf.is_empty())
+        {
+            // A bytes object cannot change: the op sends from it.
+            Self::submit_lent(slf, b, bytes.len() - rest.len())?;
         } else {
             Self::submit_send(slf, rest)?;
         }
