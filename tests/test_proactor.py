@@ -1125,6 +1125,106 @@ def test_2000_concurrent_connections_echo(ploop):
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
+N_IN_FLIGHT = 10_000
+
+# The client side of the 10,000-connection test, in its own process (each
+# side needs a descriptor per connection, more than one process may have
+# here): its own proactor loop opens every connection, and only when all
+# are open does each send its tagged payload and wait for the echo.
+MANY_CLIENTS = r"""
+import asyncio, json, resource, sys
+import ferroloop
+
+port, n = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+class Client(asyncio.Protocol):
+    def __init__(self, payload):
+        self.payload, self.got = payload, bytearray()
+        self.done = asyncio.get_running_loop().create_future()
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.got += data
+        if len(self.got) >= len(self.payload) and not self.done.done():
+            self.done.set_result(bytes(self.got))
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(bytes(self.got))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    conns = []
+    for start in range(0, n, 1000):  # within the listen backlog
+        conns += await asyncio.gather(*(
+            loop.create_connection(lambda i=i: Client(b"<%05d>" % i * (1 + i % 7)), "127.0.0.1", port)
+            for i in range(start, min(n, start + 1000))))
+    for t, c in conns:
+        t.write(c.payload)
+    got = await asyncio.gather(*(c.done for _, c in conns))
+    wrong = sum(g != c.payload for g, (_, c) in zip(got, conns))
+    for t, _ in conns:
+        t.close()
+    await asyncio.sleep(0.1)
+    return {"connections": len(conns), "wrong": wrong, "backend": loop.backend}
+
+loop = ferroloop.ProactorEventLoop()
+print(json.dumps(loop.run_until_complete(asyncio.wait_for(main(), 90))))
+loop.close()
+"""
+
+
+@pytest.mark.timeout(150)
+def test_10000_connections_in_flight(ploop):
+    # 10,000 connections open at once, each with a recv op in flight on the
+    # server; every echo comes back to its own sender, whole, and the server
+    # ends with the descriptors it began with.
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _raise_nofile(N_IN_FLIGHT + 500)
+    before = fd_count()
+    live = {"now": 0, "max": 0}
+
+    class CountingEcho(_Echo):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            live["now"] += 1
+            live["max"] = max(live["max"], live["now"])
+
+        def connection_lost(self, exc):
+            live["now"] -= 1
+
+    async def main():
+        server = await ploop.create_server(CountingEcho, "127.0.0.1", 0, backlog=4096)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", MANY_CLIENTS, str(port), str(N_IN_FLIGHT),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+        finally:
+            server.close()
+            await server.wait_closed()
+        for _ in range(200):
+            if live["now"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        return proc.returncode, out.decode(), err.decode()
+
+    try:
+        rc, out, err = run_coro(ploop, main(), timeout=140)
+        assert rc == 0, err[-3000:]
+        res = json.loads(out.strip().splitlines()[-1])
+        assert res == {"connections": N_IN_FLIGHT, "wrong": 0, "backend": "io_uring"}, res
+        assert live["max"] == N_IN_FLIGHT, live
+        assert live["now"] == 0, live
+        collect()
+        assert fd_count() == before
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
 def test_slow_reader_flow_control(ploop):
     async def main():
         lsock = socket.create_server(("127.0.0.1", 0))
