@@ -1,5 +1,6 @@
 """ferroloop demonstration: real asyncio programs, on asyncio's loop and on
-ferroloop, side by side.
+ferroloop's (the selector loop, and the io_uring proactor loop where io_uring
+works), side by side.
 
     python examples/demo.py
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import socket
 import sys
 import time
@@ -169,9 +171,16 @@ async def subprocesses(n: int = 10) -> list[bytes]:
 WORKLOADS = [pipeline, timers, timeouts, threads, context_and_fds, tcp_echo, subprocesses]
 
 
+def factory_for(name: str):
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    if name == "proactor":
+        return functools.partial(ferroloop.new_event_loop, kind="proactor")
+    return ferroloop.new_event_loop
+
+
 def run_on(name: str, workload):
-    factory = asyncio.new_event_loop if name == "asyncio" else ferroloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=factory_for(name)) as runner:
         start = time.perf_counter()
         result = runner.run(workload())
         elapsed = time.perf_counter() - start
@@ -181,18 +190,28 @@ def run_on(name: str, workload):
 
 def main() -> int:
     print(f"ferroloop {ferroloop.__version__} on Python {sys.version.split()[0]}")
-    print(f"backend: {ferroloop.new_event_loop().backend}\n")
-    print(f"{'workload':<16} {'asyncio':>10} {'ferroloop':>10} {'speed-up':>9}  same result")
+    loop = ferroloop.new_event_loop()
+    print(f"selector loop backend: {loop.backend}")
+    loop.close()
+    why_not = ferroloop.proactor_unavailable_reason()
+    kinds = ["ferroloop"] if why_not else ["ferroloop", "proactor"]
+    print(f"proactor loop: {'unavailable: ' + why_not if why_not else 'io_uring'}\n")
+    header = f"{'workload':<16} {'asyncio':>10}"
+    for kind in kinds:
+        label = "selector" if kind == "ferroloop" else kind
+        header += f" {label:>10} {'speed-up':>9}"
+    print(header + "  same result")
     ok = True
     for workload in WORKLOADS:
         ref, t_ref, _ = run_on("asyncio", workload)
-        got, t_got, loop_name = run_on("ferroloop", workload)
-        same = ref == got and loop_name == "ferroloop"
+        line = f"{workload.__name__:<16} {t_ref * 1e3:>8.1f}ms"
+        same = True
+        for kind in kinds:
+            got, t_got, loop_name = run_on(kind, workload)
+            same &= ref == got and loop_name == "ferroloop"
+            line += f" {t_got * 1e3:>8.1f}ms {t_ref / t_got:>8.2f}x"
         ok &= same
-        print(
-            f"{workload.__name__:<16} {t_ref * 1e3:>8.1f}ms {t_got * 1e3:>8.1f}ms "
-            f"{t_ref / t_got:>8.2f}x  {'yes' if same else 'NO'}"
-        )
+        print(f"{line}  {'yes' if same else 'NO'}")
 
     async def main_coro() -> str:
         return type(asyncio.get_running_loop()).__name__
