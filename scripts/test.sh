@@ -2,7 +2,8 @@
 # Build ferroloop, install it, and run the whole test suite:
 #   1. Rust tests of the core (every backend: epoll, poll, select),
 #   2. the pytest parity suite (asyncio and ferroloop side by side),
-#   3. CPython's own test_asyncio modules against ferroloop (conformance/).
+#   3. CPython's own test_asyncio modules against ferroloop (conformance/), on the
+#      selector loop and on the io_uring proactor loop.
 # Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
