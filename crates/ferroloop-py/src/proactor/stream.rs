@@ -42,7 +42,42 @@ use crate::stream_half::{self as half, stream_methods, StreamHalf, StreamTranspo
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
-const FIRST_READ: usize = 64 * 1024;
+/// A stream's first recv buffer; it doubles (up to `MAX_READ`) while
+/// reads fill it. Every connection has its own while a recv is in flight,
+/// so it starts small.
+const FIRST_READ: usize = 16 * 1024;
+/// First-size recv buffers kept per thread for the next connections.
+const POOL_CAP: usize = 256;
+
+thread_local! {
+    // Recv buffers of closed transports, for new ones: a connection that
+    // lives for one request then costs no allocation, zeroing or page
+    // faults for its buffer (they were most of the proactor's extra cost
+    // under connection churn).
+    static RECV_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A recv buffer of `size` bytes, from the pool where it has one.
+fn recv_buffer(size: usize) -> Vec<u8> {
+    if size == FIRST_READ {
+        if let Ok(Some(b)) = RECV_POOL.try_with(|p| p.borrow_mut().pop()) {
+            return b;
+        }
+    }
+    vec![0u8; size]
+}
+
+/// Keep a first-size recv buffer for another transport.
+fn give_back(buf: Vec<u8>) {
+    if buf.len() == FIRST_READ {
+        let _ = RECV_POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_CAP {
+                p.push(buf);
+            }
+        });
+    }
+}
 /// Writes of at least this many bytes try a direct `send` first; smaller
 /// ones ride the pass's single `io_uring_enter`.
 const DIRECT_SEND_AT: usize = 64 * 1024;
@@ -72,6 +107,17 @@ struct RingIo {
     /// The callbacks completions queue (`_read_done`, `_write_done`).
     read_handle: Option<Py<Handle>>,
     write_handle: Option<Py<Handle>>,
+}
+
+impl Drop for RingIo {
+    fn drop(&mut self) {
+        if let Some(b) = self.spare_read.take() {
+            give_back(b);
+        }
+        if let Some((_, b)) = self.read_result.take() {
+            give_back(b);
+        }
+    }
 }
 
 /// The state and work of one completion-based stream transport.
@@ -203,10 +249,14 @@ impl RingStreamCore {
         };
         let mut io = self.io.borrow_mut(py);
         io.read_op = None;
-        let h = io.read_handle.as_ref()?.clone_ref(py);
-        if io.read_queued {
-            return None;
-        }
+        let h = match &io.read_handle {
+            Some(h) if !io.read_queued => h.clone_ref(py),
+            _ => {
+                drop(io);
+                give_back(buf);
+                return None;
+            }
+        };
         io.read_result = Some((result, buf));
         io.read_queued = true;
         Some(h)
@@ -285,7 +335,12 @@ impl RingStreamCore {
             let size = io.read_size;
             let buf = match io.spare_read.take() {
                 Some(b) if b.len() == size => b,
-                _ => vec![0u8; size],
+                other => {
+                    if let Some(b) = other {
+                        give_back(b);
+                    }
+                    recv_buffer(size)
+                }
             };
             Op::Recv {
                 fd,
@@ -478,7 +533,9 @@ impl RingStreamCore {
                 (s.conn_lost > 0, s.closing)
             };
             if lost || closing {
-                io.read_result = None;
+                if let Some((_, buf)) = io.read_result.take() {
+                    give_back(buf);
+                }
                 return Ok(());
             }
             if !sel::is_reading(me, py) {
@@ -495,14 +552,21 @@ impl RingStreamCore {
         let protocol = protocol.into_bound(py);
         let n = match result {
             Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                give_back(buf);
+                return Ok(());
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 me.io.borrow_mut(py).spare_read = Some(buf);
                 return Self::submit_recv(slf);
             }
-            Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
+            Err(e) => {
+                me.io.borrow_mut(py).spare_read = Some(buf);
+                return sel::fatal_error(slf, io_err(e), READ_FAILED);
+            }
         };
         if n == 0 {
+            me.io.borrow_mut(py).spare_read = Some(buf);
             return half::on_eof(slf, &protocol);
         }
         {
