@@ -7,7 +7,8 @@
 //! only the I/O half differs:
 //!
 //! * **Reading**: one recv op is in flight while the transport reads, into
-//!   a buffer the op owns (64 KiB, growing to 256 KiB while reads fill it).
+//!   a buffer the op owns (16 KiB, growing to 256 KiB while reads fill
+//!   it; first-size buffers of closed transports are pooled per thread).
 //!   Its completion queues `_read_done`, which hands the bytes to
 //!   `data_received` (or copies them into `BufferedProtocol.get_buffer`
 //!   buffers) and starts the next recv. `pause_reading` leaves an op in
