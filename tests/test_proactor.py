@@ -994,23 +994,31 @@ class _Recorder(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
+async def _small_buffer_connection(loop):
+    """A transport with a ``_Recorder`` over TCP, and its peer socket (for the
+    test to read with ``sock_recv``), both with 16 KiB socket buffers so a
+    few hundred KiB of writes fill them."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    lsock.setblocking(False)
+    try:
+        csock = socket.socket()
+        csock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        csock.setblocking(False)
+        await loop.sock_connect(csock, lsock.getsockname())
+        transport, proto = await loop.create_connection(_Recorder, sock=csock)
+        peer, _ = await loop.sock_accept(lsock)
+    finally:
+        lsock.close()
+    return transport, proto, peer
+
+
 @pytest.mark.parametrize("how", ["close", "abort"])
 def test_close_transport_with_recv_and_send_in_flight(ploop, how):
     before = fd_count()
 
     async def main():
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        lsock.setblocking(False)
-        try:
-            csock = socket.socket()
-            csock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-            csock.setblocking(False)
-            await ploop.sock_connect(csock, lsock.getsockname())
-            transport, proto = await ploop.create_connection(_Recorder, sock=csock)
-            peer, _ = await ploop.sock_accept(lsock)
-        finally:
-            lsock.close()
+        transport, proto, peer = await _small_buffer_connection(ploop)
         try:
             assert type(transport).__name__ == "RingSocketTransport"
             data = os.urandom(256) * (64 * 1024)  # 16 MiB
@@ -1227,18 +1235,7 @@ def test_10000_connections_in_flight(ploop):
 
 def test_slow_reader_flow_control(ploop):
     async def main():
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        lsock.setblocking(False)
-        try:
-            csock = socket.socket()
-            csock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-            csock.setblocking(False)
-            await ploop.sock_connect(csock, lsock.getsockname())
-            transport, proto = await ploop.create_connection(_Recorder, sock=csock)
-            peer, _ = await ploop.sock_accept(lsock)
-        finally:
-            lsock.close()
+        transport, proto, peer = await _small_buffer_connection(ploop)
         try:
             transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
             # Numbered chunks, so order and completeness can be checked.

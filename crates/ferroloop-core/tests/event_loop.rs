@@ -4,6 +4,7 @@
 //! `per_backend!` below instantiates each as `epoll::<name>`, `poll::<name>`
 //! and `select::<name>`.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -24,17 +25,4 @@ macro_rules! per_backend {
     };
 }
 
-per_backend!(
-    reader_add_remove,
-    writer_fires,
-    reader_and_writer_on_one_fd,
-    replacing_reader_cancels_previous,
-    replacing_reader_during_pass,
-    remove_reader_in_pending_pass,
-    remove_writer_in_pending_pass_same_fd,
-    add_reader_bad_fd,
-    timer_ordering,
-    cancel_timer,
-    remote_from_threads,
-    remote_wakes_blocked_loop,
-);
+with_scenarios!(per_backend);

@@ -6,6 +6,7 @@
 //! Every test needs a working io_uring; where the kernel refuses one it says
 //! why on stderr and passes without checking anything else.
 
+#[macro_use]
 mod common;
 
 use std::cell::{Cell, RefCell};
@@ -49,20 +50,7 @@ macro_rules! on_proactor {
     };
 }
 
-on_proactor!(
-    reader_add_remove,
-    writer_fires,
-    reader_and_writer_on_one_fd,
-    replacing_reader_cancels_previous,
-    replacing_reader_during_pass,
-    remove_reader_in_pending_pass,
-    remove_writer_in_pending_pass_same_fd,
-    add_reader_bad_fd,
-    timer_ordering,
-    cancel_timer,
-    remote_from_threads,
-    remote_wakes_blocked_loop,
-);
+with_scenarios!(on_proactor);
 
 // ------------------------------------------------------------- scheduling --
 

@@ -5,6 +5,27 @@
 //! Every loop that runs `run_forever` gets a watchdog timer, so a callback that
 //! never comes fails the test instead of hanging it.
 
+/// Every scenario below, handed to the test file's instantiating macro
+/// `$m` (one list, so a new scenario runs on every kind).
+macro_rules! with_scenarios {
+    ($m:ident) => {
+        $m!(
+            reader_add_remove,
+            writer_fires,
+            reader_and_writer_on_one_fd,
+            replacing_reader_cancels_previous,
+            replacing_reader_during_pass,
+            remove_reader_in_pending_pass,
+            remove_writer_in_pending_pass_same_fd,
+            add_reader_bad_fd,
+            timer_ordering,
+            cancel_timer,
+            remote_from_threads,
+            remote_wakes_blocked_loop,
+        );
+    };
+}
+
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
