@@ -568,23 +568,8 @@ impl<C: Clock> EventLoop<C> {
         // them back, and only their callbacks can take their buffers.
         self.ops -= done.len();
         for c in done.drain(..) {
-            let Completion {
-                id,
-                owner,
-                result,
-                flags,
-                cancelled,
-                op,
-            } = c;
-            let c = Completion {
-                id,
-                owner: (),
-                result,
-                flags,
-                cancelled,
-                op,
-            };
-            let (job, _) = self.job(Work::Done(owner, c), false);
+            let (f, c) = c.take_owner();
+            let (job, _) = self.job(Work::Done(f, c), false);
             self.sched.call_soon(job);
         }
         self.done = done;

@@ -638,16 +638,14 @@ impl<T> Proactor<T> {
                 Some(Work::User { .. }) => {
                     self.cancel(OpId::new(i as u32, gen));
                 }
-                Some(Work::Watch { fd, .. }) => {
-                    let fd = *fd;
-                    if self.table.contains(fd) {
-                        let _ = self.deregister(fd);
-                    } else {
-                        let e = opcode::AsyncCancel::new(OpId::new(i as u32, gen).raw())
-                            .build()
-                            .user_data(INTERNAL);
-                        self.push(e);
-                    }
+                Some(Work::Watch { .. }) => {
+                    // Withdrawn above or before, so its removal is queued;
+                    // the cancel asks once more, in case the poll had not
+                    // reached the kernel when the removal did.
+                    let e = opcode::AsyncCancel::new(OpId::new(i as u32, gen).raw())
+                        .build()
+                        .user_data(INTERNAL);
+                    self.push(e);
                 }
                 None => {}
             }

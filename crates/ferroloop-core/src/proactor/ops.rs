@@ -277,3 +277,26 @@ pub struct Completion<T> {
     /// The op, with its buffers.
     pub op: Op,
 }
+
+impl<T> Completion<T> {
+    /// The owner, and the completion without it.
+    pub fn take_owner(self) -> (T, Completion<()>) {
+        let Completion {
+            id,
+            owner,
+            result,
+            flags,
+            cancelled,
+            op,
+        } = self;
+        let rest = Completion {
+            id,
+            owner: (),
+            result,
+            flags,
+            cancelled,
+            op,
+        };
+        (owner, rest)
+    }
+}

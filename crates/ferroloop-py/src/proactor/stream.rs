@@ -356,24 +356,20 @@ impl RingStreamCore {
         Ok(())
     }
 
-    /// Send the write buffer, then `more` (nothing may be in flight).
-    fn submit_send(slf: &Bound<'_, Self>, more: &[u8]) -> PyResult<()> {
+    /// Start the transport's one send op, which `build` makes (with the
+    /// transport's I/O state, its write buffer and the descriptor; nothing
+    /// may be in flight). Nothing happens once the loop is gone.
+    fn submit_write(
+        slf: &Bound<'_, Self>,
+        build: impl FnOnce(&mut RingIo, &mut StreamHalf, RawFd) -> Op,
+    ) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let Some(lp) = me.link.lp(py) else {
             return Ok(());
         };
         let fd = me.link.fd(py);
-        let op = {
-            let mut io = me.io.borrow_mut(py);
-            let mut h = me.st.borrow_mut(py);
-            let mut data = io.spare_write.take().unwrap_or_default();
-            data.extend_from_slice(h.buf.pending());
-            data.extend_from_slice(more);
-            h.buf.clear();
-            io.in_flight = data.len();
-            Op::send(fd, data)
-        };
+        let op = build(&mut me.io.borrow_mut(py), &mut me.st.borrow_mut(py), fd);
         let id = lp
             .get()
             .ring_submit(py, op, Owner::Write(slf.clone().unbind()));
@@ -381,26 +377,30 @@ impl RingStreamCore {
         Ok(())
     }
 
-    /// Send `data[sent..]` from the bytes object itself (nothing may be in
-    /// flight, the write buffer must be empty).
+    /// Send the write buffer, then `more`, copied into the reused send
+    /// buffer.
+    fn submit_send(slf: &Bound<'_, Self>, more: &[u8]) -> PyResult<()> {
+        Self::submit_write(slf, |io, h, fd| {
+            let mut data = io.spare_write.take().unwrap_or_default();
+            data.extend_from_slice(h.buf.pending());
+            data.extend_from_slice(more);
+            h.buf.clear();
+            io.in_flight = data.len();
+            Op::send(fd, data)
+        })
+    }
+
+    /// Send `data[sent..]` from the bytes object itself (the write buffer
+    /// must be empty).
     fn submit_lent(slf: &Bound<'_, Self>, data: &Bound<'_, PyBytes>, sent: usize) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        let Some(lp) = me.link.lp(py) else {
-            return Ok(());
-        };
-        let buf = LentBytes::new(data);
-        me.io.borrow_mut(py).in_flight = data.as_bytes().len() - sent;
-        let op = Op::SendLent {
-            fd: me.link.fd(py),
-            buf: Box::new(buf),
-            sent,
-        };
-        let id = lp
-            .get()
-            .ring_submit(py, op, Owner::Write(slf.clone().unbind()));
-        me.io.borrow_mut(py).write_op = id;
-        Ok(())
+        Self::submit_write(slf, |io, _, fd| {
+            io.in_flight = data.as_bytes().len() - sent;
+            Op::SendLent {
+                fd,
+                buf: Box::new(LentBytes::new(data)),
+                sent,
+            }
+        })
     }
 
     /// Hand `data` to a BufferedProtocol through its buffers.
