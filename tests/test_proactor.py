@@ -1341,3 +1341,92 @@ def test_quick_open_close_no_crossed_data(ploop):
     run_coro(ploop, main(), timeout=25)
     collect()
     assert fd_count() == before
+
+
+@pytest.mark.timeout(60)
+def test_paused_readers_do_not_starve_the_shared_recv_pool(ploop):
+    # The proactor's stream transports read from one pool of 256 buffers
+    # (multishot recv). 300 transports paused with bytes pending, some of
+    # them holding pool buffers, must neither lose nor reorder a byte, nor
+    # keep a new connection from being read.
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _raise_nofile(2048)
+    before = fd_count()
+    count = 300
+    servers = []
+
+    class Pausing(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.got = bytearray()
+            self.paused = False
+            servers.append(self)
+
+        def data_received(self, data):
+            self.got += data
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+                self.transport.write(b"k")
+
+    async def client(port, i, lazy):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        first, second = b"<%d:" % i, b"%s>" % (bytes([65 + i % 26]) * (i % 7 * 1000 + 10))
+        if lazy:
+            # The second message comes once the transport is paused: it
+            # waits in the socket.
+            w.write(first)
+            assert await r.readexactly(1) == b"k"
+            w.write(second)
+        else:
+            # Both at once: the second may reach a pool buffer before the
+            # pause took effect, and waits in the transport.
+            w.write(first + second)
+            assert await r.readexactly(1) == b"k"
+        await w.drain()
+        return w, first + second
+
+    async def main():
+        server = await ploop.create_server(Pausing, "127.0.0.1", 0, backlog=1024)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            pairs = await asyncio.gather(*(client(port, i, i % 2 == 0) for i in range(count)))
+            writers = [w for w, _ in pairs]
+            await asyncio.sleep(0.1)
+            assert all(s.paused for s in servers) and len(servers) == count
+            assert all(s.transport.is_reading() is False for s in servers)
+            # A new connection is read while all of them are paused.
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"new")
+            assert await asyncio.wait_for(r.readexactly(1), 5) == b"k"
+            w.close()
+            servers.pop()
+            # Resumed, every transport gets the rest, in order, once.
+            for s in servers:
+                s.transport.resume_reading()
+            expected = {data[: data.index(b":") + 1]: data for _w, data in pairs}
+
+            def sent_by(s):  # what the client whose tag `s` got first sent
+                return expected[bytes(s.got[: s.got.index(b":") + 1])]
+
+            for _ in range(500):
+                if all(len(s.got) >= len(sent_by(s)) for s in servers):
+                    break
+                await asyncio.sleep(0.01)
+            for s in servers:
+                assert bytes(s.got) == sent_by(s)
+            assert len({bytes(s.got) for s in servers}) == count
+            for w in writers:
+                w.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.05)
+
+    try:
+        run_coro(ploop, main(), timeout=50)
+        ploop.close()
+        collect()
+        assert fd_count() <= before + 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved)

@@ -224,7 +224,10 @@ impl<C: Clock> Engine<C> {
             Engine::Proactor(p) => {
                 let mut w = p.prepare_wait();
                 let res = w.wait(timeout);
-                p.finish_wait(w, events, done);
+                // `submit` refuses multishot ops, so no shots come.
+                let mut shots = Vec::new();
+                p.finish_wait(w, events, done, &mut shots);
+                debug_assert!(shots.is_empty());
                 res
             }
         }
@@ -481,12 +484,21 @@ impl<C: Clock> EventLoop<C> {
     /// in flight when the loop is dropped are cancelled and their callbacks
     /// dropped unrun. Submissions go to the kernel with the next wait.
     ///
-    /// Fails with `Unsupported` on a selector loop (`f` and `op` are dropped).
+    /// Fails with `Unsupported` on a selector loop (`f` and `op` are
+    /// dropped), and with `InvalidInput` for a multishot op
+    /// ([`Op::RecvMulti`]), whose results need more than a callback that
+    /// runs once (use a [`Proactor`] directly).
     pub fn submit(
         &mut self,
         op: Op,
         f: impl FnOnce(&mut Self, Completion<()>) + 'static,
     ) -> io::Result<OpId> {
+        if matches!(op, Op::RecvMulti { .. }) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "multishot ops are not run by EventLoop::submit",
+            ));
+        }
         let id = self.engine.proactor()?.submit(op, Box::new(f));
         self.ops += 1;
         Ok(id)

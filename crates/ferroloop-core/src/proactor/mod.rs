@@ -9,13 +9,16 @@
 //!   completes the descriptor is reported and queued to be armed again before
 //!   the next wait, so a descriptor that stays readable is reported on every
 //!   wait, as epoll in level-triggered mode reports it.
-//! * **Completion ops** ([`Op`]): recv, send (continued by the driver after a
-//!   partial send), read, write, accept, connect, close and one-shot polls.
+//! * **Completion ops** ([`Op`]): recv, multishot recv into a
+//!   provided-buffer ring ([`BufRing`], [`add_buf_ring`](Proactor::add_buf_ring)),
+//!   send (continued by the driver after a partial send), read, write,
+//!   accept, connect, close and one-shot polls.
 //!   The driver owns every op with its buffer from [`submit`](Proactor::submit)
 //!   until its completion arrives, also after [`cancel`](Proactor::cancel):
 //!   cancelling is a request to the kernel, and the op, its buffer and its
 //!   owner value `T` come back as a [`Completion`] once the kernel is done
-//!   with them.
+//!   with them. A multishot op also reports each result before its last
+//!   as a [`Shot`], keeping the op and its owner in flight.
 //!
 //! Submissions made during a pass are queued in the submission ring and
 //! handed to the kernel together with the wait, by one `io_uring_enter` (see
@@ -32,6 +35,7 @@
 //! the parent's ring: a proactor dropped in another process only closes its
 //! descriptor.
 
+mod bufring;
 mod ops;
 mod setup;
 
@@ -43,7 +47,8 @@ use std::sync::Once;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-pub use ops::{Completion, LentBuf, Op, SockAddr};
+pub use bufring::BufRing;
+pub use ops::{Completion, LentBuf, Op, Shot, SockAddr};
 pub use setup::{probe, Features, Unavailable};
 
 use crate::selector::{bad_fd, Event, FdTable, Interest};
@@ -115,6 +120,8 @@ pub struct Proactor<T> {
     backlog: VecDeque<squeue::Entry>,
     /// Completions copied out of the ring, reused from wait to wait.
     reaped: Vec<(u64, i32, u32)>,
+    /// Provided-buffer rings, by group id.
+    buf_rings: Vec<BufRing>,
     /// [`forks`] when the ring was made: another value means this is a
     /// forked child, which must not touch the ring.
     born: u64,
@@ -187,6 +194,7 @@ impl<T> Proactor<T> {
             arm: Vec::new(),
             backlog: VecDeque::new(),
             reaped: Vec::new(),
+            buf_rings: Vec::new(),
             born: forks(),
         })
     }
@@ -396,6 +404,67 @@ impl<T> Proactor<T> {
         }
     }
 
+    /// The owner of op `id` while it is in flight (for a [`Shot`]).
+    pub fn owner(&self, id: OpId) -> Option<&T> {
+        match self.slots.get(id.index()) {
+            Some(Slot {
+                gen,
+                work: Some(Work::User { owner, .. }),
+            }) if *gen == id.gen() => Some(owner),
+            _ => None,
+        }
+    }
+
+    /// The owner of a [`Shot`] reaped into `shots` with `done`: the op's
+    /// owner while it is in flight, or in its completion in `done` when the
+    /// op ended in the same wait.
+    pub fn shot_owner<'a>(&'a self, shot: &Shot, done: &'a [Completion<T>]) -> Option<&'a T> {
+        self.owner(shot.id)
+            .or_else(|| done.iter().find(|c| c.id == shot.id).map(|c| &c.owner))
+    }
+
+    // Provided-buffer rings.
+
+    /// Register a pool of `count` buffers (a power of two, at most 32768)
+    /// of `size` bytes each for [`Op::RecvMulti`]; returns its group id.
+    /// Fails where the kernel has no buffer rings (before Linux 5.19).
+    pub fn add_buf_ring(&mut self, count: u16, size: u32) -> io::Result<u16> {
+        if self.foreign() {
+            return Err(Self::forked_error());
+        }
+        let group = u16::try_from(self.buf_rings.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let r = BufRing::new(group, count, size)?;
+        // SAFETY: the ring mapping lives in `buf_rings` until it is
+        // unregistered (in Drop) or deliberately leaked.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(r.ring_addr(), count, group, 0)?
+        };
+        self.buf_rings.push(r);
+        Ok(group)
+    }
+
+    /// Provided-buffer ring `group`.
+    pub fn buf_ring(&self, group: u16) -> Option<&BufRing> {
+        self.buf_rings.get(group as usize)
+    }
+
+    /// The first `len` bytes of buffer `bid` of ring `group`, filled by a
+    /// multishot recv and not yet recycled.
+    pub fn buffer(&self, group: u16, bid: u16, len: usize) -> &[u8] {
+        self.buf_rings[group as usize].get(bid, len)
+    }
+
+    /// Hand buffer `bid` of ring `group` back to the kernel.
+    pub fn recycle(&mut self, group: u16, bid: u16) {
+        if self.foreign() {
+            return;
+        }
+        self.buf_rings[group as usize].recycle(bid);
+    }
+
     /// True while `id` is in flight.
     pub fn is_in_flight(&self, id: OpId) -> bool {
         matches!(self.slots.get(id.index()), Some(s) if s.gen == id.gen() && s.work.is_some())
@@ -510,14 +579,16 @@ impl<T> Proactor<T> {
         }
     }
 
-    /// Step 3 of a wait: report ready descriptors in `events` and finished
-    /// ops in `done`; readiness polls that fired are queued to be armed
-    /// again (level-triggered).
+    /// Step 3 of a wait: report ready descriptors in `events`, finished
+    /// ops in `done` and results of multishot ops that go on in `shots`
+    /// (an op's shots always come before its completion); readiness polls
+    /// that fired are queued to be armed again (level-triggered).
     pub fn finish_wait(
         &mut self,
         _waiter: UringWaiter,
         events: &mut Vec<Event>,
         done: &mut Vec<Completion<T>>,
+        shots: &mut Vec<Shot>,
     ) {
         if self.foreign() {
             return;
@@ -532,7 +603,7 @@ impl<T> Proactor<T> {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             for &(ud, res, flags) in &batch {
-                self.complete(ud, res, flags, events, done);
+                self.complete(ud, res, flags, events, done, shots);
             }
             if batch.len() < REAP_BATCH {
                 break;
@@ -548,6 +619,7 @@ impl<T> Proactor<T> {
         flags: u32,
         events: &mut Vec<Event>,
         done: &mut Vec<Completion<T>>,
+        shots: &mut Vec<Shot>,
     ) {
         if ud == INTERNAL {
             return;
@@ -558,8 +630,20 @@ impl<T> Proactor<T> {
             Some(s) if s.gen == id.gen() && s.work.is_some() => {}
             _ => return,
         }
-        // A send or write that the kernel took part of goes on from there.
         if let Some(Work::User { op, cancelled, .. }) = &mut self.slots[index].work {
+            if let Op::RecvMulti { group, .. } = op {
+                if io_uring::cqueue::buffer_select(flags).is_some() {
+                    if let Some(r) = self.buf_rings.get_mut(*group as usize) {
+                        r.taken();
+                    }
+                }
+                if io_uring::cqueue::more(flags) {
+                    let result = op.finish(res);
+                    shots.push(Shot { id, result, flags });
+                    return;
+                }
+            }
+            // A send or write that the kernel took part of goes on from there.
             if res > 0 && op.advance(res as usize) && !*cancelled {
                 let e = op.entry(self.features.recv_poll_first).user_data(ud);
                 self.push(e);
@@ -621,6 +705,7 @@ impl<T> Proactor<T> {
             return (done, false);
         }
         let mut events = Vec::new();
+        let mut shots = Vec::new();
         // Every watch goes first, armed or only queued to be armed: a poll
         // armed now would never finish (a waker nobody writes to) and the
         // wait below would last the whole timeout.
@@ -658,7 +743,8 @@ impl<T> Proactor<T> {
             }
             let mut w = self.prepare_wait();
             let _ = w.wait(Some(left.min(0.1)));
-            self.finish_wait(w, &mut events, &mut done);
+            self.finish_wait(w, &mut events, &mut done, &mut shots);
+            shots.clear();
         }
         let clean = self.in_flight == 0;
         (done, clean)
@@ -679,6 +765,8 @@ impl<T> Drop for Proactor<T> {
                 std::mem::forget(ring);
                 libc::close(fd);
             }
+            // Nor are the buffer rings' mappings (MADV_DONTFORK).
+            std::mem::forget(std::mem::take(&mut self.buf_rings));
             // Buffers of ops the parent had in flight are this process's
             // copies, freed with the slots.
             return;
@@ -689,6 +777,11 @@ impl<T> Drop for Proactor<T> {
             // finish: keep them alive for ever rather than free them.
             let slots = std::mem::take(&mut self.slots);
             std::mem::forget(slots);
+            std::mem::forget(std::mem::take(&mut self.buf_rings));
+            return;
+        }
+        for r in &self.buf_rings {
+            let _ = self.ring.submitter().unregister_buf_ring(r.group());
         }
     }
 }

@@ -78,6 +78,15 @@ pub unsafe trait LentBuf: Send + std::fmt::Debug {
 /// while the op is in flight, or [`LentBuf`]s.
 #[derive(Debug)]
 pub enum Op {
+    /// A multishot recv into buffers of provided-buffer ring `group` (see
+    /// [`Proactor::add_buf_ring`](super::Proactor::add_buf_ring)): it stays
+    /// armed, and each time data comes the kernel fills one buffer of the
+    /// pool and reports it as a [`Shot`], with the buffer's id in its flags.
+    /// The op ends (a [`Completion`], which may carry a last buffer) at end
+    /// of stream (result 0), on an error, when cancelled, and with `ENOBUFS`
+    /// when the pool has no free buffer (not an end of stream: the caller
+    /// arms it again, or reads another way, once buffers are back).
+    RecvMulti { fd: RawFd, group: u16 },
     /// `recv(fd, buf[..buf.len()])`; the completion's result is the count.
     /// `poll_first`: the caller expects no data yet (its last recv left the
     /// socket empty), so the kernel should wait for readiness before trying
@@ -139,6 +148,7 @@ impl Op {
     pub fn fd(&self) -> RawFd {
         match self {
             Op::Recv { fd, .. }
+            | Op::RecvMulti { fd, .. }
             | Op::Send { fd, .. }
             | Op::SendLent { fd, .. }
             | Op::Read { fd, .. }
@@ -168,6 +178,7 @@ impl Op {
                     .ioprio(prio)
                     .build()
             }
+            Op::RecvMulti { fd, group } => opcode::RecvMulti::new(types::Fd(*fd), *group).build(),
             Op::Send { fd, buf, sent } => {
                 let rest = &buf[*sent..];
                 opcode::Send::new(types::Fd(*fd), rest.as_ptr(), clamp(rest.len()))
@@ -260,6 +271,30 @@ fn clamp(len: usize) -> u32 {
     len.min(u32::MAX as usize) as u32
 }
 
+/// The buffer a completion's flags name (`IORING_CQE_F_BUFFER`).
+fn buffer_of(flags: u32) -> Option<u16> {
+    io_uring::cqueue::buffer_select(flags)
+}
+
+/// One result of a multishot op that goes on ([`Op::RecvMulti`]): the op
+/// stays in flight, its owner with it (see [`Proactor::owner`](super::Proactor::owner)).
+#[derive(Debug)]
+pub struct Shot {
+    /// The op's identity, as `submit` returned it.
+    pub id: OpId,
+    /// Bytes received into [`buffer`](Shot::buffer), or the error.
+    pub result: io::Result<usize>,
+    /// The completion's flags (`IORING_CQE_F_*`).
+    pub flags: u32,
+}
+
+impl Shot {
+    /// The provided buffer the bytes are in, if any.
+    pub fn buffer(&self) -> Option<u16> {
+        buffer_of(self.flags)
+    }
+}
+
 /// A finished op: who asked, what came of it, and the op with its buffers.
 #[derive(Debug)]
 pub struct Completion<T> {
@@ -279,6 +314,11 @@ pub struct Completion<T> {
 }
 
 impl<T> Completion<T> {
+    /// The provided buffer a multishot recv's last bytes are in, if any.
+    pub fn buffer(&self) -> Option<u16> {
+        buffer_of(self.flags)
+    }
+
     /// The owner, and the completion without it.
     pub fn take_owner(self) -> (T, Completion<()>) {
         let Completion {

@@ -16,6 +16,9 @@ pub struct Features {
     /// Receives may ask to wait for readiness before their first attempt
     /// (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19).
     pub recv_poll_first: bool,
+    /// Multishot recv into provided-buffer rings (`IORING_RECV_MULTISHOT`,
+    /// Linux 6.0; buffer rings came with 5.19).
+    pub recv_multishot: bool,
     /// Completions are never dropped on overflow (`IORING_FEAT_NODROP`).
     pub nodrop: bool,
     /// Submission and completion rings in one mapping.
@@ -171,11 +174,31 @@ fn check(ring: &IoUring, flags: &[&'static str]) -> Result<Features, Unavailable
         // So did IORING_RECVSEND_POLL_FIRST; an older kernel rejects any
         // ioprio on a recv with EINVAL, so it is only set where it is known.
         recv_poll_first: probe.is_supported(opcode::Socket::CODE),
+        // No probe tells a flag of an opcode apart: an older kernel fails
+        // the recv with EINVAL, so the release decides.
+        recv_multishot: probe.is_supported(opcode::Socket::CODE) && kernel_at_least(6, 0),
         nodrop: p.is_feature_nodrop(),
         single_mmap: p.is_feature_single_mmap(),
         sq_entries: p.sq_entries(),
         cq_entries: p.cq_entries(),
     })
+}
+
+/// The running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: uname fills the struct we pass; all zeroes is a valid one.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    // SAFETY: uname NUL-terminates `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
 }
 
 /// Whether a ring can be made here: its features, or why not.

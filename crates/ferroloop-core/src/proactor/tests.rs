@@ -43,10 +43,11 @@ fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> isize {
 }
 
 fn turn(p: &mut Proactor<u32>, timeout: f64) -> (Vec<Event>, Vec<Completion<u32>>) {
-    let (mut ev, mut done) = (Vec::new(), Vec::new());
+    let (mut ev, mut done, mut shots) = (Vec::new(), Vec::new(), Vec::new());
     let mut w = p.prepare_wait();
     w.wait(Some(timeout)).unwrap();
-    p.finish_wait(w, &mut ev, &mut done);
+    p.finish_wait(w, &mut ev, &mut done, &mut shots);
+    assert!(shots.is_empty(), "no multishot op was submitted: {shots:?}");
     (ev, done)
 }
 
@@ -348,4 +349,207 @@ fn cancel_all_drops_armed_and_queued_watches_at_once() {
         "took {:?}",
         start.elapsed()
     );
+}
+
+// Multishot recv into a provided-buffer ring.
+
+/// A ring with a buffer pool of `count` buffers of `size` bytes, where the
+/// kernel has multishot recv.
+fn multishot_ring(count: u16, size: u32) -> Option<(Proactor<u32>, u16)> {
+    let mut p = ring()?;
+    if !p.features().recv_multishot {
+        eprintln!("skipped: the kernel has no multishot recv");
+        return None;
+    }
+    let group = p
+        .add_buf_ring(count, size)
+        .expect("a buffer ring registers");
+    Some((p, group))
+}
+
+/// One wait: shots and completions, the bytes of each shot copied out and
+/// its buffer recycled unless `keep`.
+fn turn_multi(
+    p: &mut Proactor<u32>,
+    group: u16,
+    timeout: f64,
+    keep: bool,
+) -> (Vec<Vec<u8>>, Vec<Completion<u32>>) {
+    let (mut ev, mut done, mut shots) = (Vec::new(), Vec::new(), Vec::new());
+    let mut w = p.prepare_wait();
+    w.wait(Some(timeout)).unwrap();
+    p.finish_wait(w, &mut ev, &mut done, &mut shots);
+    let mut got = Vec::new();
+    for s in &shots {
+        assert_eq!(p.shot_owner(s, &done), Some(&9), "a shot names its owner");
+        let n = *s.result.as_ref().expect("a shot carries data");
+        let bid = s.buffer().expect("a shot names its buffer");
+        got.push(p.buffer(group, bid, n).to_vec());
+        if !keep {
+            p.recycle(group, bid);
+        }
+    }
+    (got, done)
+}
+
+#[test]
+fn multishot_recv_reports_each_arrival_until_end_of_stream() {
+    let Some((mut p, group)) = multishot_ring(8, 64) else {
+        return;
+    };
+    let (a, b) = socketpair();
+    let id = p.submit(
+        Op::RecvMulti {
+            fd: a.as_raw_fd(),
+            group,
+        },
+        9,
+    );
+    let mut all = Vec::new();
+    for i in 0..20u8 {
+        write_all(&b, &[i; 10]);
+        let (got, done) = turn_multi(&mut p, group, 1.0, false);
+        assert!(done.is_empty(), "still armed after arrival {i}: {done:?}");
+        for g in got {
+            all.extend(g);
+        }
+    }
+    // More than the pool's 8 buffers went through: recycling works.
+    let want: Vec<u8> = (0..20u8).flat_map(|i| [i; 10]).collect();
+    assert_eq!(all, want);
+    assert!(p.is_in_flight(id));
+    assert_eq!(p.buf_ring(group).unwrap().lent(), 0);
+    // A buffer's worth and more: split over buffers, in order.
+    let big: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
+    write_all(&b, &big);
+    let mut got_big = Vec::new();
+    while got_big.len() < big.len() {
+        let (got, done) = turn_multi(&mut p, group, 1.0, false);
+        assert!(done.is_empty());
+        assert!(got.iter().all(|g| g.len() <= 64), "one buffer per shot");
+        got_big.extend(got.into_iter().flatten());
+    }
+    assert_eq!(got_big, big);
+    drop(b);
+    let (got, done) = turn_multi(&mut p, group, 1.0, false);
+    assert!(got.is_empty());
+    assert_eq!(done.len(), 1, "end of stream ends the op");
+    assert_eq!(done[0].result.as_ref().ok(), Some(&0));
+    assert_eq!(done[0].buffer(), None);
+    assert!(!p.is_in_flight(id));
+    assert_eq!(p.owner(id), None);
+}
+
+#[test]
+fn multishot_recv_ends_with_enobufs_when_the_pool_is_empty_and_loses_nothing() {
+    let Some((mut p, group)) = multishot_ring(2, 16) else {
+        return;
+    };
+    let (a, b) = socketpair();
+    let op = || Op::RecvMulti {
+        fd: a.as_raw_fd(),
+        group,
+    };
+    p.submit(op(), 9);
+    let want: Vec<u8> = (0..4u8).flat_map(|i| [i; 16]).collect();
+    write_all(&b, &want);
+    let mut held = Vec::new();
+    let mut ended = None;
+    for _ in 0..4 {
+        let (mut ev, mut done, mut shots) = (Vec::new(), Vec::new(), Vec::new());
+        let mut w = p.prepare_wait();
+        w.wait(Some(1.0)).unwrap();
+        p.finish_wait(w, &mut ev, &mut done, &mut shots);
+        for s in &shots {
+            held.push((s.buffer().unwrap(), *s.result.as_ref().unwrap()));
+        }
+        if let Some(c) = done.pop() {
+            ended = Some(c);
+            break;
+        }
+    }
+    let c = ended.expect("the op ends once both buffers are held");
+    assert_eq!(
+        c.result.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOBUFS)
+    );
+    let mut got: Vec<u8> = Vec::new();
+    for &(bid, n) in &held {
+        got.extend_from_slice(p.buffer(group, bid, n));
+    }
+    if let Some(bid) = c.buffer() {
+        got.extend_from_slice(p.buffer(group, bid, 16));
+        held.push((bid, 16));
+    }
+    assert_eq!(p.buf_ring(group).unwrap().lent(), 2);
+    // The buffers come back and a new op reads on: no byte was lost.
+    for &(bid, _) in &held {
+        p.recycle(group, bid);
+    }
+    p.submit(op(), 9);
+    drop(b);
+    loop {
+        let (more, done) = turn_multi(&mut p, group, 1.0, false);
+        got.extend(more.into_iter().flatten());
+        if let Some(c) = done.first() {
+            if let Some(bid) = c.buffer() {
+                let n = *c.result.as_ref().unwrap();
+                got.extend_from_slice(p.buffer(group, bid, n));
+                p.recycle(group, bid);
+                continue;
+            }
+            if c.result.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::ENOBUFS) {
+                p.submit(op(), 9);
+                continue;
+            }
+            assert_eq!(c.result.as_ref().ok(), Some(&0), "{c:?}");
+            break;
+        }
+    }
+    assert_eq!(got, want[..got.len()].to_vec());
+    assert_eq!(got.len(), want.len(), "every byte arrived once");
+}
+
+#[test]
+fn cancelled_multishot_recv_leaves_unread_bytes_in_the_socket() {
+    let Some((mut p, group)) = multishot_ring(4, 64) else {
+        return;
+    };
+    let (a, b) = socketpair();
+    let id = p.submit(
+        Op::RecvMulti {
+            fd: a.as_raw_fd(),
+            group,
+        },
+        9,
+    );
+    write_all(&b, b"first");
+    let (got, _) = turn_multi(&mut p, group, 1.0, false);
+    assert_eq!(got, vec![b"first".to_vec()]);
+    assert!(p.cancel(id));
+    let (got, done) = turn_multi(&mut p, group, 1.0, false);
+    assert!(got.is_empty());
+    assert_eq!(done.len(), 1);
+    assert!(done[0].cancelled);
+    assert_eq!(
+        done[0].result.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::ECANCELED)
+    );
+    write_all(&b, b"second");
+    let mut buf = [0u8; 16];
+    let n = read_some(&a, &mut buf);
+    assert_eq!(
+        &buf[..n as usize],
+        b"second",
+        "the next bytes stay for a plain read"
+    );
+}
+
+#[test]
+fn buffer_rings_refuse_bad_sizes() {
+    let Some(mut p) = ring() else { return };
+    for (count, size) in [(3u16, 64u32), (0, 64), (8, 0)] {
+        let e = p.add_buf_ring(count, size).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{count} x {size}");
+    }
 }

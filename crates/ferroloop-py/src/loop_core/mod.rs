@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use ferroloop_core::proactor::{Completion, Op, OpId, Proactor};
+use ferroloop_core::proactor::{Completion, Op, OpId, Proactor, Shot};
 use ferroloop_core::{
     BackendKind, Cancel, Clock, Event, Interest, MonotonicClock, Scheduler, Selector, Waker,
 };
@@ -80,6 +80,9 @@ struct State {
     fileobjs: HashMap<RawFd, Py<PyAny>>,
     events: Vec<Event>,
     completions: Vec<Completion<Owner>>,
+    shots: Vec<Shot>,
+    /// The ring's buffer pool for multishot recvs, made on first use.
+    recv_pool: RecvPool,
     thread_id: Option<u64>,
     current_handle: Option<Py<PyAny>>,
     task_factory: Option<Py<PyAny>>,
@@ -149,6 +152,8 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         fileobjs: HashMap::new(),
         events: Vec::new(),
         completions: Vec::new(),
+        shots: Vec::new(),
+        recv_pool: RecvPool::Untried,
         thread_id: None,
         current_handle: None,
         task_factory: None,
@@ -166,6 +171,45 @@ fn ring_io() -> PyResult<(Io, Waker)> {
         .map_err(io_err)?;
     Ok((Io::Ring(Box::new(ring)), waker))
 }
+
+/// The proactor's pool of recv buffers, shared by its stream transports'
+/// multishot recvs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecvPool {
+    Untried,
+    Ready(u16),
+    /// No multishot recv here (an old kernel, or turned off): transports
+    /// read into buffers of their own.
+    None,
+}
+
+/// One `bytes` of `parts` joined (filled once, not zeroed first).
+fn concat_bytes<'py, 'a>(
+    py: Python<'py>,
+    parts: impl Iterator<Item = &'a [u8]> + Clone,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let total: usize = parts.clone().map(<[u8]>::len).sum();
+    // SAFETY: a new bytes object of `total` uninitialised bytes, which the
+    // loop below fills completely before anything else sees the object;
+    // a null result is the raised MemoryError.
+    unsafe {
+        let obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as isize);
+        let obj = Bound::from_owned_ptr_or_err(py, obj)?;
+        let mut dst = pyo3::ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();
+        for p in parts {
+            std::ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len());
+            dst = dst.add(p.len());
+        }
+        Ok(obj.cast_into_unchecked())
+    }
+}
+
+/// Buffers in the pool, and their size: a busy pass on as many
+/// connections takes one each, and `ENOBUFS` past that sends a
+/// transport's next read to a buffer of its own. 4 MiB a loop at most,
+/// touched as it is used.
+const RECV_POOL_COUNT: u16 = 256;
+pub(crate) const RECV_POOL_SIZE: u32 = 16 * 1024;
 
 /// Submission-ring size: room for a pass's ops on a few hundred busy
 /// connections; a fuller pass hands its ops to the kernel early.
@@ -898,6 +942,88 @@ impl LoopCore {
         match &mut self.st.borrow_mut(py).io {
             Io::Ring(ring) => Some(ring.submit(op, owner)),
             _ => None,
+        }
+    }
+
+    /// The buffer group for multishot recvs on this loop's ring, registered
+    /// on first use; `None` where there is none (not a ring, a kernel
+    /// without multishot recv, `FERROLOOP_RECV_MULTISHOT=0`).
+    pub(crate) fn ring_recv_group(&self, py: Python<'_>) -> Option<u16> {
+        let mut st = self.st.borrow_mut(py);
+        let st = &mut *st;
+        match st.recv_pool {
+            RecvPool::Ready(g) => return Some(g),
+            RecvPool::None => return None,
+            RecvPool::Untried => {}
+        }
+        let Io::Ring(ring) = &mut st.io else {
+            return None;
+        };
+        let wanted = ring.features().recv_multishot
+            && std::env::var_os("FERROLOOP_RECV_MULTISHOT").is_none_or(|v| v != "0");
+        st.recv_pool = match wanted.then(|| ring.add_buf_ring(RECV_POOL_COUNT, RECV_POOL_SIZE)) {
+            Some(Ok(g)) => RecvPool::Ready(g),
+            _ => RecvPool::None,
+        };
+        match st.recv_pool {
+            RecvPool::Ready(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The bytes of pool buffers `chunks` (buffer id, length) as one
+    /// `bytes`, the buffers handed back to the kernel.
+    pub(crate) fn ring_take_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        group: u16,
+        chunks: &[(u16, u32)],
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let mut st = self.st.borrow_mut(py);
+        let Io::Ring(ring) = &mut st.io else {
+            return Err(closed_error());
+        };
+        let data = match chunks {
+            &[(bid, n)] => Ok(pyo3::types::PyBytes::new(
+                py,
+                ring.buffer(group, bid, n as usize),
+            )),
+            _ => concat_bytes(
+                py,
+                chunks
+                    .iter()
+                    .map(|&(bid, n)| ring.buffer(group, bid, n as usize)),
+            ),
+        };
+        for &(bid, _) in chunks {
+            ring.recycle(group, bid);
+        }
+        data
+    }
+
+    /// Append the bytes of pool buffers `chunks` to `out`, the buffers
+    /// handed back to the kernel.
+    pub(crate) fn ring_take_into(
+        &self,
+        py: Python<'_>,
+        group: u16,
+        chunks: &[(u16, u32)],
+        out: &mut Vec<u8>,
+    ) {
+        if let Io::Ring(ring) = &mut self.st.borrow_mut(py).io {
+            for &(bid, n) in chunks {
+                out.extend_from_slice(ring.buffer(group, bid, n as usize));
+                ring.recycle(group, bid);
+            }
+        }
+    }
+
+    /// Hand pool buffers back to the kernel unread.
+    pub(crate) fn ring_recycle(&self, py: Python<'_>, group: u16, chunks: &[(u16, u32)]) {
+        if let Io::Ring(ring) = &mut self.st.borrow_mut(py).io {
+            for &(bid, _) in chunks {
+                ring.recycle(group, bid);
+            }
         }
     }
 

@@ -209,21 +209,35 @@ impl LoopCore {
     ) -> PyResult<(bool, Option<UringWaiter>)> {
         let py = slf.py();
         let core = slf.get();
-        let (mut done, had_events) = {
+        let (mut done, mut shots, had_events) = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
             let mut events = std::mem::take(&mut st.events);
             let mut done = std::mem::take(&mut st.completions);
+            let mut shots = std::mem::take(&mut st.shots);
             if let Io::Ring(ring) = &mut st.io {
-                ring.finish_wait(waiter, &mut events, &mut done);
+                ring.finish_wait(waiter, &mut events, &mut done, &mut shots);
             }
             if let Err(e) = res {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     st.events = events;
                     st.completions = done;
+                    st.shots = shots;
                     return Err(io_err(e));
                 }
             }
+            // A multishot op's results before its last go to its owner,
+            // found while the ring is at hand (and before the op's own
+            // completion, which comes after them).
+            let mut owned = Vec::with_capacity(shots.len());
+            if let Io::Ring(ring) = &st.io {
+                for s in shots.drain(..) {
+                    if let Some(Owner::Read(t)) = ring.shot_owner(&s, &done) {
+                        owned.push((t.clone_ref(py), s));
+                    }
+                }
+            }
+            st.shots = shots;
             let had_events = !events.is_empty();
             for ev in events.drain(..) {
                 if ev.token == WAKER_TOKEN {
@@ -235,12 +249,18 @@ impl LoopCore {
                 queue_fd(st, ev.fd, ev.readable, ev.writable, py, stale);
             }
             st.events = events;
-            (done, had_events)
+            (done, owned, had_events)
         };
         // Owners are handed their completions, and dropped, with the loop's
         // state unborrowed: dropping the last reference to a transport may
         // run Python code.
-        let mut handles = Vec::with_capacity(done.len());
+        let mut handles = Vec::with_capacity(done.len() + shots.len());
+        for (t, s) in shots.drain(..) {
+            if let Some(h) = t.get().shot_received(py, s) {
+                handles.push(h);
+            }
+        }
+        drop(shots);
         for c in done.drain(..) {
             if let Some(h) = Owner::deliver(py, c) {
                 handles.push(h);

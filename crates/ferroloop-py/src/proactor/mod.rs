@@ -33,11 +33,12 @@ impl Owner {
     /// Hand a completion to its owner (no Python code runs); the handle to
     /// queue, if the owner wants to be called in this pass.
     pub fn deliver(py: Python<'_>, c: Completion<Owner>) -> Option<Py<Handle>> {
+        let buffer = c.buffer();
         let Completion {
             owner, result, op, ..
         } = c;
         match owner {
-            Owner::Read(t) => t.get().read_completed(py, result, op),
+            Owner::Read(t) => t.get().read_completed(py, result, op, buffer),
             Owner::Write(t) => t.get().write_completed(py, result, op),
             Owner::Nobody => None,
         }

@@ -6,13 +6,20 @@
 //! transport classes) with the same rules, messages and callback order;
 //! only the I/O half differs:
 //!
-//! * **Reading**: one recv op is in flight while the transport reads, into
-//!   a buffer the op owns (16 KiB, growing to 256 KiB while reads fill
-//!   it; first-size buffers of closed transports are pooled per thread).
-//!   Its completion queues `_read_done`, which hands the bytes to
-//!   `data_received` (or copies them into `BufferedProtocol.get_buffer`
-//!   buffers) and starts the next recv. `pause_reading` leaves an op in
-//!   flight; bytes it brings wait in the transport until `resume_reading`.
+//! * **Reading**: where the kernel has it, one multishot recv stays armed
+//!   while the transport reads, taking buffers from the loop's shared pool
+//!   (`LoopCore::ring_recv_group`) as data comes: no submission per read
+//!   and no buffer held by an idle connection. Each arrival queues
+//!   `_read_done` (once per pass), which copies what came into one `bytes`
+//!   for `data_received` (or into `BufferedProtocol.get_buffer` buffers),
+//!   handing the pool's buffers straight back. `pause_reading` cancels the
+//!   multishot recv (a paused transport must not drain the shared pool);
+//!   bytes it brought meanwhile wait until `resume_reading`, which arms a
+//!   new one. Where the pool ran dry (`ENOBUFS`), or without multishot
+//!   recv, a transport reads with one-shot recvs into a buffer the op owns
+//!   (16 KiB, growing to 256 KiB while reads fill it; first-size buffers of
+//!   closed transports are pooled per thread); their bytes equally wait
+//!   while paused.
 //! * **Writing**: `write` queues a send op with a copy of the bytes (or
 //!   appends them to the write buffer while a send is in flight); the
 //!   driver continues partial sends; the send's completion queues
@@ -25,7 +32,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use ferroloop_core::proactor::{Op, OpId};
+use ferroloop_core::proactor::{Op, OpId, Shot};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
@@ -47,6 +54,11 @@ const WRITE_FAILED: &str = "Fatal write error on socket transport";
 /// reads fill it. Every connection has its own while a recv is in flight,
 /// so it starts small.
 const FIRST_READ: usize = 16 * 1024;
+/// The size of the loop's pool buffers (`LoopCore::ring_recv_group`).
+const RECV_POOL_BUF: usize = crate::loop_core::RECV_POOL_SIZE as usize;
+/// Small reads in a row that send a transport back from its own buffer to
+/// the pool.
+const SMALL_READS_BACK: u8 = 4;
 /// First-size recv buffers kept per thread for the next connections.
 const POOL_CAP: usize = 256;
 
@@ -98,6 +110,27 @@ struct RingIo {
     read_result: Option<(io::Result<usize>, Vec<u8>)>,
     read_queued: bool,
     spare_read: Option<Vec<u8>>,
+    /// The loop's recv pool, once this transport read from it.
+    group: Option<u16>,
+    /// The transport may read with multishot recvs (cleared if the kernel
+    /// refuses them).
+    multi_ok: bool,
+    /// `read_op` is a multishot recv.
+    multi: bool,
+    /// The next read goes to a buffer of the transport's own (the pool ran
+    /// dry).
+    single_next: bool,
+    /// Reads are large (a shot filled a whole pool buffer): they go to the
+    /// transport's own growing buffer, one recv for what would take many
+    /// pool buffers, until `SMALL_READS_BACK` reads in a row come small.
+    own_buffer: bool,
+    small_reads: u8,
+    /// Pool buffers (id, length) the multishot recv filled, not yet handed
+    /// to the protocol.
+    chunks: Vec<(u16, u32)>,
+    /// How the multishot recv ended, once it did, until `_read_done` acts
+    /// on it (after the bytes in `chunks`).
+    multi_end: Option<io::Result<usize>>,
 
     write_op: Option<OpId>,
     /// Bytes in the send op in flight.
@@ -148,23 +181,30 @@ impl SockTransport for RingStreamCore {
     fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let stashed = {
+        let (busy, stashed) = {
             let io = me.io.borrow(py);
-            if io.read_op.is_some() {
-                return Ok(());
-            }
-            io.read_result.is_some()
+            let stashed =
+                io.read_result.is_some() || !io.chunks.is_empty() || io.multi_end.is_some();
+            (io.read_op.is_some(), stashed)
         };
         if stashed {
             // Bytes that came while paused go to the protocol first.
             me.queue_read_done(py)
+        } else if busy {
+            Ok(())
         } else {
             Self::submit_recv(slf)
         }
     }
 
-    fn pause_io(&self, _py: Python<'_>) -> PyResult<()> {
-        // The recv in flight stays; what it brings waits for resume.
+    fn pause_io(&self, py: Python<'_>) -> PyResult<()> {
+        // A one-shot recv in flight stays, and what it brings waits for
+        // resume; a multishot one would keep taking the pool's buffers.
+        let id = {
+            let io = self.io.borrow(py);
+            io.read_op.filter(|_| io.multi)
+        };
+        self.cancel(py, id);
         Ok(())
     }
 
@@ -238,29 +278,99 @@ fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
 }
 
 impl RingStreamCore {
+    /// The multishot recv brought bytes and stays armed (called while
+    /// reaping, no Python code runs).
+    pub fn shot_received(&self, py: Python<'_>, shot: Shot) -> Option<Py<Handle>> {
+        let n = *shot.result.as_ref().ok()?;
+        let bid = shot.buffer()?;
+        self.stash_chunk(py, bid, n)
+    }
+
+    /// Keep pool buffer `bid` (with `n` bytes) for `_read_done`; the handle
+    /// to queue, if it is not queued yet. Once the connection is lost the
+    /// buffer goes straight back to the pool.
+    fn stash_chunk(&self, py: Python<'_>, bid: u16, n: usize) -> Option<Py<Handle>> {
+        let mut io = self.io.borrow_mut(py);
+        debug_assert!(io.group.is_some(), "a shot from a pool we never read from");
+        io.chunks.push((bid, n as u32));
+        if io.read_handle.is_none() {
+            drop(io);
+            self.release_chunks(py);
+            return None;
+        }
+        let switch = (n >= RECV_POOL_BUF && !io.own_buffer)
+            .then_some(io.read_op)
+            .flatten();
+        if n >= RECV_POOL_BUF {
+            io.own_buffer = true;
+            io.small_reads = 0;
+            io.read_size = io.read_size.max(2 * FIRST_READ);
+        }
+        let h = self.take_read_handle(&mut io, py);
+        drop(io);
+        // Large reads: end the multishot recv; the next read (after what
+        // it still brings) is a one-shot recv into our own buffer.
+        self.cancel(py, switch);
+        h
+    }
+
+    /// The read handle to queue, unless it is queued already.
+    fn take_read_handle(&self, io: &mut RingIo, py: Python<'_>) -> Option<Py<Handle>> {
+        if io.read_queued {
+            return None;
+        }
+        let h = io.read_handle.as_ref()?.clone_ref(py);
+        io.read_queued = true;
+        Some(h)
+    }
+
+    /// Hand every pool buffer the transport holds back, unread.
+    fn release_chunks(&self, py: Python<'_>) {
+        let (group, chunks) = {
+            let mut io = self.io.borrow_mut(py);
+            (io.group, std::mem::take(&mut io.chunks))
+        };
+        if let (Some(group), Some(lp)) = (group, self.link.lp(py)) {
+            lp.get().ring_recycle(py, group, &chunks);
+        }
+    }
+
     /// A recv completed (called while reaping, no Python code runs).
+    /// `buffer`: the pool buffer a multishot recv's last bytes are in.
     pub fn read_completed(
         &self,
         py: Python<'_>,
         result: io::Result<usize>,
         op: Op,
+        buffer: Option<u16>,
     ) -> Option<Py<Handle>> {
-        let Op::Recv { buf, .. } = op else {
-            return None;
+        let buf = match op {
+            Op::Recv { buf, .. } => buf,
+            Op::RecvMulti { .. } => {
+                let mut io = self.io.borrow_mut(py);
+                io.read_op = None;
+                io.multi = false;
+                io.multi_end = Some(result);
+                drop(io);
+                if let Some(bid) = buffer {
+                    // Bytes with the last result: keep them as a shot's.
+                    let n = *self.io.borrow(py).multi_end.as_ref()?.as_ref().ok()?;
+                    return self.stash_chunk(py, bid, n);
+                }
+                let mut io = self.io.borrow_mut(py);
+                return self.take_read_handle(&mut io, py);
+            }
+            _ => return None,
         };
         let mut io = self.io.borrow_mut(py);
         io.read_op = None;
-        let h = match &io.read_handle {
-            Some(h) if !io.read_queued => h.clone_ref(py),
-            _ => {
-                drop(io);
-                give_back(buf);
-                return None;
-            }
-        };
+        if io.read_handle.is_none() {
+            drop(io);
+            give_back(buf);
+            return None;
+        }
         io.read_result = Some((result, buf));
-        io.read_queued = true;
-        Some(h)
+        self.take_read_handle(&mut io, py)
     }
 
     /// A send completed (called while reaping, no Python code runs).
@@ -328,11 +438,31 @@ impl RingStreamCore {
             return Ok(());
         };
         let fd = me.link.fd(py);
-        let op = {
+        let multi = {
             let mut io = me.io.borrow_mut(py);
             if io.read_op.is_some() || io.read_result.is_some() {
                 return Ok(());
             }
+            io.multi_ok && !io.own_buffer && !std::mem::take(&mut io.single_next)
+        };
+        let group = if multi {
+            lp.get().ring_recv_group(py)
+        } else {
+            None
+        };
+        if let Some(group) = group {
+            let op = Op::RecvMulti { fd, group };
+            let id = lp
+                .get()
+                .ring_submit(py, op, Owner::Read(slf.clone().unbind()));
+            let mut io = me.io.borrow_mut(py);
+            io.read_op = id;
+            io.multi = id.is_some();
+            io.group = Some(group);
+            return Ok(());
+        }
+        let op = {
+            let mut io = me.io.borrow_mut(py);
             let size = io.read_size;
             let buf = match io.spare_read.take() {
                 Some(b) if b.len() == size => b,
@@ -401,6 +531,82 @@ impl RingStreamCore {
                 sent,
             }
         })
+    }
+
+    /// `_read_done` for the multishot recv: what it brought goes to the
+    /// protocol as one `bytes`, then how it ended (if it did) is acted on.
+    fn multi_done(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let Some(protocol) = me.link.protocol(py) else {
+            return Ok(());
+        };
+        let protocol = protocol.into_bound(py);
+        let (group, chunks, buffered) = {
+            let mut io = me.io.borrow_mut(py);
+            let chunks = std::mem::take(&mut io.chunks);
+            (io.group, chunks, me.st.borrow(py).buffered)
+        };
+        if let (Some(group), Some(lp), false) = (group, me.link.lp(py), chunks.is_empty()) {
+            let lp = lp.get();
+            let res = if buffered {
+                let mut data = me.io.borrow_mut(py).spare_read.take().unwrap_or_default();
+                data.clear();
+                lp.ring_take_into(py, group, &chunks, &mut data);
+                let res = Self::feed_buffered(slf, &protocol, &data);
+                me.io.borrow_mut(py).spare_read = Some(data);
+                res
+            } else {
+                let data = lp.ring_take_bytes(py, group, &chunks)?;
+                let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
+                half::after_callback(
+                    slf,
+                    res,
+                    "Fatal error: protocol.data_received() call failed.",
+                )
+            };
+            let mut io = me.io.borrow_mut(py);
+            if io.chunks.capacity() == 0 {
+                // Give the list back (emptied) rather than grow a new one.
+                let mut chunks = chunks;
+                chunks.clear();
+                io.chunks = chunks;
+            }
+            drop(io);
+            res?;
+            let s = me.sel.borrow(py);
+            if s.conn_lost > 0 || s.closing {
+                return Ok(());
+            }
+            drop(s);
+            if !sel::is_reading(me, py) {
+                return Ok(()); // paused: how the recv ended waits too
+            }
+        }
+        let Some(end) = me.io.borrow_mut(py).multi_end.take() else {
+            return Ok(()); // still armed
+        };
+        match end {
+            Ok(0) => half::on_eof(slf, &protocol),
+            // The kernel ended it after data (it may), or we did (a pause):
+            // arm another.
+            Ok(_) => Self::submit_recv(slf),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ECANCELED) | Some(libc::EINTR) => Self::submit_recv(slf),
+                Some(libc::ENOBUFS) => {
+                    // The pool is empty for now: one read into a buffer of
+                    // our own, then back to the pool.
+                    me.io.borrow_mut(py).single_next = true;
+                    Self::submit_recv(slf)
+                }
+                Some(libc::EINVAL) => {
+                    // The kernel has no multishot recv after all.
+                    me.io.borrow_mut(py).multi_ok = false;
+                    Self::submit_recv(slf)
+                }
+                _ => sel::fatal_error(slf, io_err(e), READ_FAILED),
+            },
+        }
     }
 
     /// Hand `data` to a BufferedProtocol through its buffers.
@@ -474,6 +680,14 @@ impl RingStreamCore {
                 read_result: None,
                 read_queued: false,
                 spare_read: None,
+                group: None,
+                multi_ok: true,
+                multi: false,
+                single_next: false,
+                own_buffer: false,
+                small_reads: 0,
+                chunks: Vec::new(),
+                multi_end: None,
                 write_op: None,
                 in_flight: 0,
                 write_result: None,
@@ -537,10 +751,17 @@ impl RingStreamCore {
                 if let Some((_, buf)) = io.read_result.take() {
                     give_back(buf);
                 }
+                io.multi_end = None;
+                drop(io);
+                me.release_chunks(py);
                 return Ok(());
             }
             if !sel::is_reading(me, py) {
                 return Ok(()); // paused: the bytes wait for resume_reading
+            }
+            if !io.chunks.is_empty() || io.multi_end.is_some() {
+                drop(io);
+                return Self::multi_done(slf);
             }
             let Some(got) = io.read_result.take() else {
                 return Ok(());
@@ -573,6 +794,16 @@ impl RingStreamCore {
         {
             let mut io = me.io.borrow_mut(py);
             io.drained = n < buf.len();
+            if io.own_buffer {
+                if n < FIRST_READ {
+                    io.small_reads += 1;
+                    if io.small_reads >= SMALL_READS_BACK {
+                        io.own_buffer = false;
+                    }
+                } else {
+                    io.small_reads = 0;
+                }
+            }
             if n == buf.len() && io.read_size < MAX_READ {
                 io.read_size = (io.read_size * 2).min(MAX_READ);
             }
@@ -694,9 +925,11 @@ impl RingStreamCore {
         let handles = {
             let mut io = me.io.borrow_mut(py);
             io.read_result = None;
+            io.multi_end = None;
             (io.read_handle.take(), io.write_handle.take())
         };
         drop(handles);
+        me.release_chunks(py);
         res?;
         half::closed_by_peer(me, py)
     }
