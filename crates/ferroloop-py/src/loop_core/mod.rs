@@ -1018,6 +1018,16 @@ impl LoopCore {
         }
     }
 
+    /// Pool `group` has buffers the kernel can fill.
+    pub(crate) fn ring_pool_has_free(&self, py: Python<'_>, group: u16) -> bool {
+        match &self.st.borrow(py).io {
+            Io::Ring(ring) => ring
+                .buf_ring(group)
+                .is_some_and(|r| r.lent() < r.count() as usize),
+            _ => false,
+        }
+    }
+
     /// Hand pool buffers back to the kernel unread.
     pub(crate) fn ring_recycle(&self, py: Python<'_>, group: u16, chunks: &[(u16, u32)]) {
         if let Io::Ring(ring) = &mut self.st.borrow_mut(py).io {

@@ -68,6 +68,9 @@ thread_local! {
     // faults for its buffer (they were most of the proactor's extra cost
     // under connection churn).
     static RECV_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    // Where a BufferedProtocol's bytes wait between the loop's pool and
+    // the protocol's buffers (one per thread, not one per transport).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A recv buffer of `size` bytes, from the pool where it has one.
@@ -459,6 +462,12 @@ impl RingStreamCore {
             io.read_op = id;
             io.multi = id.is_some();
             io.group = Some(group);
+            // Back on the pool: an own buffer kept from an earlier read
+            // would be held for as long as the connection lives.
+            if let Some(b) = io.spare_read.take() {
+                drop(io);
+                give_back(b);
+            }
             return Ok(());
         }
         let op = {
@@ -550,11 +559,17 @@ impl RingStreamCore {
         if let (Some(group), Some(lp), false) = (group, me.link.lp(py), chunks.is_empty()) {
             let lp = lp.get();
             let res = if buffered {
-                let mut data = me.io.borrow_mut(py).spare_read.take().unwrap_or_default();
+                // Copied out of the pool first: the protocol's methods may
+                // call back into the loop while they fill their buffers.
+                let mut data = SCRATCH
+                    .try_with(|s| std::mem::take(&mut *s.borrow_mut()))
+                    .unwrap_or_default();
                 data.clear();
                 lp.ring_take_into(py, group, &chunks, &mut data);
                 let res = Self::feed_buffered(slf, &protocol, &data);
-                me.io.borrow_mut(py).spare_read = Some(data);
+                if data.capacity() <= MAX_READ {
+                    let _ = SCRATCH.try_with(|s| *s.borrow_mut() = data);
+                }
                 res
             } else {
                 let data = lp.ring_take_bytes(py, group, &chunks)?;
@@ -594,9 +609,19 @@ impl RingStreamCore {
             Err(e) => match e.raw_os_error() {
                 Some(libc::ECANCELED) | Some(libc::EINTR) => Self::submit_recv(slf),
                 Some(libc::ENOBUFS) => {
-                    // The pool is empty for now: one read into a buffer of
-                    // our own, then back to the pool.
-                    me.io.borrow_mut(py).single_next = true;
+                    // The pool ran dry. Transports served earlier in this
+                    // pass have usually handed their buffers back by now:
+                    // then arm again (an own buffer for every connection
+                    // of a burst would stay resident). If not, buffers are
+                    // held (paused transports): one read into a buffer of
+                    // our own, then back to the pool, so nobody spins.
+                    let free = match (me.io.borrow(py).group, me.link.lp(py)) {
+                        (Some(g), Some(lp)) => lp.get().ring_pool_has_free(py, g),
+                        _ => false,
+                    };
+                    if !free {
+                        me.io.borrow_mut(py).single_next = true;
+                    }
                     Self::submit_recv(slf)
                 }
                 Some(libc::EINVAL) => {
