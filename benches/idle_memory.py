@@ -88,6 +88,7 @@ def measure(loop: str, conns: int) -> tuple[bool, int]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, kind, str(conns)],
         env=env,
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
