@@ -486,14 +486,14 @@ impl<C: Clock> EventLoop<C> {
     ///
     /// Fails with `Unsupported` on a selector loop (`f` and `op` are
     /// dropped), and with `InvalidInput` for a multishot op
-    /// ([`Op::RecvMulti`]), whose results need more than a callback that
+    /// ([`Op::RecvMulti`], [`Op::AcceptMulti`]), whose results need more than a callback that
     /// runs once (use a [`Proactor`] directly).
     pub fn submit(
         &mut self,
         op: Op,
         f: impl FnOnce(&mut Self, Completion<()>) + 'static,
     ) -> io::Result<OpId> {
-        if matches!(op, Op::RecvMulti { .. }) {
+        if op.is_multishot() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "multishot ops are not run by EventLoop::submit",

@@ -11,7 +11,8 @@
 //!   wait, as epoll in level-triggered mode reports it.
 //! * **Completion ops** ([`Op`]): recv, multishot recv into a
 //!   provided-buffer ring ([`BufRing`], [`add_buf_ring`](Proactor::add_buf_ring)),
-//!   send (continued by the driver after a partial send), read, write,
+//!   send (continued by the driver after a partial send), recvmsg and
+//!   sendmsg for datagrams ([`MsgBuf`]), read, write, accept, multishot
 //!   accept, connect, close and one-shot polls.
 //!   The driver owns every op with its buffer from [`submit`](Proactor::submit)
 //!   until its completion arrives, also after [`cancel`](Proactor::cancel):
@@ -48,7 +49,7 @@ use std::sync::Once;
 use io_uring::{opcode, squeue, types, IoUring};
 
 pub use bufring::BufRing;
-pub use ops::{Completion, LentBuf, Op, Shot, SockAddr};
+pub use ops::{Completion, LentBuf, MsgBuf, Op, Shot, SockAddr};
 pub use setup::{probe, Features, Unavailable};
 
 use crate::selector::{bad_fd, Event, FdTable, Interest};
@@ -637,11 +638,11 @@ impl<T> Proactor<T> {
                         r.taken();
                     }
                 }
-                if io_uring::cqueue::more(flags) {
-                    let result = op.finish(res);
-                    shots.push(Shot { id, result, flags });
-                    return;
-                }
+            }
+            if op.is_multishot() && io_uring::cqueue::more(flags) {
+                let result = op.finish(res);
+                shots.push(Shot { id, result, flags });
+                return;
             }
             // A send or write that the kernel took part of goes on from there.
             if res > 0 && op.advance(res as usize) && !*cancelled {
@@ -744,7 +745,15 @@ impl<T> Proactor<T> {
             let mut w = self.prepare_wait();
             let _ = w.wait(Some(left.min(0.1)));
             self.finish_wait(w, &mut events, &mut done, &mut shots);
-            shots.clear();
+            for s in shots.drain(..) {
+                // Nobody takes these any more. A multishot accept's shot
+                // (the only kind without a buffer) is a new descriptor.
+                if let (None, Ok(fd)) = (s.buffer(), s.result) {
+                    // SAFETY: the kernel just accepted it for us, and
+                    // nothing else has seen it.
+                    unsafe { libc::close(fd as RawFd) };
+                }
+            }
         }
         let clean = self.in_flight == 0;
         (done, clean)

@@ -53,6 +53,92 @@ impl std::fmt::Debug for SockAddr {
     }
 }
 
+/// The header and address of a `recvmsg` or `sendmsg` op, boxed so the
+/// pointers the kernel follows stay put while the op is in flight.
+pub struct MsgBuf {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: SockAddr,
+}
+
+// SAFETY: the raw pointers in `hdr` and `iov` point into this value and
+// into the buffer of the op that owns it, which move threads together.
+unsafe impl Send for MsgBuf {}
+
+impl MsgBuf {
+    /// For a `recvmsg`: room for the sender's address.
+    pub fn new() -> Box<MsgBuf> {
+        Self::with_addr(*SockAddr::empty())
+    }
+
+    /// For a `sendmsg` to `addr`; `None` for a connected socket.
+    pub fn to(addr: Option<&SockAddr>) -> Box<MsgBuf> {
+        match addr {
+            Some(a) => Self::with_addr(a.clone()),
+            None => {
+                let mut m = Self::new();
+                m.addr.len = 0;
+                m
+            }
+        }
+    }
+
+    fn with_addr(addr: SockAddr) -> Box<MsgBuf> {
+        Box::new(MsgBuf {
+            // SAFETY: msghdr and iovec are plain data; all zeroes is valid.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            addr,
+        })
+    }
+
+    /// The address a finished `recvmsg` reported (raw `sockaddr` bytes).
+    pub fn peer(&self) -> &[u8] {
+        let len =
+            (self.hdr.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `len` bytes of the storage, which is plain memory.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&self.addr.storage as *const libc::sockaddr_storage).cast::<u8>(),
+                len,
+            )
+        }
+    }
+
+    /// Point the header at `buf` and at the address.
+    fn prepare(&mut self, buf: *mut u8, len: usize, recv: bool) -> *mut libc::msghdr {
+        self.iov = libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: len,
+        };
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        if recv {
+            self.hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        } else {
+            self.hdr.msg_namelen = self.addr.len;
+        }
+        self.hdr.msg_name = if self.hdr.msg_namelen == 0 {
+            std::ptr::null_mut()
+        } else {
+            (&mut self.addr.storage as *mut libc::sockaddr_storage).cast()
+        };
+        &mut self.hdr
+    }
+}
+
+impl std::fmt::Debug for MsgBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgBuf")
+            .field("addr", &self.addr)
+            .field("namelen", &self.hdr.msg_namelen)
+            .finish()
+    }
+}
+
 /// `IORING_RECVSEND_POLL_FIRST` (include/uapi/linux/io_uring.h), in a recv's
 /// `ioprio`; the crate does not export it.
 const RECVSEND_POLL_FIRST: u16 = 1;
@@ -119,6 +205,28 @@ pub enum Op {
         buf: Vec<u8>,
         written: usize,
     },
+    /// `recvmsg(fd)` of one datagram into `buf`; the sender's address is
+    /// in `msg` ([`MsgBuf::peer`]). The result is the datagram's length
+    /// (at most `buf.len()`: a longer one is truncated, as `recvfrom`).
+    RecvMsg {
+        fd: RawFd,
+        buf: Vec<u8>,
+        msg: Box<MsgBuf>,
+    },
+    /// `sendmsg(fd, MSG_NOSIGNAL)` of `buf` as one datagram, to the address
+    /// in `msg` (or the connected peer). Not continued: a datagram goes
+    /// whole or not at all.
+    SendMsg {
+        fd: RawFd,
+        buf: Vec<u8>,
+        msg: Box<MsgBuf>,
+    },
+    /// A multishot `accept4(fd, SOCK_CLOEXEC)` (Linux 5.19,
+    /// [`Features::accept_multishot`](super::Features::accept_multishot)):
+    /// it stays armed and reports each accepted descriptor as a [`Shot`]
+    /// (the caller owns it from then on); it ends on an error or when
+    /// cancelled.
+    AcceptMulti { fd: RawFd },
     /// `accept4(fd, SOCK_CLOEXEC)`; the peer's address lands in `addr`.
     Accept { fd: RawFd, addr: Box<SockAddr> },
     /// `connect(fd, addr)`.
@@ -149,6 +257,9 @@ impl Op {
         match self {
             Op::Recv { fd, .. }
             | Op::RecvMulti { fd, .. }
+            | Op::RecvMsg { fd, .. }
+            | Op::SendMsg { fd, .. }
+            | Op::AcceptMulti { fd }
             | Op::Send { fd, .. }
             | Op::SendLent { fd, .. }
             | Op::Read { fd, .. }
@@ -179,6 +290,19 @@ impl Op {
                     .build()
             }
             Op::RecvMulti { fd, group } => opcode::RecvMulti::new(types::Fd(*fd), *group).build(),
+            Op::RecvMsg { fd, buf, msg } => {
+                let hdr = msg.prepare(buf.as_mut_ptr(), buf.len(), true);
+                opcode::RecvMsg::new(types::Fd(*fd), hdr).build()
+            }
+            Op::SendMsg { fd, buf, msg } => {
+                let hdr = msg.prepare(buf.as_mut_ptr(), buf.len(), false);
+                opcode::SendMsg::new(types::Fd(*fd), hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
+            Op::AcceptMulti { fd } => opcode::AcceptMulti::new(types::Fd(*fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build(),
             Op::Send { fd, buf, sent } => {
                 let rest = &buf[*sent..];
                 opcode::Send::new(types::Fd(*fd), rest.as_ptr(), clamp(rest.len()))
@@ -223,6 +347,11 @@ impl Op {
             Op::Close { fd } => opcode::Close::new(types::Fd(*fd)).build(),
             Op::Poll { fd, mask } => opcode::PollAdd::new(types::Fd(*fd), *mask).build(),
         }
+    }
+
+    /// The op reports results as [`Shot`]s until its last.
+    pub fn is_multishot(&self) -> bool {
+        matches!(self, Op::RecvMulti { .. } | Op::AcceptMulti { .. })
     }
 
     /// Count `n` more bytes as done; true if a send or write has more to go.

@@ -553,3 +553,169 @@ fn buffer_rings_refuse_bad_sizes() {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{count} x {size}");
     }
 }
+
+// Datagrams and multishot accept.
+
+fn udp_socket() -> (OwnedFd, Box<SockAddr>) {
+    // SAFETY: a new socket we then own.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: just created.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = bind_loopback(&fd);
+    (fd, addr)
+}
+
+/// Bind `fd` to 127.0.0.1 on a free port; its address.
+fn bind_loopback(fd: &OwnedFd) -> Box<SockAddr> {
+    // SAFETY: sockaddr_in is plain data.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: binds and reads back our own socket's address.
+    unsafe {
+        assert_eq!(
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                len
+            ),
+            0
+        );
+        let mut got_len = len;
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sin as *mut libc::sockaddr_in).cast(),
+            &mut got_len,
+        );
+        let raw = std::slice::from_raw_parts(
+            (&sin as *const libc::sockaddr_in).cast::<u8>(),
+            len as usize,
+        );
+        SockAddr::from_bytes(raw).unwrap()
+    }
+}
+
+#[test]
+fn sendmsg_and_recvmsg_move_datagrams_with_their_addresses() {
+    let Some(mut p) = ring() else { return };
+    let (a, a_addr) = udp_socket();
+    let (b, b_addr) = udp_socket();
+    let recv = p.submit(
+        Op::RecvMsg {
+            fd: b.as_raw_fd(),
+            buf: vec![0; 8],
+            msg: MsgBuf::new(),
+        },
+        1,
+    );
+    p.submit(
+        Op::SendMsg {
+            fd: a.as_raw_fd(),
+            buf: b"datagram-too-long".to_vec(),
+            msg: MsgBuf::to(Some(&b_addr)),
+        },
+        2,
+    );
+    let mut done = Vec::new();
+    for _ in 0..20 {
+        done.extend(turn(&mut p, 0.5).1);
+        if done.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 2, "{done:?}");
+    let sent = done.iter().find(|c| c.owner == 2).unwrap();
+    assert_eq!(
+        sent.result.as_ref().ok(),
+        Some(&17),
+        "the datagram went whole"
+    );
+    let got = done.iter().find(|c| c.id == recv).unwrap();
+    assert_eq!(
+        got.result.as_ref().ok(),
+        Some(&8),
+        "truncated to the buffer"
+    );
+    let Op::RecvMsg { buf, msg, .. } = &got.op else {
+        panic!("{:?}", got.op)
+    };
+    assert_eq!(&buf[..], b"datagram");
+    let peer = msg.peer();
+    let want = &a_addr;
+    // SAFETY: reading the bytes of our own address value.
+    let want = unsafe {
+        std::slice::from_raw_parts(
+            (&want.storage as *const libc::sockaddr_storage).cast::<u8>(),
+            want.len as usize,
+        )
+    };
+    assert_eq!(peer, want, "the sender's address");
+}
+
+#[test]
+fn multishot_accept_reports_each_connection_until_cancelled() {
+    let Some(mut p) = ring() else { return };
+    if !p.features().accept_multishot {
+        eprintln!("skipped: the kernel has no multishot accept");
+        return;
+    }
+    // SAFETY: a new socket we then own.
+    let l = unsafe {
+        OwnedFd::from_raw_fd(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        ))
+    };
+    let addr = bind_loopback(&l);
+    // SAFETY: our listener.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 16) }, 0);
+    let id = p.submit(Op::AcceptMulti { fd: l.as_raw_fd() }, 5);
+    let mut clients = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        // SAFETY: a new socket, connected (blocking) to our listener.
+        let c = unsafe {
+            let c = OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+            let r = libc::connect(
+                c.as_raw_fd(),
+                (&addr.storage as *const libc::sockaddr_storage).cast(),
+                addr.len,
+            );
+            assert_eq!(r, 0);
+            c
+        };
+        clients.push(c);
+        let (mut ev, mut done, mut shots) = (Vec::new(), Vec::new(), Vec::new());
+        let mut w = p.prepare_wait();
+        w.wait(Some(1.0)).unwrap();
+        p.finish_wait(w, &mut ev, &mut done, &mut shots);
+        assert!(done.is_empty(), "still armed: {done:?}");
+        for s in shots {
+            assert_eq!(p.shot_owner(&s, &done), Some(&5));
+            let fd = s.result.expect("an accepted connection");
+            // SAFETY: the shot hands the new descriptor to us.
+            accepted.push(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+    }
+    assert_eq!(accepted.len(), 3, "one shot per connection");
+    // Each accepted descriptor is the server end of its client.
+    write_all(&accepted[1], b"hi");
+    let mut buf = [0u8; 4];
+    assert_eq!(read_some(&clients[1], &mut buf), 2);
+    assert!(p.cancel(id));
+    let (_, done) = turn(&mut p, 1.0);
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].result.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::ECANCELED)
+    );
+}
