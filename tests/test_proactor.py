@@ -1430,3 +1430,43 @@ def test_paused_readers_do_not_starve_the_shared_recv_pool(ploop):
         assert fd_count() <= before + 1
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
+def test_reads_switch_between_the_pool_and_an_own_buffer_losing_nothing(ploop):
+    # Large reads leave the shared pool for a growing buffer of the
+    # transport's own; small ones bring it back. Every switch ends one recv
+    # op before the next starts: bytes must arrive whole and in order.
+    class Collect(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.got = bytearray()
+            self.transport = transport
+
+        def data_received(self, data):
+            self.got += data
+            self.transport.write(b"%d\n" % len(self.got))
+
+    async def main():
+        server_proto = Collect()
+        server = await ploop.create_server(lambda: server_proto, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        sent = bytearray()
+        try:
+            for rnd in range(3):
+                for size in [100_000, 300_000] + [50] * 6 + [70_000]:
+                    piece = bytes((rnd * 7 + i) % 251 for i in range(size))
+                    sent += piece
+                    w.write(piece)
+                    await w.drain()
+                    # Wait for the server to have it all, so the small
+                    # pieces arrive as small reads.
+                    while len(server_proto.got) < len(sent):
+                        line = await asyncio.wait_for(r.readline(), 5)
+                        assert line
+            assert server_proto.got == sent
+        finally:
+            w.close()
+            server.close()
+            await server.wait_closed()
+
+    run_coro(ploop, main(), timeout=30)
