@@ -649,6 +649,47 @@ def test_python_m_ferroloop_blocked(io_uring_works, tmp_path, err):
     assert f"[Errno {err}] {MESSAGE_PREFIX}" in proactor["stderr"]
 
 
+def _info_lines(stdout: str) -> dict[str, str]:
+    """`python -m ferroloop --info` lines by their first word."""
+    return {line.split()[0]: line.strip() for line in stdout.splitlines() if line.strip()}
+
+
+def test_python_m_ferroloop_info(io_uring_works):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "--info"], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = _info_lines(proc.stdout)
+    assert lines["ferroloop"] == f"ferroloop {ferroloop.__version__}"
+    assert lines["kernel"].startswith(f"kernel Linux {os.uname().release}")
+    assert lines["default"] == f"default kind: {ferroloop.DEFAULT_KIND}"
+    assert lines["selector"] == "selector  available (epoll)"
+    assert lines["proactor"].startswith("proactor  available (io_uring; setup flags ")
+    for backend in ("epoll", "poll", "select"):
+        assert lines[backend].split() == [backend, "available"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "--info", "extra"], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+@BLOCKED
+def test_python_m_ferroloop_info_says_why_io_uring_is_blocked(io_uring_works, err):
+    code = """
+    import subprocess, sys
+    proc = subprocess.run([sys.executable, "-m", "ferroloop", "--info"],
+                          capture_output=True, text=True, timeout=15)
+    print(json.dumps({"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+    """
+    proc = _run_blocked(code, err)
+    assert proc.returncode == 0, proc.stderr
+    out = _last_json(proc)
+    assert out["rc"] == 0, out["stderr"]
+    lines = _info_lines(out["stdout"])
+    assert lines["proactor"].startswith(f"proactor  unavailable: [Errno {err}] {MESSAGE_PREFIX}")
+    assert lines["selector"] == "selector  available (epoll)"
+
+
 # ---------------------------------------------------------------- 3. fork
 
 # A parent with a running ProactorEventLoop (a TCP server and one connection

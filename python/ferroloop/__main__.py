@@ -2,6 +2,7 @@
 
     python -m ferroloop [--loop KIND] [--selector NAME] script.py [args...]
     python -m ferroloop [--loop KIND] [--selector NAME] -m package.module [args...]
+    python -m ferroloop --info
 
 ferroloop's policy is installed first, so ``asyncio.run()``,
 ``asyncio.new_event_loop()`` and ``asyncio.get_event_loop()`` in the program
@@ -10,11 +11,16 @@ make ferroloop loops. ``--loop`` picks their kind: ``selector`` (epoll),
 the selector loop); it sets ``FERROLOOP_LOOP``, as ``--selector`` (``epoll``,
 ``poll``, ``select``) sets ``FERROLOOP_SELECTOR``. The program sees
 ``sys.argv`` as it would if started directly.
+
+``--info`` prints what runs here: ferroloop's and Python's versions, the
+kernel, each loop kind and selector backend with whether it can be used
+and, where not, why (for example io_uring blocked by a seccomp filter).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import runpy
 import sys
 
@@ -22,7 +28,8 @@ import ferroloop
 
 USAGE = (
     "usage: python -m ferroloop [--loop selector|proactor|auto] "
-    "[--selector epoll|poll|select] (script.py | -m module) [args...]"
+    "[--selector epoll|poll|select] (script.py | -m module) [args...]\n"
+    "       python -m ferroloop --info"
 )
 
 _OPTIONS = {
@@ -36,8 +43,72 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _try_loop(**kwargs) -> str | None:
+    """None if a loop made with ``kwargs`` works here, else why not."""
+    try:
+        loop = ferroloop.new_event_loop(**kwargs)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    try:
+        loop.run_until_complete(_noop())
+    finally:
+        loop.close()
+    return None
+
+
+async def _noop() -> None:
+    pass
+
+
+def info() -> str:
+    """The report ``--info`` prints."""
+    from ferroloop import _ferroloop
+
+    lines = [
+        f"ferroloop {ferroloop.__version__}",
+        f"Python {platform.python_version()} ({platform.python_implementation()}) at {sys.executable}",
+        f"kernel {platform.system()} {platform.release()} {platform.machine()}",
+        f"default kind: {ferroloop.DEFAULT_KIND}"
+        + "".join(
+            f"; {name}={os.environ[name]}"
+            for name in ("FERROLOOP_LOOP", "FERROLOOP_SELECTOR", "FERROLOOP_RECV_MULTISHOT")
+            if name in os.environ
+        ),
+        "loop kinds:",
+    ]
+    why = _try_loop(kind="selector", selector="epoll")
+    lines.append("  selector  " + ("available (epoll)" if why is None else f"unavailable: {why}"))
+    try:
+        feats = _ferroloop._ring_features()
+    except OSError as exc:
+        lines.append(f"  proactor  unavailable: {exc}")
+    else:
+        why = _try_loop(kind="proactor")
+        if why is not None:
+            lines.append(f"  proactor  unavailable: {why}")
+        else:
+            yes = {True: "yes", False: "no"}
+            flags = ", ".join(feats["setup_flags"]) or "none"
+            lines.append(
+                f"  proactor  available (io_uring; setup flags {flags}; "
+                f"multishot recv {yes[feats['recv_multishot']]}, "
+                f"multishot accept {yes[feats['accept_multishot']]}, "
+                f"recv poll-first {yes[feats['recv_poll_first']]})"
+            )
+    lines.append("backends of the selector loop:")
+    for name in ("epoll", "poll", "select"):
+        why = _try_loop(kind="selector", selector=name)
+        lines.append(f"  {name:<7} " + ("available" if why is None else f"unavailable: {why}"))
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     argv = list(argv)
+    if argv[:1] == ["--info"]:
+        if len(argv) > 1:
+            return _fail("--info takes no other arguments")
+        print(info())
+        return 0
     while argv and argv[0] in _OPTIONS:
         option = argv.pop(0)
         variable, choices = _OPTIONS[option]
