@@ -26,6 +26,8 @@ import sys
 CHILD = r"""
 import asyncio, socket, sys, time
 kind, n = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, sys.argv[3])
+from common import import_loop_module
 
 def rss_kib():
     with open("/proc/self/status") as f:
@@ -69,13 +71,7 @@ async def main():
     server.close()
     print("RESULT", got == n * 100, grown)
 
-if kind == "asyncio":
-    loop = asyncio.new_event_loop()
-elif kind.startswith("ferroloop"):
-    import ferroloop
-    loop = ferroloop.new_event_loop(kind="proactor" if "proactor" in kind else "selector")
-else:
-    loop = __import__(kind).new_event_loop()
+loop = import_loop_module(kind).new_event_loop()
 loop.run_until_complete(main())
 """
 
@@ -85,8 +81,9 @@ def measure(loop: str, conns: int) -> tuple[bool, int]:
     kind = loop
     if loop == "ferroloop-proactor-own":
         env["FERROLOOP_RECV_MULTISHOT"] = "0"
+        kind = "ferroloop-proactor"
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, str(conns)],
+        [sys.executable, "-c", CHILD, kind, str(conns), os.path.dirname(os.path.abspath(__file__))],
         env=env,
         check=False,
         capture_output=True,

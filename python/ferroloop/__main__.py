@@ -76,28 +76,24 @@ def info() -> str:
         ),
         "loop kinds:",
     ]
-    why = _try_loop(kind="selector", selector="epoll")
+    backends = {name: _try_loop(kind="selector", selector=name) for name in ("epoll", "poll", "select")}
+    why = backends["epoll"]
     lines.append("  selector  " + ("available (epoll)" if why is None else f"unavailable: {why}"))
-    try:
-        feats = _ferroloop._ring_features()
-    except OSError as exc:
-        lines.append(f"  proactor  unavailable: {exc}")
+    why = ferroloop.proactor_unavailable_reason()
+    if why is not None:
+        lines.append(f"  proactor  unavailable: {why}")
     else:
-        why = _try_loop(kind="proactor")
-        if why is not None:
-            lines.append(f"  proactor  unavailable: {why}")
-        else:
-            yes = {True: "yes", False: "no"}
-            flags = ", ".join(feats["setup_flags"]) or "none"
-            lines.append(
-                f"  proactor  available (io_uring; setup flags {flags}; "
-                f"multishot recv {yes[feats['recv_multishot']]}, "
-                f"multishot accept {yes[feats['accept_multishot']]}, "
-                f"recv poll-first {yes[feats['recv_poll_first']]})"
-            )
+        feats = _ferroloop._ring_features()
+        yes = {True: "yes", False: "no"}
+        flags = ", ".join(feats["setup_flags"]) or "none"
+        lines.append(
+            f"  proactor  available (io_uring; setup flags {flags}; "
+            f"multishot recv {yes[feats['recv_multishot']]}, "
+            f"multishot accept {yes[feats['accept_multishot']]}, "
+            f"recv poll-first {yes[feats['recv_poll_first']]})"
+        )
     lines.append("backends of the selector loop:")
-    for name in ("epoll", "poll", "select"):
-        why = _try_loop(kind="selector", selector=name)
+    for name, why in backends.items():
         lines.append(f"  {name:<7} " + ("available" if why is None else f"unavailable: {why}"))
     return "\n".join(lines)
 

@@ -367,6 +367,14 @@ fn multishot_ring(count: u16, size: u32) -> Option<(Proactor<u32>, u16)> {
     Some((p, group))
 }
 
+/// The owner value the multishot tests' ops carry.
+const MULTI_OWNER: u32 = 9;
+
+/// Arm a multishot recv on `fd` from pool `group`.
+fn arm_multishot(p: &mut Proactor<u32>, fd: RawFd, group: u16) -> OpId {
+    p.submit(Op::RecvMulti { fd, group }, MULTI_OWNER)
+}
+
 /// One wait: shots and completions, the bytes of each shot copied out and
 /// its buffer recycled unless `keep`.
 fn turn_multi(
@@ -381,7 +389,11 @@ fn turn_multi(
     p.finish_wait(w, &mut ev, &mut done, &mut shots);
     let mut got = Vec::new();
     for s in &shots {
-        assert_eq!(p.shot_owner(s, &done), Some(&9), "a shot names its owner");
+        assert_eq!(
+            p.shot_owner(s, &done),
+            Some(&MULTI_OWNER),
+            "a shot names its owner"
+        );
         let n = *s.result.as_ref().expect("a shot carries data");
         let bid = s.buffer().expect("a shot names its buffer");
         got.push(p.buffer(group, bid, n).to_vec());
@@ -398,13 +410,7 @@ fn multishot_recv_reports_each_arrival_until_end_of_stream() {
         return;
     };
     let (a, b) = socketpair();
-    let id = p.submit(
-        Op::RecvMulti {
-            fd: a.as_raw_fd(),
-            group,
-        },
-        9,
-    );
+    let id = arm_multishot(&mut p, a.as_raw_fd(), group);
     let mut all = Vec::new();
     for i in 0..20u8 {
         write_all(&b, &[i; 10]);
@@ -446,11 +452,7 @@ fn multishot_recv_ends_with_enobufs_when_the_pool_is_empty_and_loses_nothing() {
         return;
     };
     let (a, b) = socketpair();
-    let op = || Op::RecvMulti {
-        fd: a.as_raw_fd(),
-        group,
-    };
-    p.submit(op(), 9);
+    arm_multishot(&mut p, a.as_raw_fd(), group);
     let want: Vec<u8> = (0..4u8).flat_map(|i| [i; 16]).collect();
     write_all(&b, &want);
     let mut held = Vec::new();
@@ -486,7 +488,7 @@ fn multishot_recv_ends_with_enobufs_when_the_pool_is_empty_and_loses_nothing() {
     for &(bid, _) in &held {
         p.recycle(group, bid);
     }
-    p.submit(op(), 9);
+    arm_multishot(&mut p, a.as_raw_fd(), group);
     drop(b);
     loop {
         let (more, done) = turn_multi(&mut p, group, 1.0, false);
@@ -499,7 +501,7 @@ fn multishot_recv_ends_with_enobufs_when_the_pool_is_empty_and_loses_nothing() {
                 continue;
             }
             if c.result.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::ENOBUFS) {
-                p.submit(op(), 9);
+                arm_multishot(&mut p, a.as_raw_fd(), group);
                 continue;
             }
             assert_eq!(c.result.as_ref().ok(), Some(&0), "{c:?}");
@@ -516,13 +518,7 @@ fn cancelled_multishot_recv_leaves_unread_bytes_in_the_socket() {
         return;
     };
     let (a, b) = socketpair();
-    let id = p.submit(
-        Op::RecvMulti {
-            fd: a.as_raw_fd(),
-            group,
-        },
-        9,
-    );
+    let id = arm_multishot(&mut p, a.as_raw_fd(), group);
     write_all(&b, b"first");
     let (got, _) = turn_multi(&mut p, group, 1.0, false);
     assert_eq!(got, vec![b"first".to_vec()]);

@@ -350,17 +350,16 @@ impl RingStreamCore {
         let buf = match op {
             Op::Recv { buf, .. } => buf,
             Op::RecvMulti { .. } => {
+                // Bytes with the last result are kept as a shot's.
+                let last = buffer.zip(result.as_ref().ok().copied());
                 let mut io = self.io.borrow_mut(py);
                 io.read_op = None;
                 io.multi = false;
                 io.multi_end = Some(result);
-                drop(io);
-                if let Some(bid) = buffer {
-                    // Bytes with the last result: keep them as a shot's.
-                    let n = *self.io.borrow(py).multi_end.as_ref()?.as_ref().ok()?;
+                if let Some((bid, n)) = last {
+                    drop(io);
                     return self.stash_chunk(py, bid, n);
                 }
-                let mut io = self.io.borrow_mut(py);
                 return self.take_read_handle(&mut io, py);
             }
             _ => return None,
