@@ -6,10 +6,10 @@ import socket
 from asyncio import _CoroutineLike, base_events
 from collections.abc import Callable, Iterable
 from contextvars import Context
-from typing import Any, TypedDict, TypeVar, final, type_check_only
+from typing import Any, Self, TypedDict, TypeVar, TypeVarTuple, Unpack, final, type_check_only
 
 from _typeshed import FileDescriptorLike, ReadableBuffer
-from typing_extensions import Self, TypeVarTuple, Unpack, disjoint_base
+from typing_extensions import disjoint_base
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -74,34 +74,34 @@ class LoopCore:
     def call_soon(
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def call_soon_threadsafe(
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def call_later(
         self,
         delay: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> TimerHandle: ...
     def call_at(
         self,
         when: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> TimerHandle: ...
     def add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: *_Ts
     ) -> None: ...
     def add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: *_Ts
     ) -> None: ...
     def remove_reader(self, fd: FileDescriptorLike) -> bool: ...
     def remove_writer(self, fd: FileDescriptorLike) -> bool: ...

@@ -5,9 +5,7 @@ import selectors
 from asyncio import unix_events
 from collections.abc import Callable
 from contextvars import Context
-from typing import Final, Literal, TypeAlias, overload
-
-from typing_extensions import TypeVarTuple, Unpack
+from typing import Final, Literal, TypeAlias, TypeVarTuple, Unpack, overload
 
 from ._ferroloop import Handle, TimerHandle
 
@@ -32,27 +30,27 @@ class Loop(unix_events._UnixSelectorEventLoop):
     def call_soon(  # type: ignore[override]
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def call_soon_threadsafe(  # type: ignore[override]
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> Handle: ...
     def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> TimerHandle: ...
     def call_at(  # type: ignore[override]
         self,
         when: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: Context | None = None,
     ) -> TimerHandle: ...
 
