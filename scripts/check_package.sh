@@ -8,8 +8,9 @@
 #   3. install the sdist into a fresh venv (pip builds it from source there,
 #      as on a new machine), import it and run a small loop smoke test.
 # Both builds share CARGO_TARGET_DIR (default: the repo's target/, which
-# scripts/test.sh's `pip install .` has filled), so the wheel build only
-# relinks when nothing changed and the sdist build reuses the dependencies.
+# scripts/test.sh's `pip install .` has filled): the wheel build then has
+# nothing to compile, and the sdist build (another source path, the venv's
+# interpreter) recompiles only pyo3 and the two workspace crates (~30 s).
 # Usage: bash scripts/check_package.sh   (PYTHON, CARGO_TARGET_DIR, and
 # CHECK_PACKAGE_DIR for the scratch directory, are honoured)
 set -euo pipefail
