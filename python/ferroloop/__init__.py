@@ -18,6 +18,11 @@ from __future__ import annotations
 import asyncio as _asyncio
 import sys as _sys
 
+if _sys.version_info < (3, 11):  # noqa: UP036 -- the gate for what requires-python refuses
+    raise ImportError(
+        f"ferroloop needs Python 3.11 or newer; this is Python {_sys.version.split()[0]}"
+    )
+
 from ._ferroloop import Handle, TimerHandle, __version__
 from ._loop import (
     DEFAULT_KIND,
@@ -56,35 +61,7 @@ def run(main, *, debug=None):
     """Run coroutine ``main`` on a new ferroloop loop and return its result,
     as ``asyncio.run`` does: the loop is created, made current, and closed
     afterwards, with async generators and the default executor shut down."""
-    if _sys.version_info >= (3, 11):
-        if _asyncio.events._get_running_loop() is not None:
-            raise RuntimeError("asyncio.run() cannot be called from a running event loop")
-        with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
-            return runner.run(main)
-    return _run_legacy(main, debug)
-
-
-def _run_legacy(main, debug):
-    """``asyncio.run`` for Pythons without ``asyncio.Runner``."""
     if _asyncio.events._get_running_loop() is not None:
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
-    if not _asyncio.iscoroutine(main):
-        raise ValueError(f"a coroutine was expected, got {main!r}")
-    loop = new_event_loop()
-    try:
-        _asyncio.set_event_loop(loop)
-        if debug is not None:
-            loop.set_debug(debug)
-        return loop.run_until_complete(main)
-    finally:
-        try:
-            pending = [t for t in _asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(_asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            _asyncio.set_event_loop(None)
-            loop.close()
+    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
