@@ -56,6 +56,10 @@ def check_new_event_loop() -> None:
         assert loop.run_until_complete(echo_roundtrip(loop)) == b"ping"
         loop.call_soon(add, 1)  # type: ignore[arg-type]  # a coroutine function is no callback
         loop.call_soon(print, 1, context=None)
+        stats = loop.stats()
+        assert_type(stats, ferroloop.LoopStats)
+        assert_type(stats.slowest_duration, float | None)
+        assert stats.callbacks >= 2
     finally:
         loop.close()
     poll_loop = ferroloop.new_event_loop("poll")

@@ -8,6 +8,7 @@ from ._ferroloop import Handle, TimerHandle, __version__
 from ._loop import (
     DEFAULT_KIND,
     Loop,
+    LoopStats,
     ProactorEventLoop,
     SelectorEventLoop,
     new_event_loop,
@@ -22,6 +23,7 @@ __all__ = (
     "EventLoopPolicy",
     "Handle",
     "Loop",
+    "LoopStats",
     "ProactorEventLoop",
     "ProactorEventLoopPolicy",
     "SelectorEventLoop",

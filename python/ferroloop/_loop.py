@@ -27,6 +27,7 @@ import warnings
 import weakref
 from asyncio import base_events, constants, events, exceptions, tasks, trsock, unix_events
 from asyncio.log import logger
+from typing import NamedTuple
 
 from ._ferroloop import Handle, LoopCore
 from ._transports import (
@@ -40,7 +41,34 @@ from ._transports import (
     _raw_type,
 )
 
-__all__ = ("Loop", "ProactorEventLoop", "SelectorEventLoop", "new_event_loop")
+__all__ = ("Loop", "LoopStats", "ProactorEventLoop", "SelectorEventLoop", "new_event_loop")
+
+
+class LoopStats(NamedTuple):
+    """What ``loop.stats()`` returns: counters since the loop was made, and
+    the recent maxima (from the last one to two minutes)."""
+
+    #: Passes of the loop (each waits for I/O or timers, then runs callbacks).
+    passes: int
+    #: Callbacks run (handles, including tasks' steps and I/O callbacks).
+    callbacks: int
+    #: Seconds the loop ran: callbacks and its own work between waits.
+    busy_time: float
+    #: Seconds the loop spent waiting for I/O or timers.
+    wait_time: float
+    #: How late, in seconds, the last due timers ran after their deadline.
+    lag: float
+    #: The largest such lateness recently.
+    max_lag: float
+    #: The slowest callback recently, as asyncio formats a handle in its
+    #: slow-callback warning (a task's step shows the task); None before any.
+    slowest_callback: str | None
+    #: How long it ran, in seconds.
+    slowest_duration: float | None
+    #: Callbacks ready to run now.
+    ready: int
+    #: Timers scheduled now (cancelled ones not yet dropped included).
+    timers: int
 
 
 class _NativeSelectorView:
@@ -454,6 +482,11 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*saved_hooks)
+
+    def stats(self) -> LoopStats:
+        """The loop's statistics, always kept (see ``LoopStats``); cheap to
+        read, from any thread (a metrics exporter may poll it)."""
+        return LoopStats(*self._ff_stats())
 
     def close(self):
         """Close the loop: drop pending callbacks, close the selector, shut

@@ -5,17 +5,31 @@ import selectors
 from asyncio import unix_events
 from collections.abc import Callable
 from contextvars import Context
-from typing import Final, Literal, TypeAlias, TypeVarTuple, Unpack, overload
+from typing import Final, Literal, NamedTuple, TypeAlias, TypeVarTuple, Unpack, overload
 
 from ._ferroloop import Handle, TimerHandle
 
 _Ts = TypeVarTuple("_Ts")
 
-__all__ = ("Loop", "ProactorEventLoop", "SelectorEventLoop", "new_event_loop")
+__all__ = ("Loop", "LoopStats", "ProactorEventLoop", "SelectorEventLoop", "new_event_loop")
 
 # What `selector` may name: a native backend or a Python selector object.
 _Selector: TypeAlias = Literal["epoll", "poll", "select"] | selectors.BaseSelector | None
 _Kind: TypeAlias = Literal["selector", "proactor", "auto"]
+
+class LoopStats(NamedTuple):
+    """What ``loop.stats()`` returns."""
+
+    passes: int
+    callbacks: int
+    busy_time: float
+    wait_time: float
+    lag: float
+    max_lag: float
+    slowest_callback: str | None
+    slowest_duration: float | None
+    ready: int
+    timers: int
 
 class Loop(unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose core runs in Rust (readiness-based: epoll,
@@ -24,6 +38,7 @@ class Loop(unix_events._UnixSelectorEventLoop):
     def __init__(self, selector: _Selector = None) -> None: ...
     @property
     def backend(self) -> str: ...
+    def stats(self) -> LoopStats: ...
     # The call_* methods return ferroloop's own handles, which have asyncio's
     # handle interface (cancel, cancelled, get_context, when) but are not
     # asyncio.Handle subclasses: hence the narrower-than-allowed overrides.

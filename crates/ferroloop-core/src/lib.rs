@@ -32,7 +32,7 @@ pub mod timers;
 pub mod transport;
 pub mod waker;
 
-pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use clock::{Clock, ManualClock, MonotonicClock, TickClock};
 pub use event_loop::{EventLoop, LoopKind, Remote};
 pub use scheduler::{Cancel, Scheduler, MAXIMUM_SELECT_TIMEOUT};
 pub use selector::{BackendKind, Event, Interest, Selector};

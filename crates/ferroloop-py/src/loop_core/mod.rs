@@ -36,8 +36,10 @@ use crate::proactor::Owner;
 
 mod fds;
 mod pass;
+mod stats;
 
 use fds::check_fileobj;
+use stats::Stats;
 
 const WAKER_TOKEN: u64 = u64::MAX;
 /// `selectors.EVENT_READ` / `EVENT_WRITE`.
@@ -88,6 +90,7 @@ struct State {
     task_factory: Option<Py<PyAny>>,
     slow_callback_duration: f64,
     clock_resolution: f64,
+    stats: Stats,
 }
 
 /// The native event loop state and passes.
@@ -159,6 +162,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         task_factory: None,
         slow_callback_duration: 0.1,
         clock_resolution: MonotonicClock.resolution(),
+        stats: Stats::new(MonotonicClock.now()),
     }
 }
 
@@ -750,7 +754,12 @@ impl LoopCore {
 
     /// One pass of the loop.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::run_once_impl(slf)
+        let core = slf.get();
+        let py = slf.py();
+        core.st.borrow_mut(py).stats.start(MonotonicClock.now());
+        let res = Self::run_once_impl(slf);
+        core.st.borrow_mut(py).stats.stop(MonotonicClock.now());
+        res
     }
 
     /// Run passes until `stop()`; the caller sets up and tears down the
@@ -758,12 +767,53 @@ impl LoopCore {
     fn _ff_run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
-        loop {
-            Self::run_once_impl(slf)?;
-            if core.st.borrow(py).sched.stopping() {
-                return Ok(());
+        core.st.borrow_mut(py).stats.start(MonotonicClock.now());
+        let res = loop {
+            if let Err(e) = Self::run_once_impl(slf) {
+                break Err(e);
             }
-        }
+            if core.st.borrow(py).sched.stopping() {
+                break Ok(());
+            }
+        };
+        core.st.borrow_mut(py).stats.stop(MonotonicClock.now());
+        res
+    }
+
+    /// The loop's statistics, for `ferroloop.Loop.stats()`: passes,
+    /// callbacks run, seconds running and waiting, the last and the recent
+    /// largest timer lag, the recent slowest callback (its description and
+    /// seconds), and the ready and scheduled callbacks now.
+    #[allow(clippy::type_complexity)]
+    fn _ff_stats(
+        &self,
+        py: Python<'_>,
+    ) -> (
+        u64,
+        u64,
+        f64,
+        f64,
+        f64,
+        f64,
+        Option<String>,
+        Option<f64>,
+        usize,
+        usize,
+    ) {
+        let mut st = self.st.borrow_mut(py);
+        let (a, b, c, d, e, f, g, h) = st.stats.snapshot(MonotonicClock.now());
+        (
+            a,
+            b,
+            c,
+            d,
+            e,
+            f,
+            g,
+            h,
+            st.sched.ready_len(),
+            st.sched.timers().len(),
+        )
     }
 
     /// The native part of `close()`: drop queued callbacks, close the

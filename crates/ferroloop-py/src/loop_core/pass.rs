@@ -64,14 +64,20 @@ impl LoopCore {
 
         // Step 3: wait, then queue the callbacks of ready descriptors.
         let mut stale = Vec::new();
+        // When the wait blocked, the time it began (the statistics count
+        // what follows as running again).
+        let mut woke_from: Option<f64> = None;
+        let waited = !matches!(wait, Wait::Skip);
         match wait {
             Wait::Skip => {}
             Wait::Native(mut waiter) => {
                 let blocking = timeout != Some(0.0);
                 let res = if blocking {
+                    let from = core.wait_begins(py);
                     core.sleeping.store(true, Ordering::SeqCst);
                     let r = py.detach(|| waiter.wait(timeout));
                     core.sleeping.store(false, Ordering::SeqCst);
+                    woke_from = Some(from);
                     r
                 } else {
                     waiter.wait(timeout)
@@ -79,6 +85,9 @@ impl LoopCore {
                 {
                     let mut st = core.st.borrow_mut(py);
                     let st = &mut *st;
+                    if let Some(from) = woke_from {
+                        st.stats.wait_ended(from, MonotonicClock.now());
+                    }
                     let mut events = std::mem::take(&mut st.events);
                     if let Io::Native(sel) = &mut st.io {
                         sel.finish_wait(waiter, &mut events);
@@ -106,6 +115,9 @@ impl LoopCore {
             Wait::Ring(first) => {
                 let blocking = timeout != Some(0.0);
                 let deadline = timeout.map(|t| MonotonicClock.now() + t);
+                if blocking {
+                    woke_from = Some(core.wait_begins(py));
+                }
                 let mut waiter = first;
                 loop {
                     let left = deadline.map(|d| (d - MonotonicClock.now()).max(0.0));
@@ -129,12 +141,27 @@ impl LoopCore {
                         _ => break,
                     }
                 }
+                if let Some(from) = woke_from {
+                    core.st
+                        .borrow_mut(py)
+                        .stats
+                        .wait_ended(from, MonotonicClock.now());
+                }
             }
             Wait::Python(sel) => {
                 let to: Option<f64> = timeout;
+                if to != Some(0.0) {
+                    woke_from = Some(core.wait_begins(py));
+                }
                 core.sleeping.store(to != Some(0.0), Ordering::SeqCst);
                 let ready = sel.bind(py).call_method1("select", (to,));
                 core.sleeping.store(false, Ordering::SeqCst);
+                if let Some(from) = woke_from {
+                    core.st
+                        .borrow_mut(py)
+                        .stats
+                        .wait_ended(from, MonotonicClock.now());
+                }
                 let ready = ready?;
                 let mut got: Vec<(RawFd, u32)> = Vec::new();
                 for pair in ready.try_iter()? {
@@ -169,18 +196,33 @@ impl LoopCore {
 
         // Step 4: due timers.
         let now_py = Self::overridden_now(slf, custom_time)?;
-        let n = {
+        let (n, clock, mut tick, mut slowest) = {
             let mut st = core.st.borrow_mut(py);
-            if !st.sched.timers().is_empty() {
+            let st = &mut *st;
+            if let Some(first) = st.sched.timers().peek_when() {
                 let now = now_py.unwrap_or_else(|| MonotonicClock.now());
                 let end = now + st.clock_resolution;
+                if first <= end {
+                    st.stats.timers_due(now - first, now);
+                }
                 st.sched.collect_due(end);
             }
-            st.sched.begin_pass()
+            st.stats.passes += 1;
+            let clock = st.stats.clock;
+            // A callback's time is measured from the end of the one before;
+            // after a wait (and the work of queueing what it found), from now.
+            let tick = if waited && woke_from.is_none() {
+                clock.now()
+            } else {
+                st.stats.last_tick
+            };
+            (st.sched.begin_pass(), clock, tick, st.stats.slowest_ticks())
         };
 
-        // Step 5: run what was ready when the pass began.
+        // Step 5: run what was ready when the pass began, timing each
+        // callback for the statistics.
         let debug = core.debug(py);
+        let mut ran = 0;
         for _ in 0..n {
             let item = core.st.borrow_mut(py).sched.pop_ready();
             let Some(Item(h)) = item else { break };
@@ -188,13 +230,46 @@ impl LoopCore {
                 continue;
             }
             let h = h.into_bound(py);
-            if debug {
-                Self::run_debug(slf, &h)?;
+            let r = if debug {
+                Self::run_debug(slf, &h)
             } else {
-                Handle::run(&h)?;
+                Handle::run(&h)
+            };
+            ran += 1;
+            let now = clock.now();
+            let took = now.wrapping_sub(tick);
+            tick = now;
+            if took > slowest {
+                slowest = took;
+                Self::slow_callback(slf, &h, took);
+            }
+            if r.is_err() {
+                core.callbacks_ran(py, ran, tick);
+                return r;
             }
         }
+        core.callbacks_ran(py, ran, tick);
         Ok(())
+    }
+
+    /// The statistics' side of running `ran` callbacks, the last ending at
+    /// `tick`.
+    #[inline]
+    fn callbacks_ran(&self, py: Python<'_>, ran: u64, tick: u64) {
+        let mut st = self.st.borrow_mut(py);
+        st.stats.callbacks += ran;
+        st.stats.last_tick = tick;
+    }
+
+    /// Remember `h` as the slowest callback of the statistics' window.
+    #[cold]
+    fn slow_callback(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>, ticks: u64) {
+        let py = slf.py();
+        let what = base_events(py)
+            .and_then(|be| be.call_method1("_format_handle", (h,)))
+            .and_then(|s| s.str().map(|s| s.to_string()))
+            .unwrap_or_else(|_| "<handle>".to_owned());
+        slf.get().st.borrow_mut(py).stats.slow_callback(ticks, what);
     }
 
     /// Reap the ring after a wait: queue the callbacks of ready descriptors
@@ -278,6 +353,13 @@ impl LoopCore {
             _ => None,
         };
         Ok((woke, again))
+    }
+
+    /// The statistics' side of a blocking wait that begins now.
+    fn wait_begins(&self, py: Python<'_>) -> f64 {
+        let now = MonotonicClock.now();
+        self.st.borrow_mut(py).stats.wait_begins(now);
+        now
     }
 
     pub(super) fn run_debug(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>) -> PyResult<()> {

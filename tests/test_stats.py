@@ -1,0 +1,179 @@
+"""``loop.stats()``: ferroloop's always-on loop statistics (asyncio has none,
+so these run on every ferroloop kind only)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+import weakref
+
+import ferroloop
+import pytest
+from conftest import FD_KINDS, make_loop
+
+KINDS = [k for k in FD_KINDS if k.startswith("ferroloop")]
+
+
+@pytest.fixture(params=KINDS)
+def loop(request):
+    lp = make_loop(request.param)
+    yield lp
+    lp.close()
+
+
+def test_counts_passes_and_callbacks_run(loop):
+    hits = []
+    for i in range(50):
+        loop.call_soon(hits.append, i)
+    loop.call_soon(hits.append, "cancelled").cancel()
+    loop.call_soon(loop.stop)
+    before = loop.stats()
+    assert (before.passes, before.callbacks, before.ready) == (0, 0, 52)
+    loop.run_forever()
+    st = loop.stats()
+    assert hits == list(range(50))
+    # Everything was ready when the pass began: one pass, the cancelled
+    # handle not counted.
+    assert (st.passes, st.callbacks, st.ready) == (1, 51, 0)
+    assert isinstance(st, ferroloop.LoopStats)
+    assert st._asdict()["callbacks"] == 51
+
+
+def test_busy_and_wait_time(loop):
+    async def main():
+        time.sleep(0.15)  # noqa: ASYNC251 - blocks on purpose: running, not waiting
+        await asyncio.sleep(0.25)  # waiting
+
+    loop.run_until_complete(main())
+    st = loop.stats()
+    assert 0.15 <= st.busy_time < 0.25 + 1.0
+    assert 0.2 <= st.wait_time < 2.0
+
+
+def test_slowest_callback_named_with_its_duration(loop):
+    def blocker():
+        time.sleep(0.12)
+
+    async def main():
+        loop.call_soon(blocker)
+        await asyncio.sleep(0.01)
+        for _ in range(200):  # faster callbacks do not displace it
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    st = loop.stats()
+    assert "blocker" in st.slowest_callback
+    assert 0.1 <= st.slowest_duration < 1.0
+
+
+def test_a_slow_task_step_shows_the_task(loop):
+    async def grinding():
+        time.sleep(0.1)  # noqa: ASYNC251 - a slow step, on purpose
+
+    loop.run_until_complete(grinding())
+    st = loop.stats()
+    assert st.slowest_callback.startswith("<Task")
+    assert "grinding" in st.slowest_callback
+    assert st.slowest_duration >= 0.09
+
+
+def test_lag_of_a_timer_held_up_by_a_callback(loop):
+    fired = []
+    loop.call_later(0.01, fired.append, 1)
+    loop.call_soon(time.sleep, 0.15)
+    loop.call_later(0.3, loop.stop)
+    loop.run_forever()
+    st = loop.stats()
+    assert fired == [1]
+    # The 10 ms timer ran after the 150 ms callback: ~140 ms late.
+    assert 0.1 <= st.max_lag < 1.0
+    # The last due timer (the stop) ran on time.
+    assert st.lag < st.max_lag
+    assert st.timers == 0
+
+
+def test_keeps_no_reference_to_the_slowest_callback(loop):
+    class Payload:
+        pass
+
+    p = Payload()
+    ref = weakref.ref(p)
+
+    def slow(obj):
+        time.sleep(0.05)
+
+    loop.call_soon(slow, p)
+    loop.call_soon(loop.stop)
+    del p
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None
+    assert "slow" in loop.stats().slowest_callback
+
+
+def test_a_callback_whose_repr_raises(loop):
+    class Odd:
+        def __call__(self):
+            time.sleep(0.05)
+
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    loop.call_soon(Odd())
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    st = loop.stats()
+    assert st.callbacks == 2
+    assert st.slowest_callback == "<handle>"
+    assert st.slowest_duration >= 0.04
+
+
+def test_failing_callbacks_are_counted(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx["exception"]))
+    loop.call_soon(lambda: 1 / 0)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(errors) == 1
+    assert loop.stats().callbacks == 2
+
+
+def test_read_from_another_thread_while_running(loop):
+    seen = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set() and len(seen) < 500:
+            seen.append(loop.stats().callbacks)
+            time.sleep(0.001)
+
+    async def main():
+        t = threading.Thread(target=reader)
+        t.start()
+        for _ in range(3000):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        stop.set()
+        await loop.run_in_executor(None, t.join)
+
+    loop.run_until_complete(main())
+    assert len(seen) > 1
+    assert seen == sorted(seen)
+    assert loop.stats().callbacks >= 3000
+
+
+def test_run_once_counts_too(loop):
+    loop.call_soon(lambda: None)
+    loop._run_once()
+    st = loop.stats()
+    assert (st.passes, st.callbacks) == (1, 1)
+    assert st.busy_time >= 0
+
+
+def test_still_readable_after_close(loop):
+    loop.run_until_complete(asyncio.sleep(0))
+    n = loop.stats().callbacks
+    loop.close()
+    assert loop.stats().callbacks == n
