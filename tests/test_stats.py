@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -177,3 +181,70 @@ def test_still_readable_after_close(loop):
     n = loop.stats().callbacks
     loop.close()
     assert loop.stats().callbacks == n
+
+
+def test_the_statsd_example_exports_the_figures():
+    """examples/loop_stats.py sends StatsD datagrams with every figure."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    example = os.path.join(here, "..", "examples", "loop_stats.py")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(30)
+        port = rx.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, example, "--statsd", f"127.0.0.1:{port}", "--every", "0.3"]
+            + ["--for", "0.7"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        reports = []
+        rx.settimeout(0.5)
+        try:
+            while True:
+                reports.append(rx.recv(65536).decode())
+        except TimeoutError:
+            pass
+    assert len(reports) >= 2
+    figures = {}
+    for line in reports[0].splitlines():
+        name, rest = line.split(":", 1)
+        value, kind = rest.split("|")
+        figures[name] = (float(value), kind)
+    assert figures["ferroloop.callbacks"][0] > 100
+    assert figures["ferroloop.callbacks"][1] == "c"
+    assert 0 < figures["ferroloop.utilization"][0] <= 1
+    for name in ("busy_ms", "wait_ms", "lag_ms", "max_lag_ms", "ready", "timers", "passes"):
+        assert f"ferroloop.{name}" in figures
+
+
+@pytest.mark.parametrize("clock", ["coarse", "off"])
+def test_the_tick_clock_can_be_chosen(clock):
+    code = (
+        "import ferroloop, time\n"
+        "loop = ferroloop.new_event_loop()\n"
+        "loop.call_soon(time.sleep, 0.06)\n"
+        "loop.call_soon(loop.stop)\n"
+        "loop.run_forever()\n"
+        "st = loop.stats()\n"
+        "print(st.callbacks, st.slowest_duration)\n"
+    )
+    env = {**os.environ, "FERROLOOP_STATS_CLOCK": clock}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    callbacks, slowest = out.stdout.split()
+    assert callbacks == "2"
+    if clock == "off":
+        assert slowest == "None"
+    else:
+        # The coarse clock moves once per kernel tick (1 to 10 ms).
+        assert 0.045 <= float(slowest) < 1.0

@@ -76,10 +76,13 @@ impl Clock for MonotonicClock {
 /// Ticks become seconds through [`TickClock::secs`], calibrated against
 /// `CLOCK_MONOTONIC`. `FERROLOOP_STATS_CLOCK=coarse` in the environment
 /// forces the coarse clock (for a machine whose TSC reads are slow, as under
-/// a hypervisor that traps them).
+/// a hypervisor that traps them); `FERROLOOP_STATS_CLOCK=off` stops it (it
+/// always reads 0: no callback is timed).
 #[derive(Debug, Clone, Copy)]
 pub struct TickClock {
     tsc: bool,
+    /// Not read at all (`FERROLOOP_STATS_CLOCK=off`).
+    off: bool,
     /// The first calibration sample: (ticks, CLOCK_MONOTONIC ns).
     start: (u64, i64),
 }
@@ -96,7 +99,12 @@ impl TickClock {
                     "/sys/devices/system/clocksource/clocksource0/current_clocksource",
                 )
                 .is_ok_and(|s| s.trim() == "tsc");
-            let mut c = TickClock { tsc, start: (0, 0) };
+            let off = std::env::var_os("FERROLOOP_STATS_CLOCK").is_some_and(|v| v == "off");
+            let mut c = TickClock {
+                tsc,
+                off,
+                start: (0, 0),
+            };
             c.start = (c.now(), MonotonicClock::now_ns());
             c
         })
@@ -105,6 +113,9 @@ impl TickClock {
     /// The current tick count.
     #[inline]
     pub fn now(&self) -> u64 {
+        if self.off {
+            return 0;
+        }
         #[cfg(target_arch = "x86_64")]
         if self.tsc {
             // SAFETY: RDTSC exists on every x86-64 CPU and only reads the
