@@ -3,8 +3,9 @@ call_soon benchmarks: two builds of ferroloop side by side, one per Python
 interpreter (e.g. two virtual environments), in the same run.
 
     python benches/stats_cost.py --python base=/path/to/venv-base/bin/python \\
-        --python stats=/path/to/venv/bin/python [--kind selector,proactor] \\
-        [--rounds 15] [--callgrind]
+        --python stats=/path/to/venv/bin/python \\
+        --python off=/path/to/venv/bin/python@FERROLOOP_STATS_CLOCK=off \\
+        [--kind selector,proactor] [--rounds 15] [--callgrind]
 
 Each round runs every (build, kind, bench) in a fresh process pinned to one
 CPU, interleaved, and records CPU time per callback; the report gives the
@@ -50,16 +51,32 @@ print(json.dumps({{"ns": dt / done * 1e9, "done": done}}))
 """
 
 
-def run_child(python: str, kind: str, bench: str, n: int, cpu: int | None) -> float:
+def split_build(spec: str) -> tuple[str, dict[str, str]]:
+    """``PATH[@VAR=VALUE,...]``: the interpreter and environment additions."""
+    python, _, extra = spec.partition("@")
+    env = dict(kv.split("=", 1) for kv in extra.split(",") if kv)
+    return python, env
+
+
+def run_child(spec: str, kind: str, bench: str, n: int, cpu: int | None) -> float:
+    python, extra = split_build(spec)
     code = CHILD.format(here=str(HERE))
     cmd = [python, "-c", code, kind, bench, str(n)]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, **extra},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["ns"]
 
 
-def callgrind_ir(python: str, kind: str, bench: str, n: int) -> int:
+def callgrind_ir(spec: str, kind: str, bench: str, n: int) -> int:
+    python, extra = split_build(spec)
     code = CHILD.format(here=str(HERE))
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "cg.out"
@@ -78,7 +95,7 @@ def callgrind_ir(python: str, kind: str, bench: str, n: int) -> int:
             capture_output=True,
             text=True,
             # Fixed string hashing: dict lookups then cost the same every run.
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env={**os.environ, **extra, "PYTHONHASHSEED": "0"},
             timeout=900,
             check=True,
         )
@@ -94,8 +111,9 @@ def main() -> None:
         "--python",
         action="append",
         required=True,
-        metavar="NAME=PATH",
-        help="a build to measure: a name and the interpreter that imports it",
+        metavar="NAME=PATH[@VAR=VALUE,...]",
+        help="a build to measure: a name, the interpreter that imports it, and optionally"
+        " environment variables to set (e.g. @FERROLOOP_STATS_CLOCK=off)",
     )
     ap.add_argument("--kind", default="selector,proactor")
     ap.add_argument("--rounds", type=int, default=15)

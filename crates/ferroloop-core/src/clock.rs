@@ -93,13 +93,14 @@ impl TickClock {
     pub fn get() -> Self {
         static CLOCK: std::sync::OnceLock<TickClock> = std::sync::OnceLock::new();
         *CLOCK.get_or_init(|| {
+            let choice = std::env::var_os("FERROLOOP_STATS_CLOCK");
+            let off = choice.as_ref().is_some_and(|v| v == "off");
             let tsc = cfg!(target_arch = "x86_64")
-                && std::env::var_os("FERROLOOP_STATS_CLOCK").is_none_or(|v| v != "coarse")
+                && choice.as_ref().is_none_or(|v| v == "tsc")
                 && std::fs::read_to_string(
                     "/sys/devices/system/clocksource/clocksource0/current_clocksource",
                 )
                 .is_ok_and(|s| s.trim() == "tsc");
-            let off = std::env::var_os("FERROLOOP_STATS_CLOCK").is_some_and(|v| v == "off");
             let mut c = TickClock {
                 tsc,
                 off,
@@ -113,16 +114,22 @@ impl TickClock {
     /// The current tick count.
     #[inline]
     pub fn now(&self) -> u64 {
-        if self.off {
-            return 0;
-        }
         #[cfg(target_arch = "x86_64")]
         if self.tsc {
             // SAFETY: RDTSC exists on every x86-64 CPU and only reads the
             // time-stamp counter.
             return unsafe { core::arch::x86_64::_rdtsc() };
         }
-        Self::coarse_ns()
+        self.slow_now()
+    }
+
+    #[cold]
+    fn slow_now(&self) -> u64 {
+        if self.off {
+            0
+        } else {
+            Self::coarse_ns()
+        }
     }
 
     #[allow(clippy::unnecessary_cast)]
