@@ -30,8 +30,10 @@ then for ``--duration`` seconds, measured: requests/s as wrk counts them.
 Around the measured run it reads the workers' CPU time from /proc and the CPU
 time of every other process on the machine (``foreign_share``: the share of
 all CPUs that other work took -- this harness cannot make a shared machine
-quiet, it can only say how loud it was). Loops run in a rotated order in each
-repetition; medians over the repetitions are reported, with ratios to uvloop.
+quiet, it can only say how loud it was); a run where that share exceeds
+``--noisy-threshold`` is measured again, up to ``--noisy-retries`` times
+(net.py's rule). Loops run in a rotated order in each repetition; medians
+over the repetitions are reported, with ratios to uvloop.
 
 wrk runs with one thread on the same machine: with 2 cores, 2 workers and wrk
 share them, so "2 workers" measures scale-out under contention, not 2x.
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import http.client
 import json
 import os
@@ -437,6 +440,8 @@ def render(report: dict[str, Any]) -> str:
             )
         table.append(cells)
     out.append(common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1)))
+    out.append("")
+    out += common.noise_lines(report)
     failed = [r for r in report["runs"] if r.get("status") != "ok"]
     if failed:
         out += ["", "Failed runs:"]
@@ -457,6 +462,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=common.positive_int, default=1, help="wrk seconds")
     parser.add_argument("--connections", type=common.positive_int, default=50)
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    common.add_noise_options(parser)
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not on PATH (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
@@ -479,18 +485,28 @@ def main(argv: list[str]) -> int:
         "warmup": args.warmup,
         "connections": args.connections,
         "uvicorn_http": uvicorn_http,
+        "noisy_threshold": args.noisy_threshold,
+        "noisy_retries": args.noisy_retries,
         "command": " ".join([Path(sys.argv[0]).name, *argv]),
     }
-    report = common.new_report(config)
+    report = common.new_report(config, args.wait_idle)
     report["loops"], present = common.probe(loops)
     report["runs"] = []
+    report["discarded_noisy_runs"] = discarded = []
     with tempfile.TemporaryDirectory(prefix="ferroloop-workers-") as tmp:
         for rep in range(args.repeat):
             for server in servers:
                 for workers in worker_counts:
                     for name in common.rotated(present, rep):
-                        rec = measure(server, workers, name, args, Path(tmp))
+                        label = f"{server} x{workers} {name}"
+                        rec = common.measure_quietly(
+                            functools.partial(measure, server, workers, name, args, Path(tmp)),
+                            args,
+                            discarded,
+                            label,
+                        )
                         rec["rep"] = rep
+                        rec["bench"] = f"{server} x{workers}"
                         report["runs"].append(rec)
                         if rec["status"] == "ok":
                             common.log(
