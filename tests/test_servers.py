@@ -4,7 +4,8 @@
   factory given as ``--loop`` import string;
 * gunicorn with the worker classes of ``ferroloop.gunicorn`` (uvicorn's worker
   on ferroloop), including a ``SIGHUP`` reload;
-* aiohttp ``web.run_app(..., reuse_port=True)`` in two processes.
+* aiohttp ``web.run_app(..., reuse_port=True)`` in two processes, given a
+  ferroloop loop, or unmodified under ``python -m ferroloop``.
 
 Each test runs on asyncio's own loop too (the reference: it shows the
 expectations hold for the servers themselves), on ferroloop's selector loop
@@ -60,12 +61,16 @@ REQUEST_TIMEOUT = 5.0
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture(params=KINDS)
-def kind(request):
-    if request.param == "ferroloop-proactor":
+def skip_unavailable(kind: str) -> None:
+    if kind == "ferroloop-proactor":
         why = ferroloop.proactor_unavailable_reason()
         if why is not None:
             pytest.skip(f"the proactor loop cannot run here: {why}")
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    skip_unavailable(request.param)
     return request.param
 
 
@@ -174,10 +179,13 @@ AIOHTTP_APP = textwrap.dedent(
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
 
-    if os.environ["SERVERS_TEST_LOOP"] == "asyncio":
+    how = os.environ["SERVERS_TEST_LOOP"]
+    if how == "asyncio":
         loop = asyncio.new_event_loop()
-    else:
+    elif how == "ferroloop":
         loop = ferroloop.new_event_loop()  # the kind FERROLOOP_LOOP names
+    else:  # unmodified: under python -m ferroloop, run_app's own new loop is ferroloop's
+        loop = None
     web.run_app(
         app,
         host="127.0.0.1",
@@ -575,14 +583,28 @@ def test_gunicorn_reload_keeps_serving(servers, kind):
 # ---------------------------------------------------------------- aiohttp
 
 
-def test_aiohttp_reuse_port_processes(servers, kind):
+@pytest.mark.parametrize(
+    ("kind", "how"),
+    [(kind, "loop-argument") for kind in KINDS]
+    + [(kind, "python-m-ferroloop") for kind in KINDS if kind != "asyncio"],
+)
+def test_aiohttp_reuse_port_processes(servers, kind, how):
+    """``loop-argument``: ``run_app(..., loop=ferroloop.new_event_loop())``
+    (``FERROLOOP_LOOP`` picks the kind); ``python-m-ferroloop``: the script
+    passes no loop and runs as ``python -m ferroloop --loop KIND script.py``."""
+    skip_unavailable(kind)
     port = free_port()
-    env = {"SERVERS_TEST_LOOP": kind}
-    if kind != "asyncio":
-        env["FERROLOOP_LOOP"] = "proactor" if kind == "ferroloop-proactor" else "selector"
-    procs = [
-        servers.start([sys.executable, "aiohttp_app.py", str(port)], env) for _ in range(WORKERS)
-    ]
+    argv = [sys.executable, "aiohttp_app.py", str(port)]
+    if kind == "asyncio":
+        env = {"SERVERS_TEST_LOOP": "asyncio"}
+    else:
+        loop_kind = "proactor" if kind == "ferroloop-proactor" else "selector"
+        if how == "loop-argument":
+            env = {"SERVERS_TEST_LOOP": "ferroloop", "FERROLOOP_LOOP": loop_kind}
+        else:
+            env = {"SERVERS_TEST_LOOP": "none"}
+            argv[1:1] = ["-m", "ferroloop", "--loop", loop_kind]
+    procs = [servers.start(argv, env) for _ in range(WORKERS)]
     started = servers.wait_started(WORKERS)
     assert set(started) == {p.pid for p in procs}, started
     # Both bound the port (SO_REUSEPORT), each its own socket, and serve: the
