@@ -278,16 +278,17 @@ class Server:
         return [proc.returncode for proc in self.procs]
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """utime + stime of each process, in clock ticks."""
+    ticks = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
                 fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])
+            ticks[pid] = int(fields[11]) + int(fields[12])
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return ticks
 
 
 def run_wrk(port: int, seconds: int, connections: int) -> tuple[dict[str, Any], int]:
@@ -338,12 +339,16 @@ def measure(server: str, workers: int, loop_name: str, args: Any, log_dir: Path)
         ticks1 = cpu_ticks(pids)
         after = common.others_snapshot(me | {wrk_pid})
         seconds = result["duration_us"] / 1e6
+        used = [ticks1.get(pid, 0) - ticks0.get(pid, 0) for pid in pids]
         rec.update(
             status="ok",
             requests=int(result["requests"]),
             rps=result["requests"] / seconds,
             latency_us=result["latency_us"],
-            worker_cpu_s=(ticks1 - ticks0) / os.sysconf("SC_CLK_TCK"),
+            worker_cpu_s=sum(used) / os.sysconf("SC_CLK_TCK"),
+            # how evenly the kernel (shared socket or SO_REUSEPORT) spread the
+            # load: the busiest worker's share of the workers' CPU time
+            busiest_worker_share=max(used) / sum(used) if sum(used) else None,
             **common.foreign_cpu(before, after, wall),
         )
         rec["cpu_us_per_req"] = 1e6 * rec["worker_cpu_s"] / rec["requests"]
@@ -367,6 +372,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         "spread_pct": common.spread_pct(values),
         "cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in ok),
         "max_foreign_share": max(r.get("foreign_share") or 0.0 for r in ok),
+        "busiest_worker_share": common.median_of(ok, "busiest_worker_share"),
         "runs": len(ok),
     }
 
@@ -440,6 +446,19 @@ def render(report: dict[str, Any]) -> str:
             )
         table.append(cells)
     out.append(common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1)))
+    multi = [(row, lead) for row, lead in rows if int(lead[1]) > 1]
+    if multi:
+        out += ["", "The busiest worker's share of the workers' CPU time (median; 50% is an"]
+        out += ["even spread over 2 workers):", ""]
+        header = ["server", "workers"] + present
+        table = []
+        for row, lead in multi:
+            cells = list(lead)
+            for n in present:
+                share = (results[row][n] or {}).get("busiest_worker_share")
+                cells.append("n/a" if share is None else f"{100 * share:.0f}%")
+            table.append(cells)
+        out.append(common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1)))
     out.append("")
     out += common.noise_lines(report)
     failed = [r for r in report["runs"] if r.get("status") != "ok"]
