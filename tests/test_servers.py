@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -45,6 +46,8 @@ import uvicorn  # noqa: F401
 import uvicorn_worker  # noqa: F401
 
 KINDS = ["asyncio", "ferroloop", "ferroloop-proactor"]
+
+SITE_DIRS = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
 
 # type(asyncio.get_running_loop()) in a worker, as "module.qualname".
 EXPECTED_LOOP = {
@@ -266,9 +269,12 @@ class Servers:
         env = dict(os.environ)
         for name in ("FERROLOOP_LOOP", "FERROLOOP_SELECTOR", "PYTHONASYNCIODEBUG", "PYTHONDEVMODE"):
             env.pop(name, None)
-        # The app's directory, and this ferroloop, wherever it was imported from.
+        # The app's directory, and this ferroloop, wherever it was imported
+        # from (a source tree on PYTHONPATH; an installed one needs nothing).
         ferroloop_root = str(Path(ferroloop.__file__).resolve().parent.parent)
-        path = [str(self.root), ferroloop_root]
+        path = [str(self.root)]
+        if ferroloop_root not in SITE_DIRS:
+            path.append(ferroloop_root)
         if env.get("PYTHONPATH"):
             path.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(path)
