@@ -488,16 +488,24 @@ def test_uvicorn_workers(servers, kind, how):
 # ---------------------------------------------------------------- gunicorn
 
 
-GUNICORN_WORKER = {
-    "asyncio": ("serverapp.AsyncioWorker", {}),
-    "ferroloop": ("ferroloop.gunicorn.SelectorWorker", {}),
-    # the kind-neutral class, told the kind by FERROLOOP_LOOP
-    "ferroloop-proactor": ("ferroloop.gunicorn.Worker", {"FERROLOOP_LOOP": "proactor"}),
-}
+def gunicorn_worker(kind: str, neutral: bool) -> tuple[str, dict[str, str]]:
+    """gunicorn's worker class for ``kind``, and the environment it needs:
+    the class of that kind, or (``neutral``) ``ferroloop.gunicorn.Worker``
+    told the kind by ``FERROLOOP_LOOP``."""
+    if kind == "asyncio":
+        return "serverapp.AsyncioWorker", {}
+    proactor = kind == "ferroloop-proactor"
+    if neutral:
+        return "ferroloop.gunicorn.Worker", {
+            "FERROLOOP_LOOP": "proactor" if proactor else "selector"
+        }
+    return (
+        "ferroloop.gunicorn.ProactorWorker" if proactor else "ferroloop.gunicorn.SelectorWorker"
+    ), {}
 
 
-def start_gunicorn(servers: Servers, kind: str, port: int) -> subprocess.Popen:
-    worker, env = GUNICORN_WORKER[kind]
+def start_gunicorn(servers: Servers, kind: str, port: int, neutral: bool) -> subprocess.Popen:
+    worker, env = gunicorn_worker(kind, neutral)
     argv = [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k", worker]
     argv += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--timeout", "60"]
     # gunicorn 24+ opens a control socket at a fixed path by default; tests
@@ -507,8 +515,9 @@ def start_gunicorn(servers: Servers, kind: str, port: int) -> subprocess.Popen:
 
 
 def test_gunicorn_workers(servers, kind):
+    """``-k ferroloop.gunicorn.SelectorWorker`` / ``ProactorWorker``."""
     port = free_port()
-    master = start_gunicorn(servers, kind, port)
+    master = start_gunicorn(servers, kind, port, neutral=False)
     started = servers.wait_started(WORKERS)
     servers.wait_serving(port)
     check_spread(servers, port, started, kind)
@@ -517,9 +526,11 @@ def test_gunicorn_workers(servers, kind):
 
 def test_gunicorn_reload_keeps_serving(servers, kind):
     """SIGHUP: gunicorn starts new workers and stops the old ones gracefully;
-    requests made all along (a new connection each) all succeed."""
+    requests made all along (a new connection each) all succeed. Here the
+    ferroloop worker class is ``ferroloop.gunicorn.Worker``, the kind from
+    ``FERROLOOP_LOOP``."""
     port = free_port()
-    master = start_gunicorn(servers, kind, port)
+    master = start_gunicorn(servers, kind, port, neutral=True)
     old = servers.wait_started(WORKERS)
     servers.wait_serving(port)
     check_spread(servers, port, old, kind)
