@@ -103,6 +103,26 @@ impl Handle {
         })
     }
 
+    /// A new handle with this one's callback, arguments and context, to run
+    /// it once more; `None` once it is cancelled (its callback is gone).
+    pub fn copy(&self, py: Python<'_>) -> PyResult<Option<Py<Handle>>> {
+        let callback = self.callback.borrow(py).as_ref().map(|c| c.clone_ref(py));
+        let args = self.args.borrow(py).as_ref().map(|a| a.clone_ref(py));
+        let (Some(callback), Some(args)) = (callback, args) else {
+            return Ok(None);
+        };
+        let h = Handle::new(
+            py,
+            callback,
+            args,
+            Some(self.context.clone_ref(py)),
+            self.loop_.clone_ref(py),
+            None,
+            None,
+        )?;
+        Py::new(py, h).map(Some)
+    }
+
     pub fn cancel_bound(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let h = slf.get();

@@ -6,10 +6,11 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
-use ferroloop_core::Interest;
+use ferroloop_core::{Clock, Interest, MonotonicClock};
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyInt;
+use pyo3::types::{PyInt, PyTuple};
 
 use super::{closed_error, repr_of, Io, Item, LoopCore, State, EVENT_READ, EVENT_WRITE};
 use crate::errors::io_err;
@@ -60,18 +61,134 @@ pub(super) fn check_fileobj(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     fileno_of(obj).map(drop)
 }
 
+/// How often, in seconds, the loop looks for `sock_*` waits whose socket
+/// was closed while they waited.
+const SWEEP_INTERVAL: f64 = 1.0;
+
+/// The callbacks asyncio's `sock_*` methods wait with; each takes
+/// `(future, sock, ...)`.
+const SOCK_OPS: [&str; 9] = [
+    "_sock_recv",
+    "_sock_recv_into",
+    "_sock_recvfrom",
+    "_sock_recvfrom_into",
+    "_sock_sendall",
+    "_sock_sendto",
+    "_sock_connect_cb",
+    "_sock_accept",
+    "_sock_connect",
+];
+
+/// The socket of a `sock_*` wait: `callback` is one of this loop's
+/// [`SOCK_OPS`] methods and the socket is its second argument.
+pub(super) fn sock_wait_socket(
+    slf: &Bound<'_, LoopCore>,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+) -> Option<Py<PyAny>> {
+    let py = slf.py();
+    let owner = callback.getattr(intern!(py, "__self__")).ok()?;
+    if !owner.is(slf) {
+        return None;
+    }
+    let name = callback.getattr(intern!(py, "__name__")).ok()?;
+    let name = name.cast::<pyo3::types::PyString>().ok()?.to_str().ok()?;
+    if !SOCK_OPS.contains(&name) {
+        return None;
+    }
+    Some(args.get_item(1).ok()?.unbind())
+}
+
 impl LoopCore {
+    /// The `sock_*` waits on `fd` (either direction, or only `only`) whose
+    /// socket no longer has that descriptor: it was closed while they
+    /// waited (and the number may be in use again).
+    fn stale_sock_waits(&self, py: Python<'_>, fd: RawFd) -> Vec<bool> {
+        let socks: Vec<(bool, Py<PyAny>)> = {
+            let st = self.st.borrow(py);
+            [false, true]
+                .into_iter()
+                .filter_map(|w| st.sock_waits.get(&(fd, w)).map(|s| (w, s.clone_ref(py))))
+                .collect()
+        };
+        socks
+            .into_iter()
+            // A socket that cannot say (a test double) is taken as open.
+            .filter(|(_, sock)| fileno_of(sock.bind(py)).is_ok_and(|n| n != fd as i64))
+            .map(|(w, _)| w)
+            .collect()
+    }
+
+    /// End a `sock_*` wait whose socket was closed: forget the watch (the
+    /// engine's errors are expected, the descriptor being gone or another
+    /// file's now) and run its callback once more, which finds the socket
+    /// closed and fails the wait's future (`OSError`, `EBADF`). The old
+    /// handle is cancelled, so the future's done callback, which asyncio
+    /// gives the descriptor number, does not remove a new watch on it.
+    fn end_sock_wait(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        let again = {
+            let st = core.st.borrow(py);
+            let map = if write { &st.writers } else { &st.readers };
+            map.get(&fd).map(|h| h.clone_ref(py))
+        };
+        let again = match again {
+            Some(h) => h.get().copy(py)?,
+            None => None,
+        };
+        Self::forget_fd(slf, fd, write, true)?;
+        if let Some(h) = again {
+            core.st.borrow_mut(py).sched.call_soon(super::Item(h));
+        }
+        Ok(())
+    }
+
+    /// Look for `sock_*` waits whose socket was closed under them, and end
+    /// them; the loop does this every [`SWEEP_INTERVAL`] while there are
+    /// such waits, and when `select` refuses a closed descriptor. How many
+    /// were ended.
+    pub(super) fn sweep_sock_waits(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        let py = slf.py();
+        let core = slf.get();
+        let fds: Vec<RawFd> = {
+            let mut st = core.st.borrow_mut(py);
+            st.next_sweep = MonotonicClock.now() + SWEEP_INTERVAL;
+            let mut fds: Vec<RawFd> = st.sock_waits.keys().map(|(fd, _)| *fd).collect();
+            fds.sort_unstable();
+            fds.dedup();
+            fds
+        };
+        let mut ended = 0;
+        for fd in fds {
+            for write in core.stale_sock_waits(py, fd) {
+                Self::end_sock_wait(slf, fd, write)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// Register `handle` as the reader (or writer) of `fd`, replacing and
     /// cancelling the previous one, as `BaseSelectorEventLoop._add_reader` does.
+    /// `sock` is the socket of a `sock_*` wait.
     pub(super) fn watch(
         slf: &Bound<'_, Self>,
         fd_obj: &Bound<'_, PyAny>,
         write: bool,
         h: Py<Handle>,
+        sock: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
         let fd = fileobj_to_fd(fd_obj)?;
+        // A `sock_*` wait left on this number by a socket closed under it:
+        // end it, so the number's new file starts afresh.
+        if !core.st.borrow(py).sock_waits.is_empty() {
+            for w in core.stale_sock_waits(py, fd) {
+                Self::end_sock_wait(slf, fd, w)?;
+            }
+        }
         let pysel = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
@@ -129,6 +246,15 @@ impl LoopCore {
             st.fileobjs
                 .entry(fd)
                 .or_insert_with(|| fd_obj.clone().unbind());
+            match sock {
+                Some(sock) => {
+                    if st.sock_waits.is_empty() {
+                        st.next_sweep = MonotonicClock.now() + SWEEP_INTERVAL;
+                    }
+                    st.sock_waits.insert((fd, write), sock);
+                }
+                None => drop(st.sock_waits.remove(&(fd, write))),
+            }
             old
         };
         if let Some(old) = old {
@@ -173,10 +299,16 @@ impl LoopCore {
     }
 
     pub(super) fn unwatch_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<bool> {
+        Self::forget_fd(slf, fd, write, false)
+    }
+
+    /// [`Self::unwatch_fd`]; with `gone`, for a descriptor closed under its
+    /// watch: the engine's errors are ignored and the watch forgotten anyway.
+    fn forget_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool, gone: bool) -> PyResult<bool> {
         let py = slf.py();
         let core = slf.get();
         let mut forgotten = None;
-        let (old, pysel, other) = {
+        let (old, pysel, other, sock) = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
             let (map, other_map) = if write {
@@ -199,9 +331,11 @@ impl LoopCore {
                         _ => unreachable!(),
                     };
                     if let Err(e) = res {
-                        // Keep the registration as it was and report the error.
-                        map.insert(fd, old);
-                        return Err(io_err(e));
+                        if !gone {
+                            // Keep the registration as it was and report the error.
+                            map.insert(fd, old);
+                            return Err(io_err(e));
+                        }
                     }
                     None
                 }
@@ -211,16 +345,23 @@ impl LoopCore {
             if !other {
                 forgotten = st.fileobjs.remove(&fd);
             }
-            (old, pysel, other)
+            let sock = st.sock_waits.remove(&(fd, write));
+            (old, pysel, other, sock)
         };
-        drop(forgotten);
+        drop((forgotten, sock));
         if let Some(sel) = pysel {
             let sel = sel.bind(py);
-            if other {
+            let res = if other {
                 let keep = if write { EVENT_READ } else { EVENT_WRITE };
-                sel.call_method1("modify", (fd, keep, py.None()))?;
+                sel.call_method1("modify", (fd, keep, py.None()))
             } else {
-                sel.call_method1("unregister", (fd,))?;
+                sel.call_method1("unregister", (fd,))
+            };
+            match res {
+                Err(_) if gone => {}
+                r => {
+                    r?;
+                }
             }
         }
         Handle::cancel_bound(old.bind(py))?;

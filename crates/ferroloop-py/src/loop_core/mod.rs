@@ -80,6 +80,12 @@ struct State {
     /// closed socket object (whose `fileno()` is now -1) can still be found,
     /// as Python's selectors find it.
     fileobjs: HashMap<RawFd, Py<PyAny>>,
+    /// The sockets of asyncio's `sock_*` waits among the watchers (by
+    /// descriptor and direction): a wait whose socket was closed under it is
+    /// ended (see `fds.rs`), instead of hanging and blocking the number.
+    sock_waits: HashMap<(RawFd, bool), Py<PyAny>>,
+    /// When the loop next looks for such waits.
+    next_sweep: f64,
     events: Vec<Event>,
     completions: Vec<Completion<Owner>>,
     shots: Vec<Shot>,
@@ -153,6 +159,8 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         readers: HashMap::new(),
         writers: HashMap::new(),
         fileobjs: HashMap::new(),
+        sock_waits: HashMap::new(),
+        next_sweep: 0.0,
         events: Vec::new(),
         completions: Vec::new(),
         shots: Vec::new(),
@@ -828,7 +836,15 @@ impl LoopCore {
             let readers = std::mem::take(&mut st.readers);
             let writers = std::mem::take(&mut st.writers);
             let fileobjs = std::mem::take(&mut st.fileobjs);
-            (items, timers, io, waker, readers, (writers, fileobjs))
+            let socks = std::mem::take(&mut st.sock_waits);
+            (
+                items,
+                timers,
+                io,
+                waker,
+                readers,
+                (writers, fileobjs, socks),
+            )
         };
         drop((items, timers, readers, writers, waker));
         match io {
@@ -957,7 +973,7 @@ impl LoopCore {
         for h in st.readers.values().chain(st.writers.values()) {
             visit.call(h)?;
         }
-        for o in st.fileobjs.values() {
+        for o in st.fileobjs.values().chain(st.sock_waits.values()) {
             visit.call(o)?;
         }
         if let Io::Python(sel) = &st.io {
@@ -977,6 +993,7 @@ impl LoopCore {
                 std::mem::take(&mut st.readers),
                 std::mem::take(&mut st.writers),
                 std::mem::take(&mut st.fileobjs),
+                std::mem::take(&mut st.sock_waits),
                 st.current_handle.take(),
                 st.task_factory.take(),
             )
@@ -1117,15 +1134,16 @@ impl LoopCore {
             py,
             Handle::new(
                 py,
-                callback.unbind(),
-                args.unbind(),
+                callback.clone().unbind(),
+                args.clone().unbind(),
                 None,
                 slf.clone().unbind(),
                 core.debug(py).then_some(10),
                 None,
             )?,
         )?;
-        Self::watch(slf, fd, write, h.clone_ref(py))?;
+        let sock = fds::sock_wait_socket(slf, &callback, &args);
+        Self::watch(slf, fd, write, h.clone_ref(py), sock)?;
         Ok(h)
     }
 }

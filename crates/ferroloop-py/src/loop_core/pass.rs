@@ -36,10 +36,16 @@ impl LoopCore {
         let (wait, timeout) = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
-            let timeout = st.sched.poll_timeout(
+            let mut timeout = st.sched.poll_timeout(
                 || now_py.unwrap_or_else(|| MonotonicClock.now()),
                 &mut purged,
             );
+            // `sock_*` waits are looked at every second, for sockets closed
+            // under them (fds.rs): wait no longer than until then.
+            if !st.sock_waits.is_empty() {
+                let left = (st.next_sweep - MonotonicClock.now()).max(0.0);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             let wait = match &mut st.io {
                 // Only the waker is registered and nothing needs waking: a
                 // zero wait could report nothing, so skip the system call.
@@ -67,6 +73,9 @@ impl LoopCore {
         // When the wait blocked, the time it began (the statistics count
         // what follows as running again).
         let mut woke_from: Option<f64> = None;
+        // `select` refused a descriptor that was closed (EBADF): perhaps a
+        // `sock_*` wait's socket, which the sweep below would end.
+        let mut bad_fd: Option<PyErr> = None;
         let waited = !matches!(wait, Wait::Skip);
         match wait {
             Wait::Skip => {}
@@ -95,6 +104,12 @@ impl LoopCore {
                     match res {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::EBADF)
+                                && !st.sock_waits.is_empty() =>
+                        {
+                            bad_fd = Some(io_err(e));
+                        }
                         Err(e) => {
                             st.events = events;
                             return Err(io_err(e));
@@ -162,7 +177,20 @@ impl LoopCore {
                         .stats
                         .wait_ended(from, MonotonicClock.now());
                 }
-                let ready = ready?;
+                let ready = match ready {
+                    Err(e)
+                        if e.is_instance_of::<pyo3::exceptions::PyOSError>(py)
+                            && e.value(py)
+                                .getattr("errno")
+                                .and_then(|n| n.extract::<i32>())
+                                .is_ok_and(|n| n == libc::EBADF)
+                            && !core.st.borrow(py).sock_waits.is_empty() =>
+                    {
+                        bad_fd = Some(e);
+                        pyo3::types::PyList::empty(py).into_any()
+                    }
+                    r => r?,
+                };
                 let mut got: Vec<(RawFd, u32)> = Vec::new();
                 for pair in ready.try_iter()? {
                     let pair = pair?;
@@ -187,6 +215,20 @@ impl LoopCore {
         }
         for (fd, write) in stale {
             Self::unwatch_fd(slf, fd, write)?;
+        }
+        let sweep = {
+            let st = core.st.borrow(py);
+            !st.sock_waits.is_empty() && MonotonicClock.now() >= st.next_sweep
+        };
+        if sweep || bad_fd.is_some() {
+            let ended = Self::sweep_sock_waits(slf)?;
+            if let Some(e) = bad_fd {
+                // Not one of the waits: a descriptor closed under some
+                // other watch, which asyncio reports the same way.
+                if ended == 0 {
+                    return Err(e);
+                }
+            }
         }
 
         // Run the Python handlers of signals that arrived (Ctrl-C), as
