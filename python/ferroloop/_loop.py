@@ -25,7 +25,16 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, constants, events, exceptions, tasks, trsock, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    events,
+    exceptions,
+    selector_events,
+    tasks,
+    trsock,
+    unix_events,
+)
 from asyncio.log import logger
 from typing import NamedTuple
 
@@ -69,6 +78,21 @@ class LoopStats(NamedTuple):
     ready: int
     #: Timers scheduled now (cancelled ones not yet dropped included).
     timers: int
+
+
+# The socket methods asyncio's stream transport moves bytes with.
+_STREAM_IO = ("recv", "recv_into", "send")
+
+
+def _overrides_io(sock):
+    """Whether ``sock``'s class replaces a method the stream transport reads
+    or writes with. The native transports work on the descriptor and would
+    bypass it, so such a socket gets asyncio's own transport, which calls
+    the methods as a program overriding them expects."""
+    cls = type(sock)
+    if cls is socket.socket:
+        return False
+    return any(getattr(cls, m, None) is not getattr(socket.socket, m) for m in _STREAM_IO)
 
 
 class _NativeSelectorView:
@@ -211,6 +235,10 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     # under TLS, whose SSLProtocol sits on top) and datagrams (UDP, Unix).
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if _overrides_io(sock):
+            return selector_events._SelectorSocketTransport(
+                self, sock, protocol, waiter, extra, server
+            )
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
@@ -596,6 +624,10 @@ class ProactorEventLoop(Loop):
             raise
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if _overrides_io(sock):
+            return selector_events._SelectorSocketTransport(
+                self, sock, protocol, waiter, extra, server
+            )
         return RingSocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _ff_accepted(self, protocol_factory, conn, addr, server):
