@@ -469,3 +469,38 @@ def test_sendfile_over_tls_falls_back(io_loop, server_ctx, client_ctx, tmp_path)
         sent, data = run_coro(io_loop, main(f), timeout=15)
     assert sent == len(payload)
     assert data == payload
+
+
+def test_tls_rides_the_loops_own_stream_transport(io_loop, server_ctx, client_ctx):
+    """Under asyncio's TLS protocol, a connection made by create_connection
+    or accepted by a TLS server uses the loop's own stream transport: on
+    ferroloop the native one (asyncio's _make_ssl_transport would put it
+    over asyncio's Python transport)."""
+    import ferroloop
+
+    kinds = {}
+
+    async def handle(reader, writer):
+        kinds["server"] = type(writer.transport._ssl_protocol._transport)
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, HOST, 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            HOST, port, ssl=client_ctx, server_hostname=NAME
+        )
+        kinds["client"] = type(writer.transport._ssl_protocol._transport)
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run_coro(io_loop, main())
+    native = isinstance(io_loop, ferroloop.Loop)
+    for side, cls in kinds.items():
+        assert (cls.__module__ == "ferroloop._transports") == native, (side, cls)
