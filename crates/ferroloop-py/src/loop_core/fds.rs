@@ -294,7 +294,14 @@ impl LoopCore {
         if core.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let fd = core.registered_fd(py, fd_obj)?;
+        let fd = match core.registered_fd(py, fd_obj) {
+            // No descriptor so large can be watched (asyncio's selectors
+            // look it up and find nothing).
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) => {
+                return Ok(false)
+            }
+            r => r?,
+        };
         Self::unwatch_fd(slf, fd, write)
     }
 

@@ -95,6 +95,9 @@ struct State {
     current_handle: Option<Py<PyAny>>,
     task_factory: Option<Py<PyAny>>,
     slow_callback_duration: f64,
+    /// What was set when it was not a float: asyncio keeps any object there
+    /// (and compares callbacks' durations with it in debug mode).
+    slow_callback_obj: Option<Py<PyAny>>,
     clock_resolution: f64,
     stats: Stats,
 }
@@ -169,6 +172,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         current_handle: None,
         task_factory: None,
         slow_callback_duration: 0.1,
+        slow_callback_obj: None,
         clock_resolution: MonotonicClock.resolution(),
         stats: Stats::new(MonotonicClock.now()),
     }
@@ -944,13 +948,32 @@ impl LoopCore {
     }
 
     #[getter]
-    fn slow_callback_duration(&self, py: Python<'_>) -> f64 {
-        self.st.borrow(py).slow_callback_duration
+    fn slow_callback_duration(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let st = self.st.borrow(py);
+        match &st.slow_callback_obj {
+            Some(o) => Ok(o.clone_ref(py)),
+            None => Ok(PyFloat::new(py, st.slow_callback_duration)
+                .into_any()
+                .unbind()),
+        }
     }
 
     #[setter]
-    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
-        self.st.borrow_mut(py).slow_callback_duration = value;
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: &Bound<'_, PyAny>) {
+        let (secs, obj) = match value.cast::<PyFloat>() {
+            Ok(f) => (f.value(), None),
+            Err(_) => match value.extract::<f64>() {
+                // An int: stored as asyncio stores it, compared as a float.
+                Ok(f) if value.is_instance_of::<PyInt>() => (f, Some(value.clone().unbind())),
+                _ => (f64::NAN, Some(value.clone().unbind())),
+            },
+        };
+        let old = {
+            let mut st = self.st.borrow_mut(py);
+            st.slow_callback_duration = secs;
+            std::mem::replace(&mut st.slow_callback_obj, obj)
+        };
+        drop(old);
     }
 
     #[getter]

@@ -10,6 +10,7 @@ use ferroloop_core::proactor::UringWaiter;
 use ferroloop_core::selector::Waiter;
 use ferroloop_core::{Clock, MonotonicClock, Waker};
 use pyo3::prelude::*;
+use pyo3::types::PyFloat;
 
 use super::fds::queue_fd;
 use super::{base_events, Io, Item, LoopCore, EVENT_READ, EVENT_WRITE, WAKER_TOKEN};
@@ -414,8 +415,17 @@ impl LoopCore {
         let old = core.st.borrow_mut(py).current_handle.take();
         drop(old);
         res?;
-        let slow = core.st.borrow(py).slow_callback_duration;
-        if dt >= slow {
+        let (slow, odd) = {
+            let st = core.st.borrow(py);
+            let odd = st.slow_callback_obj.as_ref().map(|o| o.clone_ref(py));
+            (st.slow_callback_duration, odd)
+        };
+        let is_slow = match odd {
+            // Not a number: compared as asyncio compares it (TypeError for a str).
+            Some(o) if slow.is_nan() => PyFloat::new(py, dt).ge(o.bind(py))?,
+            _ => dt >= slow,
+        };
+        if is_slow {
             let be = base_events(py)?;
             let what = be.call_method1("_format_handle", (h,))?;
             be.getattr("logger")?
