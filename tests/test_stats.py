@@ -248,3 +248,25 @@ def test_the_tick_clock_can_be_chosen(clock):
     else:
         # The coarse clock moves once per kernel tick (1 to 10 ms).
         assert 0.045 <= float(slowest) < 1.0
+
+
+def test_a_signal_during_the_description_is_not_lost(loop):
+    """Describing a new slowest callback runs Python code (its repr); a
+    SIGINT whose KeyboardInterrupt is raised there reaches the caller of
+    run_forever, as it would from any other Python code the loop runs."""
+    import signal
+
+    class Interrupting:
+        def __call__(self):
+            time.sleep(0.02)
+
+        def __repr__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the signal's handler runs in here
+                pass
+            return "Interrupting()"
+
+    loop.call_soon(Interrupting())
+    loop.call_soon(loop.stop)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()

@@ -80,23 +80,38 @@ const SOCK_OPS: [&str; 9] = [
 ];
 
 /// The socket of a `sock_*` wait: `callback` is one of this loop's
-/// [`SOCK_OPS`] methods and the socket is its second argument.
+/// [`SOCK_OPS`] methods and the socket is its second argument. Only a
+/// missing attribute means "not one"; any other error (a signal's
+/// KeyboardInterrupt raised in a Python `__getattr__`) is the caller's.
 pub(super) fn sock_wait_socket(
     slf: &Bound<'_, LoopCore>,
     callback: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
-) -> Option<Py<PyAny>> {
+) -> PyResult<Option<Py<PyAny>>> {
     let py = slf.py();
-    let owner = callback.getattr(intern!(py, "__self__")).ok()?;
+    let attr = |name| match callback.getattr(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let Some(owner) = attr(intern!(py, "__self__"))? else {
+        return Ok(None);
+    };
     if !owner.is(slf) {
-        return None;
+        return Ok(None);
     }
-    let name = callback.getattr(intern!(py, "__name__")).ok()?;
-    let name = name.cast::<pyo3::types::PyString>().ok()?.to_str().ok()?;
-    if !SOCK_OPS.contains(&name) {
-        return None;
+    let Some(name) = attr(intern!(py, "__name__"))? else {
+        return Ok(None);
+    };
+    let is_op = name
+        .cast::<pyo3::types::PyString>()
+        .ok()
+        .and_then(|n| n.to_str().ok())
+        .is_some_and(|n| SOCK_OPS.contains(&n));
+    if !is_op {
+        return Ok(None);
     }
-    Some(args.get_item(1).ok()?.unbind())
+    Ok(args.get_item(1).ok().map(Bound::unbind))
 }
 
 impl LoopCore {

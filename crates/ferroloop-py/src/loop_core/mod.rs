@@ -1165,7 +1165,7 @@ impl LoopCore {
                 None,
             )?,
         )?;
-        let sock = fds::sock_wait_socket(slf, &callback, &args);
+        let sock = fds::sock_wait_socket(slf, &callback, &args)?;
         Self::watch(slf, fd, write, h.clone_ref(py), sock)?;
         Ok(h)
     }

@@ -282,13 +282,15 @@ impl LoopCore {
             let now = clock.now();
             let took = now.wrapping_sub(tick);
             tick = now;
-            if took > slowest {
+            let noted = if took > slowest {
                 slowest = took;
-                Self::slow_callback(slf, &h, took);
-            }
-            if r.is_err() {
+                Self::slow_callback(slf, &h, took)
+            } else {
+                Ok(())
+            };
+            if r.is_err() || noted.is_err() {
                 core.callbacks_ran(py, ran, tick);
-                return r;
+                return r.and(noted);
             }
         }
         core.callbacks_ran(py, ran, tick);
@@ -304,15 +306,25 @@ impl LoopCore {
         st.stats.last_tick = tick;
     }
 
-    /// Remember `h` as the slowest callback of the statistics' window.
+    /// Remember `h` as the slowest callback of the statistics' window. A
+    /// handle that cannot be described is "<handle>"; what is not an
+    /// `Exception` (a KeyboardInterrupt from a signal that arrived while
+    /// the description ran) goes on to the caller.
     #[cold]
-    fn slow_callback(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>, ticks: u64) {
+    fn slow_callback(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>, ticks: u64) -> PyResult<()> {
         let py = slf.py();
         let what = base_events(py)
             .and_then(|be| be.call_method1("_format_handle", (h,)))
-            .and_then(|s| s.str().map(|s| s.to_string()))
-            .unwrap_or_else(|_| "<handle>".to_owned());
+            .and_then(|s| s.str().map(|s| s.to_string()));
+        let what = match what {
+            Ok(w) => w,
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyException>(py) => {
+                "<handle>".to_owned()
+            }
+            Err(e) => return Err(e),
+        };
         slf.get().st.borrow_mut(py).stats.slow_callback(ticks, what);
+        Ok(())
     }
 
     /// Reap the ring after a wait: queue the callbacks of ready descriptors
