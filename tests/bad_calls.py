@@ -92,14 +92,6 @@ def text_file():
 ENTRIES = []
 
 
-def entry(name, how="sync"):
-    def deco(fn):
-        ENTRIES.append((name, fn, how))
-        return fn
-
-    return deco
-
-
 def add(name, fn, how="sync"):
     ENTRIES.append((name, fn, how))
 

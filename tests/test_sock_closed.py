@@ -16,25 +16,25 @@ import errno
 import socket
 
 import pytest
-from conftest import FD_KINDS, make_loop
-
-KINDS = list(FD_KINDS)
+from conftest import FD_KINDS
 
 # How long a closed socket's wait may take to end on ferroloop (the loop
 # looks once a second), and how long asyncio is watched hanging.
 WAIT = 2.5
 
 
-@pytest.fixture(params=KINDS)
-def kind(request):
-    return request.param
+# Every test runs on asyncio and ferroloop with each selector family
+# (conftest's ``fd_loop``); ``kind`` names the loop's kind.
 
 
 @pytest.fixture
-def loop(kind):
-    lp = make_loop(kind)
-    yield lp
-    lp.close()
+def kind(fd_loop_factory):
+    return fd_loop_factory.kind
+
+
+@pytest.fixture
+def loop(fd_loop):
+    return fd_loop
 
 
 def nonblocking_pair():

@@ -13,14 +13,6 @@ import socket
 
 import ferroloop
 import pytest
-from conftest import LOOP_KINDS, make_loop
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop(request):
-    lp = make_loop(request.param)
-    yield lp
-    lp.close()
 
 
 class Recording(socket.socket):

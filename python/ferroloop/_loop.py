@@ -235,12 +235,16 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     # Sockets get the native transports: streams (TCP and Unix, plain or
     # under TLS, whose SSLProtocol sits on top) and datagrams (UDP, Unix).
 
+    # The native stream transport of this loop kind (the proactor's moves
+    # bytes with ring ops).
+    _ff_stream_transport = SocketTransport
+
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         if _overrides_io(sock):
             return selector_events._SelectorSocketTransport(
                 self, sock, protocol, waiter, extra, server
             )
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return self._ff_stream_transport(self, sock, protocol, waiter, extra, server)
 
     def _make_ssl_transport(
         self,
@@ -350,7 +354,7 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         return None
 
     def _ff_accepted(self, protocol_factory, conn, addr, server):
-        self._ff_accept_into(SocketTransport, protocol_factory, conn, addr, server)
+        self._ff_accept_into(self._ff_stream_transport, protocol_factory, conn, addr, server)
 
     def _ff_accept_into(self, transport_class, protocol_factory, conn, addr, server):
         protocol = transport = None
@@ -653,15 +657,7 @@ class ProactorEventLoop(Loop):
             self.close()
             raise
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
-        if _overrides_io(sock):
-            return selector_events._SelectorSocketTransport(
-                self, sock, protocol, waiter, extra, server
-            )
-        return RingSocketTransport(self, sock, protocol, waiter, extra, server)
-
-    def _ff_accepted(self, protocol_factory, conn, addr, server):
-        self._ff_accept_into(RingSocketTransport, protocol_factory, conn, addr, server)
+    _ff_stream_transport = RingSocketTransport
 
 
 _KINDS = ("selector", "proactor", "auto")

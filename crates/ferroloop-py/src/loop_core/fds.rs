@@ -115,7 +115,7 @@ pub(super) fn sock_wait_socket(
 }
 
 impl LoopCore {
-    /// The `sock_*` waits on `fd` (either direction, or only `only`) whose
+    /// The directions (write or not) of the `sock_*` waits on `fd` whose
     /// socket no longer has that descriptor: it was closed while they
     /// waited (and the number may be in use again).
     fn stale_sock_waits(&self, py: Python<'_>, fd: RawFd) -> Vec<bool> {

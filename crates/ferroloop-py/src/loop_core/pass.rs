@@ -93,11 +93,11 @@ impl LoopCore {
                     waiter.wait(timeout)
                 };
                 {
+                    if let Some(from) = woke_from {
+                        core.wait_ends(py, from);
+                    }
                     let mut st = core.st.borrow_mut(py);
                     let st = &mut *st;
-                    if let Some(from) = woke_from {
-                        st.stats.wait_ended(from, MonotonicClock.now());
-                    }
                     let mut events = std::mem::take(&mut st.events);
                     if let Io::Native(sel) = &mut st.io {
                         sel.finish_wait(waiter, &mut events);
@@ -158,10 +158,7 @@ impl LoopCore {
                     }
                 }
                 if let Some(from) = woke_from {
-                    core.st
-                        .borrow_mut(py)
-                        .stats
-                        .wait_ended(from, MonotonicClock.now());
+                    core.wait_ends(py, from);
                 }
             }
             Wait::Python(sel) => {
@@ -173,10 +170,7 @@ impl LoopCore {
                 let ready = sel.bind(py).call_method1("select", (to,));
                 core.sleeping.store(false, Ordering::SeqCst);
                 if let Some(from) = woke_from {
-                    core.st
-                        .borrow_mut(py)
-                        .stats
-                        .wait_ended(from, MonotonicClock.now());
+                    core.wait_ends(py, from);
                 }
                 let ready = match ready {
                     Err(e)
@@ -415,6 +409,14 @@ impl LoopCore {
         let now = MonotonicClock.now();
         self.st.borrow_mut(py).stats.wait_begins(now);
         now
+    }
+
+    /// The statistics' side of the blocking wait begun at `from` ending now.
+    fn wait_ends(&self, py: Python<'_>, from: f64) {
+        self.st
+            .borrow_mut(py)
+            .stats
+            .wait_ended(from, MonotonicClock.now());
     }
 
     pub(super) fn run_debug(slf: &Bound<'_, Self>, h: &Bound<'_, Handle>) -> PyResult<()> {
