@@ -3,9 +3,12 @@
 
 Usage (from the repository root; needs valgrind):
 
-    python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024] [--keep DIR]
+    python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024]
+                              [--server protocol|streams] [--keep DIR]
 
-For each loop, an echo server (an ``asyncio.Protocol`` on a Unix socket) runs
+For each loop, an echo server on a Unix socket (an ``asyncio.Protocol``, or
+with ``--server streams`` a ``start_unix_server`` handler that reads and
+writes through asyncio's streams, draining after each write) runs
 under ``valgrind --tool=callgrind`` twice, serving N1 and then N2 messages
 from a plain-socket client in this process's child; the difference of the two
 instruction totals divided by N2 - N1 is the loop's user-space cost per
@@ -27,7 +30,7 @@ import time
 
 SERVER = r"""
 import asyncio, sys
-kind, path = sys.argv[1], sys.argv[2]
+kind, path, server = sys.argv[1], sys.argv[2], sys.argv[3]
 if kind == "asyncio":
     loop = asyncio.new_event_loop()
 elif "-" in kind:  # ferroloop-proactor: ferroloop.new_event_loop(kind="proactor")
@@ -43,8 +46,17 @@ class Echo(asyncio.Protocol):
     def data_received(self, data):
         self.transport.write(data)
 
+async def echo_stream(reader, writer):
+    while data := await reader.read(262144):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
 async def main():
-    await loop.create_unix_server(Echo, path)
+    if server == "streams":
+        await asyncio.start_unix_server(echo_stream, path)
+    else:
+        await loop.create_unix_server(Echo, path)
     stop = loop.create_future()
     loop.add_reader(0, lambda: stop.done() or stop.set_result(None))
     print("READY", flush=True)
@@ -95,14 +107,14 @@ def drive(path: str, n: int, conns: int, size: int) -> None:
     ep.close()
 
 
-def instructions(loop: str, n: int, conns: int, size: int, tmp: str) -> int:
+def instructions(loop: str, n: int, conns: int, size: int, tmp: str, kind: str) -> int:
     path = os.path.join(tmp, f"{loop}-{n}.sock")
     out = os.path.join(tmp, f"cg.{loop}.{n}")
     script = os.path.join(tmp, "server.py")
     with open(script, "w", encoding="utf-8") as f:
         f.write(SERVER)
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-    cmd += [sys.executable, script, loop, path]
+    cmd += [sys.executable, script, loop, path, kind]
     server = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", default="asyncio,uvloop,ferroloop")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--server", choices=("protocol", "streams"), default="protocol")
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=20000)
     ap.add_argument(
@@ -137,15 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the callgrind output files (cg.LOOP.N) in DIR, for callgrind_annotate",
     )
     args = ap.parse_args(argv)
-    print(f"| loop | instructions per message ({args.size} B, {args.conns} connections) |")
+    what = f"{args.server} echo, {args.size} B, {args.conns} connections"
+    print(f"| loop | instructions per message ({what}) |")
     print("|---|---:|")
     with tempfile.TemporaryDirectory(prefix="ferroloop-cg-") as tmp:
         if args.keep:
             os.makedirs(args.keep, exist_ok=True)
             tmp = args.keep
         for loop in args.loops.split(","):
-            a = instructions(loop, args.n1, args.conns, args.size, tmp)
-            b = instructions(loop, args.n2, args.conns, args.size, tmp)
+            a = instructions(loop, args.n1, args.conns, args.size, tmp, args.server)
+            b = instructions(loop, args.n2, args.conns, args.size, tmp, args.server)
             print(f"| {loop} | {(b - a) / (args.n2 - args.n1):,.0f} |", flush=True)
     return 0
 

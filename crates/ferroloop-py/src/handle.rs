@@ -66,6 +66,27 @@ pub fn extract_stack(py: Python<'_>, limit: usize) -> PyResult<Py<PyAny>> {
 }
 
 impl Handle {
+    /// What the handle refers to, for a collector's visit: its own
+    /// `__traverse__`, and the loop's for the handles it queued untracked.
+    pub(crate) fn visit_contents(
+        &self,
+        visit: &pyo3::PyVisit<'_>,
+    ) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.context)?;
+        visit.call(&self.loop_)?;
+        visit.call(&self.source_traceback)?;
+        if let Some(t) = &self.timer {
+            visit.call(&t.when_obj)?;
+        }
+        if let Some(cb) = self.callback.gc_borrow() {
+            visit.call(cb.as_ref())?;
+        }
+        if let Some(a) = self.args.gc_borrow() {
+            visit.call(a.as_ref())?;
+        }
+        Ok(())
+    }
+
     pub fn new(
         py: Python<'_>,
         callback: Py<PyAny>,
@@ -360,19 +381,7 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.context)?;
-        visit.call(&self.loop_)?;
-        visit.call(&self.source_traceback)?;
-        if let Some(t) = &self.timer {
-            visit.call(&t.when_obj)?;
-        }
-        if let Some(cb) = self.callback.gc_borrow() {
-            visit.call(cb.as_ref())?;
-        }
-        if let Some(a) = self.args.gc_borrow() {
-            visit.call(a.as_ref())?;
-        }
-        Ok(())
+        self.visit_contents(&visit)
     }
 
     fn __clear__(&self) {

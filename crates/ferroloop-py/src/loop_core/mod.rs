@@ -25,6 +25,7 @@ use ferroloop_core::{
     BackendKind, Cancel, Clock, Event, Interest, MonotonicClock, Scheduler, Selector, Waker,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
@@ -47,7 +48,72 @@ const EVENT_READ: u32 = 1;
 const EVENT_WRITE: u32 = 2;
 
 /// A queued handle, as the core's scheduler sees it.
+///
+/// A handle the running loop made for `call_soon`, `call_soon_threadsafe`,
+/// `call_later` or `call_at` is hidden from the cyclic garbage collector
+/// while it is queued ([`Item::fresh`]): the queue keeps it alive, so the
+/// collector could find nothing to free in it, and with thousands queued
+/// every collection walked them all. While the queue is the handle's only
+/// owner the loop's own `__traverse__` visits what the handle refers to, as
+/// if those references were the loop's. When the loop lets go of a handle
+/// that something else still holds (`self.h = loop.call_later(...)`), the
+/// handle is tracked again before the loop's reference goes ([`Drop`]), and
+/// a cycle through it is collected as asyncio's would be; so is every
+/// hidden handle still queued and held elsewhere when the loop stops
+/// running ([`Item::show`]), so a stopped loop dropped unclosed in a cycle
+/// with its callbacks is collected too.
 pub struct Item(Py<Handle>);
+
+impl Item {
+    /// Queue a handle the loop has just made, out of the collector's sight
+    /// when `hide` (the loop is running).
+    #[inline]
+    fn fresh(h: Py<Handle>, hide: bool) -> Self {
+        if hide {
+            // SAFETY: the caller holds the GIL (it made the handle with a
+            // `Python` token) and `h` is a live object of a GC type (pyo3
+            // gives every pyclass with `__traverse__` Py_TPFLAGS_HAVE_GC);
+            // `PyObject_GC_UnTrack` accepts tracked and untracked objects.
+            unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr().cast()) };
+        }
+        Item(h)
+    }
+
+    /// Track the handle again if it is hidden and held elsewhere too.
+    #[inline]
+    fn show(&self) {
+        let p = self.0.as_ptr();
+        // SAFETY: items live only in the loop's state, which is reached with
+        // the GIL held (a `GilCell` borrowed with a `Python` token, or the
+        // loop's own dealloc and `__clear__`), so the GIL is held here, and
+        // `p` is live (this item owns a reference). The check keeps
+        // `PyObject_GC_Track` from seeing an already tracked object.
+        unsafe {
+            if ffi::Py_REFCNT(p) > 1 && ffi::PyObject_GC_IsTracked(p) == 0 {
+                ffi::PyObject_GC_Track(p.cast());
+            }
+        }
+    }
+
+    /// True while the collector does not see the handle and the queue holds
+    /// the only reference to it: then the loop's `__traverse__` speaks for
+    /// the handle's references.
+    #[inline]
+    fn owned_untracked(&self) -> bool {
+        let p = self.0.as_ptr();
+        // SAFETY: `p` is live (this item owns a reference); both reads are
+        // plain field reads, and the collector calls `__traverse__` (the one
+        // caller) with the GIL held.
+        unsafe { ffi::Py_REFCNT(p) == 1 && ffi::PyObject_GC_IsTracked(p) == 0 }
+    }
+}
+
+impl Drop for Item {
+    /// Before the loop's reference goes (just after this).
+    fn drop(&mut self) {
+        self.show();
+    }
+}
 
 impl Cancel for Item {
     #[inline]
@@ -92,6 +158,10 @@ struct State {
     /// The ring's buffer pool for multishot recvs, made on first use.
     recv_pool: RecvPool,
     thread_id: Option<u64>,
+    /// Inside `_ff_run`: handles the loop makes are queued out of the
+    /// collector's sight (see [`Item`]). Only then: a running loop is held by
+    /// the frame running it, so it cannot be garbage while it hides them.
+    hide_queued: bool,
     current_handle: Option<Py<PyAny>>,
     task_factory: Option<Py<PyAny>>,
     slow_callback_duration: f64,
@@ -169,6 +239,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         shots: Vec::new(),
         recv_pool: RecvPool::Untried,
         thread_id: None,
+        hide_queued: false,
         current_handle: None,
         task_factory: None,
         slow_callback_duration: 0.1,
@@ -289,10 +360,9 @@ impl LoopCore {
             None,
         )?;
         let h = Py::new(py, h)?;
-        core.st
-            .borrow_mut(py)
-            .sched
-            .call_soon(Item(h.clone_ref(py)));
+        let mut st = core.st.borrow_mut(py);
+        let hide = st.hide_queued;
+        st.sched.call_soon(Item::fresh(h.clone_ref(py), hide));
         Ok(h)
     }
 
@@ -377,7 +447,9 @@ impl LoopCore {
         let init = PyClassInitializer::from(h).add_subclass(TimerHandle);
         let th = Bound::new(py, init)?;
         let base: Py<Handle> = th.clone().into_super().unbind();
-        core.st.borrow_mut(py).sched.call_at(when, Item(base));
+        let mut st = core.st.borrow_mut(py);
+        let hide = st.hide_queued;
+        st.sched.call_at(when, Item::fresh(base, hide));
         Ok(th.unbind())
     }
 }
@@ -779,7 +851,11 @@ impl LoopCore {
     fn _ff_run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
-        core.st.borrow_mut(py).stats.start(MonotonicClock.now());
+        {
+            let mut st = core.st.borrow_mut(py);
+            st.stats.start(MonotonicClock.now());
+            st.hide_queued = true;
+        }
         let res = loop {
             if let Err(e) = Self::run_once_impl(slf) {
                 break Err(e);
@@ -788,7 +864,10 @@ impl LoopCore {
                 break Ok(());
             }
         };
-        core.st.borrow_mut(py).stats.stop(MonotonicClock.now());
+        let mut st = core.st.borrow_mut(py);
+        st.stats.stop(MonotonicClock.now());
+        st.hide_queued = false;
+        st.sched.iter().for_each(Item::show);
         res
     }
 
@@ -990,8 +1069,12 @@ impl LoopCore {
         let Some(st) = self.st.gc_borrow() else {
             return Ok(());
         };
-        for Item(h) in st.sched.iter() {
-            visit.call(h)?;
+        for item in st.sched.iter() {
+            if item.owned_untracked() {
+                item.0.get().visit_contents(&visit)?;
+            } else {
+                visit.call(&item.0)?;
+            }
         }
         for h in st.readers.values().chain(st.writers.values()) {
             visit.call(h)?;

@@ -262,15 +262,15 @@ impl LoopCore {
         let mut ran = 0;
         for _ in 0..n {
             let item = core.st.borrow_mut(py).sched.pop_ready();
-            let Some(Item(h)) = item else { break };
-            if h.get().is_cancelled() {
+            let Some(item) = item else { break };
+            if item.0.get().is_cancelled() {
                 continue;
             }
-            let h = h.into_bound(py);
+            let h = item.0.bind(py);
             let r = if debug {
-                Self::run_debug(slf, &h)
+                Self::run_debug(slf, h)
             } else {
-                Handle::run(&h)
+                Handle::run(h)
             };
             ran += 1;
             let now = clock.now();
@@ -278,7 +278,7 @@ impl LoopCore {
             tick = now;
             let noted = if took > slowest {
                 slowest = took;
-                Self::slow_callback(slf, &h, took)
+                Self::slow_callback(slf, h, took)
             } else {
                 Ok(())
             };
