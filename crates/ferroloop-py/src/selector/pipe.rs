@@ -13,6 +13,7 @@
 //! marks are the shared ones from `link.rs`.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicBool;
 
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyOSError};
 use pyo3::prelude::*;
@@ -56,6 +57,8 @@ struct ReadSt {
 pub struct ReadPipeCore {
     link: LinkCell,
     st: GilCell<ReadSt>,
+    /// The last read was large (`link::read_bytes`).
+    big_reads: AtomicBool,
 }
 
 impl ReadPipeCore {
@@ -101,6 +104,7 @@ impl ReadPipeCore {
                 closing: false,
                 paused: false,
             }),
+            big_reads: AtomicBool::new(false),
         }
     }
 
@@ -127,7 +131,7 @@ impl ReadPipeCore {
         let py = slf.py();
         let me = slf.get();
         let fd = me.link.fd(py);
-        let data = match read_bytes(py, |ptr, len| read_fd(fd, ptr, len)) {
+        let data = match read_bytes(py, fd, &me.big_reads, read_fd) {
             Ok(d) => d,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => {

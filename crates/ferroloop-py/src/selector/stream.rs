@@ -13,6 +13,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicBool;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -36,6 +37,8 @@ pub struct StreamCore {
     link: LinkCell,
     sel: GilCell<SelState>,
     st: GilCell<StreamHalf>,
+    /// The last read was large (`link::read_bytes`).
+    big_reads: AtomicBool,
 }
 
 impl SockTransport for StreamCore {
@@ -87,7 +90,8 @@ fn recv_fd(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
 impl StreamCore {
     fn read_data(slf: &Bound<'_, Self>, fd: RawFd, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let data = match read_bytes(py, |ptr, len| recv_fd(fd, ptr, len)) {
+        let big = &slf.get().big_reads;
+        let data = match read_bytes(py, fd, big, recv_fd) {
             Ok(d) => d,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
@@ -165,6 +169,7 @@ impl StreamCore {
             link: LinkCell::new(fd, lp, protocol, transport),
             sel: GilCell::new(SelState::new(sock, server)),
             st: GilCell::new(StreamHalf::new(buffered)),
+            big_reads: AtomicBool::new(false),
         })
     }
 
