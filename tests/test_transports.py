@@ -839,3 +839,34 @@ def test_large_then_small_reads_arrive_intact_on_a_pipe(io_loop):
     assert data == b"".join(_PHASES)
     assert events == ["made", "eof", ("lost", None)]
     assert largest <= 256 * 1024
+
+
+def test_protocol_swapped_for_a_buffered_one_between_large_reads(io_loop):
+    # Large reads go straight into the bytes for data_received; a protocol
+    # swapped for a BufferedProtocol while such a read is in flight (the
+    # proactor loop's) gets those bytes through its buffers instead.
+    payload = _pattern(2 * 1024 * 1024, 3)
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        second = SmallBuffers(io_loop, 4096)
+        real = p.data_received
+        swaps = []
+
+        def swap_after_large(data):
+            real(data)
+            if len(p.data) >= 512 * 1024 and not swaps:
+                swaps.append(len(p.data))
+                t.set_protocol(second)
+
+        p.data_received = swap_after_large
+        await io_loop.sock_sendall(peer, payload)
+        peer.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(second.lost, 10)
+        peer.close()
+        return bytes(p.data) + bytes(second.data), swaps, second.events
+
+    data, swaps, events = run_coro(io_loop, main(), timeout=15)
+    assert data == payload
+    assert len(swaps) == 1
+    assert events == ["eof", ("lost", None)]

@@ -465,36 +465,83 @@ fn read_direct<'py>(
     big: &AtomicBool,
     read: impl Fn(RawFd, *mut u8, usize) -> io::Result<usize>,
 ) -> io::Result<Bound<'py, PyBytes>> {
-    // SAFETY: a null source asks CPython for an uninitialised `bytes` of
-    // `cap` bytes (`cap` <= MAX_READ fits a Py_ssize_t); we hold the GIL.
-    let mut obj =
-        unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as ffi::Py_ssize_t) };
-    if obj.is_null() {
-        // Out of memory: CPython set MemoryError; report it as ENOMEM.
-        drop(PyErr::take(py));
-        return Err(io::Error::from_raw_os_error(libc::ENOMEM));
-    }
-    // SAFETY: `obj` is a new `bytes` of `cap` bytes that nothing else has
-    // seen yet; its buffer may be written until it is shared.
-    let got = read(fd, unsafe { ffi::PyBytes_AsString(obj) }.cast(), cap);
-    let n = match got {
-        Ok(n) => n,
-        Err(e) => {
-            // SAFETY: we own the one reference to `obj`.
-            unsafe { ffi::Py_DECREF(obj) };
-            return Err(e);
-        }
-    };
+    let mut b = UninitBytes::new(py, cap)?;
+    let n = read(fd, b.as_mut_ptr(), cap)?;
     big.store(n >= BIG_READ, Ordering::Relaxed);
-    // SAFETY: `obj` is still unshared with a refcount of one, as
-    // `_PyBytes_Resize` requires; on failure it frees the object and sets
-    // `obj` to null.
-    if n < cap && unsafe { _PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) } != 0 {
-        drop(PyErr::take(py));
-        return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+    b.finish(py, n)
+}
+
+/// A new `bytes` object that nothing else has seen yet, to be written in
+/// place (by a `recv`, or by the kernel for a completion op) and then
+/// shrunk to what was written. Dropped unfinished, it is simply freed: its
+/// uninitialised bytes never reach Python.
+#[derive(Debug)]
+pub struct UninitBytes {
+    obj: Py<PyBytes>,
+    ptr: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: `ptr` points into the bytes object `obj` keeps alive, which no
+// one else references; a `Py` may be dropped on any thread (pyo3 defers
+// the decref to a thread holding the GIL).
+unsafe impl Send for UninitBytes {}
+
+impl UninitBytes {
+    /// Room for `cap` bytes (`cap` > 0: CPython shares its empty `bytes`).
+    pub fn new(py: Python<'_>, cap: usize) -> io::Result<Self> {
+        debug_assert!(cap > 0 && cap <= isize::MAX as usize);
+        // SAFETY: a null source asks CPython for an uninitialised `bytes`
+        // of `cap` bytes; we hold the GIL.
+        let raw =
+            unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as ffi::Py_ssize_t) };
+        if raw.is_null() {
+            // Out of memory: CPython set MemoryError; report it as ENOMEM.
+            drop(PyErr::take(py));
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        // SAFETY: `raw` is a new `bytes`; its buffer holds `cap` bytes (and
+        // a trailing NUL) and stays where it is until it is resized.
+        let ptr = unsafe { ffi::PyBytes_AsString(raw) }.cast::<u8>();
+        // SAFETY: `raw` is a new, owned reference to a `bytes`.
+        let obj =
+            unsafe { Bound::from_owned_ptr(py, raw).cast_into_unchecked::<PyBytes>() }.unbind();
+        Ok(UninitBytes { obj, ptr, cap })
     }
-    // SAFETY: `obj` is a valid, owned `bytes` reference.
-    Ok(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() })
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The first `n` bytes, which the caller wrote.
+    ///
+    /// # Safety
+    ///
+    /// `n` <= the capacity, and the first `n` bytes were written.
+    pub unsafe fn filled(&self, n: usize) -> &[u8] {
+        // SAFETY: the caller's promise; `ptr` holds `cap` bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, n) }
+    }
+
+    /// The `bytes`, of the `n` bytes written at the start (`n` <= the
+    /// capacity: the rest is cut off, in place).
+    pub fn finish(self, py: Python<'_>, n: usize) -> io::Result<Bound<'_, PyBytes>> {
+        assert!(n <= self.cap, "more bytes than the buffer holds");
+        let mut raw = self.obj.into_ptr();
+        // SAFETY: `raw` is still unshared with a refcount of one, as
+        // `_PyBytes_Resize` requires; on failure it frees the object and
+        // sets `raw` to null.
+        if n < self.cap && unsafe { _PyBytes_Resize(&mut raw, n as ffi::Py_ssize_t) } != 0 {
+            drop(PyErr::take(py));
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        // SAFETY: `raw` is a valid, owned `bytes` reference.
+        Ok(unsafe { Bound::from_owned_ptr(py, raw).cast_into_unchecked() })
+    }
 }
 
 /// `Flow::set_limits` with asyncio's `ValueError`.

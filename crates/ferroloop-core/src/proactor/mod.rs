@@ -49,7 +49,7 @@ use std::sync::Once;
 use io_uring::{opcode, squeue, types, IoUring};
 
 pub use bufring::BufRing;
-pub use ops::{Completion, LentBuf, MsgBuf, Op, Shot, SockAddr};
+pub use ops::{Completion, LentBuf, LentBufMut, MsgBuf, Op, Shot, SockAddr};
 pub use setup::{probe, Features, Unavailable};
 
 use crate::selector::{bad_fd, Event, FdTable, Interest};

@@ -160,8 +160,26 @@ pub unsafe trait LentBuf: Send + std::fmt::Debug {
     }
 }
 
+/// Memory a recv writes that its owner provides, not the driver: for
+/// example a new Python `bytes` object nothing else has seen yet, filled in
+/// place and handed on without a copy. The op holds the value until its
+/// completion, which gives it back (`Any` lets the owner recover its type).
+///
+/// # Safety
+///
+/// For as long as the value lives, `as_mut_ptr()` must return the same
+/// pointer to `len()` writable bytes that nothing else reads or writes and
+/// that are not freed, and the value may be dropped on any thread.
+pub unsafe trait LentBufMut: Send + std::fmt::Debug + std::any::Any {
+    fn as_mut_ptr(&mut self) -> *mut u8;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One completion op. Buffers are `Vec`s whose heap memory does not move
-/// while the op is in flight, or [`LentBuf`]s.
+/// while the op is in flight, [`LentBuf`]s or [`LentBufMut`]s.
 #[derive(Debug)]
 pub enum Op {
     /// A multishot recv into buffers of provided-buffer ring `group` (see
@@ -181,6 +199,12 @@ pub enum Op {
     Recv {
         fd: RawFd,
         buf: Vec<u8>,
+        poll_first: bool,
+    },
+    /// [`Recv`](Op::Recv) into memory the caller lent.
+    RecvLent {
+        fd: RawFd,
+        buf: Box<dyn LentBufMut>,
         poll_first: bool,
     },
     /// `send(fd, buf[sent..], MSG_NOSIGNAL)` until all of `buf` is sent (or
@@ -256,6 +280,7 @@ impl Op {
     pub fn fd(&self) -> RawFd {
         match self {
             Op::Recv { fd, .. }
+            | Op::RecvLent { fd, .. }
             | Op::RecvMulti { fd, .. }
             | Op::RecvMsg { fd, .. }
             | Op::SendMsg { fd, .. }
@@ -279,16 +304,24 @@ impl Op {
                 fd,
                 buf,
                 poll_first,
-            } => {
-                let prio = if *poll_first && poll_first_ok {
-                    RECVSEND_POLL_FIRST
-                } else {
-                    0
-                };
-                opcode::Recv::new(types::Fd(*fd), buf.as_mut_ptr(), clamp(buf.len()))
-                    .ioprio(prio)
-                    .build()
-            }
+            } => recv_entry(
+                *fd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                *poll_first && poll_first_ok,
+            ),
+            // LentBufMut's contract: `len` writable bytes at `as_mut_ptr`,
+            // untouched by anyone else while the op holds `buf`.
+            Op::RecvLent {
+                fd,
+                buf,
+                poll_first,
+            } => recv_entry(
+                *fd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                *poll_first && poll_first_ok,
+            ),
             Op::RecvMulti { fd, group } => opcode::RecvMulti::new(types::Fd(*fd), *group).build(),
             Op::RecvMsg { fd, buf, msg } => {
                 let hdr = msg.prepare(buf.as_mut_ptr(), buf.len(), true);
@@ -394,6 +427,15 @@ impl Op {
             _ => res as usize,
         })
     }
+}
+
+/// A recv of `len` bytes into `ptr`, waiting for readiness first if
+/// `poll_first`.
+fn recv_entry(fd: RawFd, ptr: *mut u8, len: usize, poll_first: bool) -> squeue::Entry {
+    let prio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
+    opcode::Recv::new(types::Fd(fd), ptr, clamp(len))
+        .ioprio(prio)
+        .build()
 }
 
 fn clamp(len: usize) -> u32 {

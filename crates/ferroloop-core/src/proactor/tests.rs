@@ -128,6 +128,56 @@ fn recv_and_send_complete() {
     assert_eq!(p.in_flight(), 0);
 }
 
+/// Memory lent to a recv: a boxed array the completion gives back.
+#[derive(Debug)]
+struct Landing(Box<[u8; 64]>);
+
+// SAFETY: the box's memory stays put while the value lives, and only the
+// op (then its completion) holds the value.
+unsafe impl LentBufMut for Landing {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[test]
+fn recv_into_lent_memory_gives_it_back_filled() {
+    let Some(mut p) = ring() else { return };
+    let (a, b) = socketpair();
+    let op = Op::RecvLent {
+        fd: a.as_raw_fd(),
+        buf: Box::new(Landing(Box::new([0; 64]))),
+        poll_first: true,
+    };
+    p.submit(op, 1);
+    p.submit(
+        Op::send(b.as_raw_fd(), b"into the caller's memory".to_vec()),
+        2,
+    );
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (_, done) = turn(&mut p, 1.0);
+        got.extend(done);
+        if got.len() == 2 {
+            break;
+        }
+    }
+    got.sort_by_key(|c| c.owner);
+    let c = got.remove(0);
+    assert_eq!(c.owner, 1);
+    let n = c.result.unwrap();
+    let Op::RecvLent { buf, .. } = c.op else {
+        panic!("not the lent recv")
+    };
+    let buf: Box<dyn std::any::Any> = buf;
+    let landing = buf.downcast::<Landing>().expect("the same value back");
+    assert_eq!(&landing.0[..n], b"into the caller's memory");
+    assert_eq!(p.in_flight(), 0);
+}
+
 /// A lent buffer: shared bytes; the test checks it was dropped.
 #[derive(Debug)]
 struct Shared(std::sync::Arc<Vec<u8>>);

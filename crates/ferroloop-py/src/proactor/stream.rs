@@ -41,7 +41,8 @@ use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::handle::Handle;
 use crate::link::{
-    check_bytes_like, is_buffered_protocol, is_exit, would_block, ByteView, LinkCell, MAX_READ,
+    check_bytes_like, is_buffered_protocol, is_exit, would_block, ByteView, LinkCell, UninitBytes,
+    BIG_READ, MAX_READ,
 };
 use crate::loop_core::LoopCore;
 use crate::proactor::{LentBytes, Owner};
@@ -83,6 +84,39 @@ fn recv_buffer(size: usize) -> Vec<u8> {
     vec![0u8; size]
 }
 
+/// What a one-shot recv read into: a buffer of the transport's own, or,
+/// while reads are large and go to `data_received`, the `bytes` object
+/// itself (no copy).
+enum RecvBuf {
+    Own(Vec<u8>),
+    Bytes(Box<UninitBytes>),
+}
+
+impl RecvBuf {
+    /// Where `n` bytes came (the first `n` are written).
+    fn filled(&self, n: usize) -> &[u8] {
+        match self {
+            RecvBuf::Own(b) => &b[..n],
+            // SAFETY: the recv that brought `n` wrote them, and `n` is at
+            // most the capacity it was given.
+            RecvBuf::Bytes(b) => unsafe { b.filled(n) },
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            RecvBuf::Own(b) => b.len(),
+            RecvBuf::Bytes(b) => b.capacity(),
+        }
+    }
+
+    fn give_back(self) {
+        if let RecvBuf::Own(b) = self {
+            give_back(b);
+        }
+    }
+}
+
 /// Keep a first-size recv buffer for another transport.
 fn give_back(buf: Vec<u8>) {
     if buf.len() == FIRST_READ {
@@ -110,7 +144,7 @@ struct RingIo {
     /// buffer): the next one waits for readiness before its first try.
     drained: bool,
     /// A finished recv not yet handed to the protocol.
-    read_result: Option<(io::Result<usize>, Vec<u8>)>,
+    read_result: Option<(io::Result<usize>, RecvBuf)>,
     read_queued: bool,
     spare_read: Option<Vec<u8>>,
     /// The loop's recv pool, once this transport read from it.
@@ -146,13 +180,23 @@ struct RingIo {
     write_handle: Option<Py<Handle>>,
 }
 
+impl RingIo {
+    /// Keep a recv's buffer for the next recv (a bytes object is not
+    /// reused: it goes).
+    fn keep(&mut self, buf: RecvBuf) {
+        if let RecvBuf::Own(b) = buf {
+            self.spare_read = Some(b);
+        }
+    }
+}
+
 impl Drop for RingIo {
     fn drop(&mut self) {
         if let Some(b) = self.spare_read.take() {
             give_back(b);
         }
         if let Some((_, b)) = self.read_result.take() {
-            give_back(b);
+            b.give_back();
         }
     }
 }
@@ -348,7 +392,14 @@ impl RingStreamCore {
         buffer: Option<u16>,
     ) -> Option<Py<Handle>> {
         let buf = match op {
-            Op::Recv { buf, .. } => buf,
+            Op::Recv { buf, .. } => RecvBuf::Own(buf),
+            Op::RecvLent { buf, .. } => {
+                let buf: Box<dyn std::any::Any> = buf;
+                match buf.downcast::<UninitBytes>() {
+                    Ok(b) => RecvBuf::Bytes(b),
+                    Err(_) => return None, // only ever lent UninitBytes
+                }
+            }
             Op::RecvMulti { .. } => {
                 // Bytes with the last result are kept as a shot's.
                 let last = buffer.zip(result.as_ref().ok().copied());
@@ -368,7 +419,7 @@ impl RingStreamCore {
         io.read_op = None;
         if io.read_handle.is_none() {
             drop(io);
-            give_back(buf);
+            buf.give_back();
             return None;
         }
         io.read_result = Some((result, buf));
@@ -472,19 +523,33 @@ impl RingStreamCore {
         let op = {
             let mut io = me.io.borrow_mut(py);
             let size = io.read_size;
-            let buf = match io.spare_read.take() {
-                Some(b) if b.len() == size => b,
-                other => {
-                    if let Some(b) = other {
-                        give_back(b);
-                    }
-                    recv_buffer(size)
+            if io.own_buffer && size >= BIG_READ && !me.st.borrow(py).buffered {
+                // Large reads for data_received: into the bytes object it
+                // will get, sized as the buffer would be, shrunk in place.
+                let buf = UninitBytes::new(py, size).map_err(io_err)?;
+                if let Some(b) = io.spare_read.take() {
+                    give_back(b);
                 }
-            };
-            Op::Recv {
-                fd,
-                buf,
-                poll_first: io.drained,
+                Op::RecvLent {
+                    fd,
+                    buf: Box::new(buf),
+                    poll_first: io.drained,
+                }
+            } else {
+                let buf = match io.spare_read.take() {
+                    Some(b) if b.len() == size => b,
+                    other => {
+                        if let Some(b) = other {
+                            give_back(b);
+                        }
+                        recv_buffer(size)
+                    }
+                };
+                Op::Recv {
+                    fd,
+                    buf,
+                    poll_first: io.drained,
+                }
             }
         };
         let id = lp
@@ -773,7 +838,7 @@ impl RingStreamCore {
             };
             if lost || closing {
                 if let Some((_, buf)) = io.read_result.take() {
-                    give_back(buf);
+                    buf.give_back();
                 }
                 io.multi_end = None;
                 drop(io);
@@ -799,25 +864,26 @@ impl RingStreamCore {
         let n = match result {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
-                give_back(buf);
+                buf.give_back();
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                me.io.borrow_mut(py).spare_read = Some(buf);
+                me.io.borrow_mut(py).keep(buf);
                 return Self::submit_recv(slf);
             }
             Err(e) => {
-                me.io.borrow_mut(py).spare_read = Some(buf);
+                me.io.borrow_mut(py).keep(buf);
                 return sel::fatal_error(slf, io_err(e), READ_FAILED);
             }
         };
         if n == 0 {
-            me.io.borrow_mut(py).spare_read = Some(buf);
+            me.io.borrow_mut(py).keep(buf);
             return half::on_eof(slf, &protocol);
         }
         {
             let mut io = me.io.borrow_mut(py);
-            io.drained = n < buf.len();
+            let cap = buf.capacity();
+            io.drained = n < cap;
             if io.own_buffer {
                 if n < FIRST_READ {
                     io.small_reads += 1;
@@ -828,20 +894,31 @@ impl RingStreamCore {
                     io.small_reads = 0;
                 }
             }
-            if n == buf.len() && io.read_size < MAX_READ {
+            if n == cap && io.read_size < MAX_READ {
                 io.read_size = (io.read_size * 2).min(MAX_READ);
             }
         }
         if me.st.borrow(py).buffered {
-            Self::feed_buffered(slf, &protocol, &buf[..n])?;
-            me.io.borrow_mut(py).spare_read = Some(buf);
+            // (A protocol may have been swapped for a buffered one while
+            // a recv into a bytes object was in flight.)
+            Self::feed_buffered(slf, &protocol, buf.filled(n))?;
+            me.io.borrow_mut(py).keep(buf);
             if sel::is_reading(me, py) && me.sel.borrow(py).conn_lost == 0 {
                 Self::submit_recv(slf)?;
             }
             return Ok(());
         }
-        let data = PyBytes::new(py, &buf[..n]);
-        me.io.borrow_mut(py).spare_read = Some(buf);
+        let data = match buf {
+            RecvBuf::Own(b) => {
+                let data = PyBytes::new(py, &b[..n]);
+                me.io.borrow_mut(py).spare_read = Some(b);
+                data
+            }
+            RecvBuf::Bytes(b) => match b.finish(py, n) {
+                Ok(data) => data,
+                Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
+            },
+        };
         // The next recv goes out with this pass's enter, whatever the
         // protocol does (pausing leaves it in flight; closing cancels it).
         Self::submit_recv(slf)?;
