@@ -666,7 +666,7 @@ impl RingStreamCore {
             return Ok(()); // still armed
         };
         match end {
-            Ok(0) => half::on_eof(slf, &protocol),
+            Ok(0) => Self::eof_or_reset(slf, &protocol),
             // The kernel ended it after data (it may), or we did (a pause):
             // arm another.
             Ok(_) => Self::submit_recv(slf),
@@ -878,7 +878,7 @@ impl RingStreamCore {
         };
         if n == 0 {
             me.io.borrow_mut(py).keep(buf);
-            return half::on_eof(slf, &protocol);
+            return Self::eof_or_reset(slf, &protocol);
         }
         {
             let mut io = me.io.borrow_mut(py);
@@ -981,6 +981,23 @@ impl RingStreamCore {
         half::maybe_pause(me, py)
     }
 
+    /// A recv ended with no bytes: the peer's EOF, or its reset seen late.
+    /// A reset wakes the recv and a send in flight together and the kernel
+    /// hands its error to only one of them; when the send took it, the recv
+    /// sees just the end of the stream. asyncio's selector loop, reading
+    /// first, reports the reset, so do the same: a TCP socket closed outright
+    /// without our having sent a FIN was reset (after a FIN from the peer it
+    /// would wait in CLOSE_WAIT for our close).
+    fn eof_or_reset(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if !me.st.borrow(py).eof && tcp_state(me.link.fd(py)) == Some(TCP_CLOSE) {
+            let err = io_err(io::Error::from_raw_os_error(libc::ECONNRESET));
+            return sel::fatal_error(slf, err, READ_FAILED);
+        }
+        half::on_eof(slf, protocol)
+    }
+
     /// A send finished: send what accumulated, tell the protocol, finish
     /// closing or EOF once everything is out.
     fn _write_done(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1065,4 +1082,26 @@ impl RingStreamCore {
             .map(|mut io| (io.read_handle.take(), io.write_handle.take()));
         drop(taken);
     }
+}
+
+/// `TCP_CLOSE` of the kernel's TCP states (`tcpi_state`).
+const TCP_CLOSE: u8 = 7;
+
+/// The TCP state of `fd`, or `None` when it is not a TCP socket.
+fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: `tcp_info` is plain old data, valid zeroed; getsockopt writes
+    // at most `len` bytes into it and we read it only on success.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live locals of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len >= 1).then_some(info.tcpi_state)
 }
