@@ -743,6 +743,23 @@ impl RingStreamCore {
         }
         Ok(())
     }
+
+    /// A recv ended with no bytes: the peer's EOF, or its reset seen late.
+    /// A reset wakes the recv and a send in flight together and the kernel
+    /// hands its error to only one of them; when the send took it, the recv
+    /// sees just the end of the stream. asyncio's selector loop, reading
+    /// first, reports the reset, so do the same: a TCP socket closed outright
+    /// without our having sent a FIN was reset (after a FIN from the peer it
+    /// would wait in CLOSE_WAIT for our close).
+    fn eof_or_reset(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if !me.st.borrow(py).eof && tcp_state(me.link.fd(py)) == Some(TCP_CLOSE) {
+            let err = io_err(io::Error::from_raw_os_error(libc::ECONNRESET));
+            return sel::fatal_error(slf, err, READ_FAILED);
+        }
+        half::on_eof(slf, protocol)
+    }
 }
 
 #[pymethods]
@@ -979,23 +996,6 @@ impl RingStreamCore {
             Self::submit_send(slf, rest)?;
         }
         half::maybe_pause(me, py)
-    }
-
-    /// A recv ended with no bytes: the peer's EOF, or its reset seen late.
-    /// A reset wakes the recv and a send in flight together and the kernel
-    /// hands its error to only one of them; when the send took it, the recv
-    /// sees just the end of the stream. asyncio's selector loop, reading
-    /// first, reports the reset, so do the same: a TCP socket closed outright
-    /// without our having sent a FIN was reset (after a FIN from the peer it
-    /// would wait in CLOSE_WAIT for our close).
-    fn eof_or_reset(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let me = slf.get();
-        if !me.st.borrow(py).eof && tcp_state(me.link.fd(py)) == Some(TCP_CLOSE) {
-            let err = io_err(io::Error::from_raw_os_error(libc::ECONNRESET));
-            return sel::fatal_error(slf, err, READ_FAILED);
-        }
-        half::on_eof(slf, protocol)
     }
 
     /// A send finished: send what accumulated, tell the protocol, finish
