@@ -6,7 +6,17 @@ import socket
 from asyncio import _CoroutineLike, base_events
 from collections.abc import Callable, Iterable
 from contextvars import Context
-from typing import Any, Self, TypedDict, TypeVar, TypeVarTuple, Unpack, final, type_check_only
+from typing import (
+    Any,
+    Literal,
+    Self,
+    TypedDict,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+    final,
+    type_check_only,
+)
 
 from _typeshed import FileDescriptorLike, ReadableBuffer
 from typing_extensions import disjoint_base
@@ -25,6 +35,7 @@ __all__ = [
     "WritePipeCore",
     "__version__",
     "_ring_features",
+    "_test_panic",
 ]
 
 __version__: str
@@ -316,3 +327,6 @@ class _RingFeatures(TypedDict):
 
 def _ring_features() -> _RingFeatures:
     """What the kernel's io_uring offers here; OSError where it cannot be used."""
+
+def _test_panic(site: Literal["pass", "wait", "timers"] | None = None) -> None:
+    """Tests only: the next pass of a loop panics once at ``site``."""

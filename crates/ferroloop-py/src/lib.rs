@@ -31,6 +31,30 @@ fn _ring_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// For tests only: make the next pass of a loop panic, once, at `site`:
+/// `"pass"` (its start), `"wait"` (after the wait, the loop's state
+/// borrowed) or `"timers"` (after due timers became ready, borrowed);
+/// `None` disarms. The panic reaches Python as pyo3's `PanicException`
+/// from `run_forever` (tests/test_panic.py).
+#[pyfunction]
+#[pyo3(signature = (site=None))]
+fn _test_panic(site: Option<&str>) -> PyResult<()> {
+    use loop_core::{NO_PANIC, PANIC_AT_PASS, PANIC_AT_TIMERS, PANIC_AT_WAIT, TEST_PANIC};
+    let at = match site {
+        None => NO_PANIC,
+        Some("pass") => PANIC_AT_PASS,
+        Some("wait") => PANIC_AT_WAIT,
+        Some("timers") => PANIC_AT_TIMERS,
+        Some(other) => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown panic site {other:?}"
+            )))
+        }
+    };
+    TEST_PANIC.store(at, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loop_core::LoopCore>()?;
@@ -43,5 +67,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipe::WritePipeCore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(_ring_features, m)?)?;
+    m.add_function(wrap_pyfunction!(_test_panic, m)?)?;
     Ok(())
 }

@@ -40,6 +40,7 @@ mod pass;
 mod stats;
 
 use fds::check_fileobj;
+pub(crate) use pass::{NO_PANIC, PANIC_AT_PASS, PANIC_AT_TIMERS, PANIC_AT_WAIT, TEST_PANIC};
 use stats::Stats;
 
 const WAKER_TOKEN: u64 = u64::MAX;
@@ -105,6 +106,22 @@ impl Item {
         // plain field reads, and the collector calls `__traverse__` (the one
         // caller) with the GIL held.
         unsafe { ffi::Py_REFCNT(p) == 1 && ffi::PyObject_GC_IsTracked(p) == 0 }
+    }
+}
+
+/// Run `body`, then `after`, also when `body` panics; the panic then goes
+/// on (pyo3 turns it into a Python exception at the method's boundary). The
+/// borrows `body` held are released by the unwinding before `after` runs.
+fn finally<R>(body: impl FnOnce() -> R, after: impl FnOnce()) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(r) => {
+            after();
+            r
+        }
+        Err(payload) => {
+            after();
+            std::panic::resume_unwind(payload)
+        }
     }
 }
 
@@ -841,9 +858,10 @@ impl LoopCore {
         let core = slf.get();
         let py = slf.py();
         core.st.borrow_mut(py).stats.start(MonotonicClock.now());
-        let res = Self::run_once_impl(slf);
-        core.st.borrow_mut(py).stats.stop(MonotonicClock.now());
-        res
+        finally(
+            || Self::run_once_impl(slf),
+            || core.st.borrow_mut(py).stats.stop(MonotonicClock.now()),
+        )
     }
 
     /// Run passes until `stop()`; the caller sets up and tears down the
@@ -856,19 +874,22 @@ impl LoopCore {
             st.stats.start(MonotonicClock.now());
             st.hide_queued = true;
         }
-        let res = loop {
-            if let Err(e) = Self::run_once_impl(slf) {
-                break Err(e);
-            }
-            if core.st.borrow(py).sched.stopping() {
-                break Ok(());
-            }
-        };
-        let mut st = core.st.borrow_mut(py);
-        st.stats.stop(MonotonicClock.now());
-        st.hide_queued = false;
-        st.sched.iter().for_each(Item::show);
-        res
+        // Also when a pass panics (a bug): the panic then reaches Python as
+        // an exception with the loop as it would be after an error.
+        finally(
+            || loop {
+                Self::run_once_impl(slf)?;
+                if core.st.borrow(py).sched.stopping() {
+                    break Ok(());
+                }
+            },
+            || {
+                let mut st = core.st.borrow_mut(py);
+                st.stats.stop(MonotonicClock.now());
+                st.hide_queued = false;
+                st.sched.iter().for_each(Item::show);
+            },
+        )
     }
 
     /// The loop's statistics, for `ferroloop.Loop.stats()`: passes,

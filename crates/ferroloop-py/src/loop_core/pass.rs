@@ -4,7 +4,7 @@
 //! began, with asyncio's rules (see `ferroloop_core::scheduler`).
 
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use ferroloop_core::proactor::UringWaiter;
 use ferroloop_core::selector::Waiter;
@@ -18,11 +18,49 @@ use crate::errors::io_err;
 use crate::handle::Handle;
 use crate::proactor::Owner;
 
+/// Where a test has asked the next pass of any loop to panic
+/// (`_ferroloop._test_panic`), once: [`NO_PANIC`] or a `PANIC_AT_*` site.
+/// Read with one relaxed load at each site, so an unarmed hook costs a
+/// compare per site and pass.
+pub(crate) static TEST_PANIC: AtomicU8 = AtomicU8::new(NO_PANIC);
+pub(crate) const NO_PANIC: u8 = 0;
+/// At the start of a pass, before anything is touched.
+pub(crate) const PANIC_AT_PASS: u8 = 1;
+/// After the wait, its results taken, the loop's state borrowed.
+pub(crate) const PANIC_AT_WAIT: u8 = 2;
+/// After due timers moved to the ready queue, the loop's state borrowed.
+pub(crate) const PANIC_AT_TIMERS: u8 = 3;
+
+#[inline(always)]
+fn test_panic(site: u8) {
+    if TEST_PANIC.load(Ordering::Relaxed) == site {
+        forced_panic(site);
+    }
+}
+
+/// [`test_panic`] with the loop's state borrowed, where the code around
+/// holds no borrow of its own.
+#[inline(always)]
+fn test_panic_borrowed(core: &LoopCore, py: Python<'_>, site: u8) {
+    if TEST_PANIC.load(Ordering::Relaxed) == site {
+        let _st = core.st.borrow_mut(py);
+        forced_panic(site);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn forced_panic(site: u8) -> ! {
+    TEST_PANIC.store(NO_PANIC, Ordering::Relaxed);
+    panic!("ferroloop test panic at site {site}");
+}
+
 impl LoopCore {
     /// One pass; see `ferroloop_core::scheduler` for the rules.
     pub(super) fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
+        test_panic(PANIC_AT_PASS);
 
         // Steps 1 and 2: clean timers, compute the wait.
         enum Wait {
@@ -102,6 +140,8 @@ impl LoopCore {
                     if let Io::Native(sel) = &mut st.io {
                         sel.finish_wait(waiter, &mut events);
                     }
+                    // Level-triggered: what this pass drops is reported again.
+                    test_panic(PANIC_AT_WAIT);
                     match res {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -148,6 +188,8 @@ impl LoopCore {
                     // A signal (EINTR) ends the wait: its handler runs below.
                     let interrupted = res.is_err();
                     let (woke, again) = Self::reap_ring(slf, waiter, res, &mut stale)?;
+                    // What was reaped is queued already: nothing is lost.
+                    test_panic_borrowed(core, py, PANIC_AT_WAIT);
                     // Completions that needed no callback (a send that went
                     // out whole) are no reason to run a pass: wait on, for
                     // what is left of the timeout.
@@ -195,6 +237,7 @@ impl LoopCore {
                 }
                 let mut st = core.st.borrow_mut(py);
                 let st = &mut *st;
+                test_panic(PANIC_AT_WAIT);
                 let waker_fd = st.waker.as_ref().map(Waker::fd);
                 for (fd, mask) in got {
                     if Some(fd) == waker_fd {
@@ -244,6 +287,7 @@ impl LoopCore {
                 }
                 st.sched.collect_due(end);
             }
+            test_panic(PANIC_AT_TIMERS);
             st.stats.passes += 1;
             let clock = st.stats.clock;
             // A callback's time is measured from the end of the one before;
