@@ -159,6 +159,46 @@ def test_replace_reader_from_an_earlier_callback_in_the_same_pass(fd_loop, pair)
     assert fd_loop.remove_reader(a) is True
 
 
+@pytest.mark.parametrize("how", ["close then reuse", "dup2 over"])
+def test_a_descriptor_reused_in_the_pass_its_reader_was_queued(fd_loop, how):
+    """The old socket's reader is queued (its socket is readable) when an
+    earlier callback of the same pass removes it and puts a new socket on
+    the same descriptor number, either after closing the old one or by
+    ``dup2`` over it (no moment without a file there). The old reader never
+    runs; the new socket's bytes reach only the new reader."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    number = a.fileno()
+    log = []
+    kept = []
+    b.send(b"old")
+    fd_loop.add_reader(number, lambda: log.append(("old", a.recv(100))))
+
+    def swap():
+        assert fd_loop.remove_reader(number) is True
+        c0, d = socket.socketpair()
+        if how == "close then reuse":
+            a.close()
+        os.dup2(c0.fileno(), number)  # closes the old file if still open
+        c0.close()
+        if how == "dup2 over":
+            a.detach()  # the number is the new socket's now
+        c = socket.socket(fileno=number)
+        c.setblocking(False)
+        kept.extend([c, d])
+        d.send(b"new")
+        fd_loop.add_reader(c, lambda: log.append(("new", c.recv(100))))
+
+    fd_loop.call_soon(swap)
+    try:
+        run_passes(fd_loop, 3, log)
+        assert fd_loop.remove_reader(number) is True
+    finally:
+        for s in [b, *kept]:
+            s.close()
+    assert log == [("pass", 0), ("pass", 1), ("new", b"new"), ("pass", 2)]
+
+
 def test_replacing_a_reader(fd_loop, pair):
     a, b = pair
     log = []
