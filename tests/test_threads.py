@@ -304,9 +304,11 @@ def test_idle_loop_sleeps_instead_of_spinning(fd_loop):
     a, b = socket.socketpair()
     try:
         fd_loop.add_reader(a, print)
+        # Clocks read before the stop is scheduled: a preemption between
+        # the two must not shorten the span measured.
+        cpu0, wall0 = time.process_time(), time.monotonic()
         fd_loop.call_later(0.01, print).cancel()
         fd_loop.call_later(0.3, fd_loop.stop)
-        cpu0, wall0 = time.process_time(), time.monotonic()
         run_bounded(fd_loop)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         fd_loop.remove_reader(a)
