@@ -253,8 +253,10 @@ def _run_once(kind, program):
                 last_later = loop.time()
                 handles[i] = loop.call_later(slot * Q + Q / 3, root_cb, i)
             else:
-                # Sleeps from the task's first step, in the next pass.
-                handles[i] = loop.create_task(sleeper(i, slot * Q + 2 * Q / 3))
+                # Sleeps from the task's first step, in the next pass (the
+                # tasks step in this order; + i * 2 us even if two steps
+                # read the same time).
+                handles[i] = loop.create_task(sleeper(i, slot * Q + 2 * Q / 3 + i * 2e-6))
         if mode == "stall":
             for x in jobs:
                 state["outstanding"] += 1
