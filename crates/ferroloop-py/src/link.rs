@@ -293,8 +293,8 @@ impl LinkCell {
         }
         if let Some(w) = waiter.filter(|w| !w.is_none()) {
             let f = py
-                .import("asyncio.futures")?
-                .getattr("_set_result_unless_cancelled")?;
+                .import(pyo3::intern!(py, "asyncio.futures"))?
+                .getattr(pyo3::intern!(py, "_set_result_unless_cancelled"))?;
             self.call_soon(
                 py,
                 f,
@@ -376,8 +376,8 @@ impl LinkCell {
 pub fn set_future(py: Python<'_>, fut: &Py<PyAny>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     let f = fut.bind(py);
     match exc {
-        Some(e) => f.call_method1("set_exception", (e,))?,
-        None => f.call_method1("set_result", (py.None(),))?,
+        Some(e) => f.call_method1(pyo3::intern!(py, "set_exception"), (e,))?,
+        None => f.call_method1(pyo3::intern!(py, "set_result"), (py.None(),))?,
     };
     Ok(())
 }
@@ -553,7 +553,10 @@ pub fn set_limits(flow: &mut Flow, high: Option<i64>, low: Option<i64>) -> PyRes
 /// `obj.close()` on a socket or pipe object taken from a transport.
 pub fn close_object(py: Python<'_>, obj: Option<Py<PyAny>>) -> PyResult<()> {
     match obj {
-        Some(o) => o.bind(py).call_method0("close").map(drop),
+        Some(o) => o
+            .bind(py)
+            .call_method0(pyo3::intern!(py, "close"))
+            .map(drop),
         None => Ok(()),
     }
 }

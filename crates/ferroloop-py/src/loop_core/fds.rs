@@ -25,7 +25,7 @@ pub(super) fn fileno_of(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
         return obj.extract().map_err(|_| invalid());
     }
     let py = obj.py();
-    obj.call_method0("fileno")
+    obj.call_method0(intern!(py, "fileno"))
         .and_then(|n| py.get_type::<PyInt>().call1((n,)))
         .and_then(|n| n.extract())
         .map_err(|_| invalid())
@@ -239,13 +239,13 @@ impl LoopCore {
         if let Some(sel) = pysel {
             let sel = sel.bind(py);
             let bit = if write { EVENT_WRITE } else { EVENT_READ };
-            match sel.call_method1("get_key", (fd,)) {
+            match sel.call_method1(intern!(py, "get_key"), (fd,)) {
                 Ok(key) => {
-                    let mask: u32 = key.getattr("events")?.extract()?;
-                    sel.call_method1("modify", (fd, mask | bit, py.None()))?;
+                    let mask: u32 = key.getattr(intern!(py, "events"))?.extract()?;
+                    sel.call_method1(intern!(py, "modify"), (fd, mask | bit, py.None()))?;
                 }
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => {
-                    sel.call_method1("register", (fd, bit, py.None()))?;
+                    sel.call_method1(intern!(py, "register"), (fd, bit, py.None()))?;
                 }
                 Err(e) => return Err(e),
             }
@@ -375,9 +375,9 @@ impl LoopCore {
             let sel = sel.bind(py);
             let res = if other {
                 let keep = if write { EVENT_READ } else { EVENT_WRITE };
-                sel.call_method1("modify", (fd, keep, py.None()))
+                sel.call_method1(intern!(py, "modify"), (fd, keep, py.None()))
             } else {
-                sel.call_method1("unregister", (fd,))
+                sel.call_method1(intern!(py, "unregister"), (fd,))
             };
             match res {
                 Err(_) if gone => {}

@@ -353,9 +353,12 @@ impl LoopCore {
         thread: bool,
     ) -> PyResult<()> {
         if thread {
-            slf.call_method0("_check_thread")?;
+            slf.call_method0(pyo3::intern!(slf.py(), "_check_thread"))?;
         }
-        slf.call_method1("_check_callback", (callback, method))?;
+        slf.call_method1(
+            pyo3::intern!(slf.py(), "_check_callback"),
+            (callback, method),
+        )?;
         Ok(())
     }
 

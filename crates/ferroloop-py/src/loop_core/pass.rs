@@ -209,7 +209,9 @@ impl LoopCore {
                     woke_from = Some(core.wait_begins(py));
                 }
                 core.sleeping.store(to != Some(0.0), Ordering::SeqCst);
-                let ready = sel.bind(py).call_method1("select", (to,));
+                let ready = sel
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "select"), (to,));
                 core.sleeping.store(false, Ordering::SeqCst);
                 if let Some(from) = woke_from {
                     core.wait_ends(py, from);
@@ -233,7 +235,7 @@ impl LoopCore {
                     let pair = pair?;
                     let key = pair.get_item(0)?;
                     let mask: u32 = pair.get_item(1)?.extract()?;
-                    got.push((key.getattr("fd")?.extract()?, mask));
+                    got.push((key.getattr(pyo3::intern!(py, "fd"))?.extract()?, mask));
                 }
                 let mut st = core.st.borrow_mut(py);
                 let st = &mut *st;

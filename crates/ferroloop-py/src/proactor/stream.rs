@@ -273,7 +273,7 @@ impl SockTransport for RingStreamCore {
         // the close comes after the ops that name this descriptor.
         self.end_reading(py).ok();
         self.end_writing(py).ok();
-        let fd = match sock.bind(py).call_method0("detach") {
+        let fd = match sock.bind(py).call_method0(pyo3::intern!(py, "detach")) {
             Ok(fd) => fd.extract::<RawFd>().unwrap_or(-1),
             Err(_) => return Some(sock), // not a real socket: close it
         };
@@ -773,7 +773,9 @@ impl RingStreamCore {
         transport: &Bound<'_, PyAny>,
         server: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock
+            .call_method0(pyo3::intern!(sock.py(), "fileno"))?
+            .extract()?;
         let buffered = is_buffered_protocol(protocol)?;
         Ok(RingStreamCore {
             link: LinkCell::new(fd, lp, protocol, transport),

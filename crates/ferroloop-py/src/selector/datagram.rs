@@ -154,7 +154,9 @@ impl DatagramCore {
         address: Option<&Bound<'_, PyAny>>,
         connected: bool,
     ) -> PyResult<Self> {
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock
+            .call_method0(pyo3::intern!(sock.py(), "fileno"))?
+            .extract()?;
         Ok(DatagramCore {
             link: LinkCell::new(fd, lp, protocol, transport),
             sel: GilCell::new(SelState::new(sock, None)),

@@ -163,7 +163,9 @@ impl StreamCore {
         transport: &Bound<'_, PyAny>,
         server: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock
+            .call_method0(pyo3::intern!(sock.py(), "fileno"))?
+            .extract()?;
         let buffered = is_buffered_protocol(protocol)?;
         Ok(StreamCore {
             link: LinkCell::new(fd, lp, protocol, transport),
