@@ -480,3 +480,40 @@ def test_cycles_through_transports_are_collected(kind, tmp_path):
     finally:
         gc.enable()
         loop.close()
+
+
+async def _connections(loop, n):
+    server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connections_leave_no_names_behind(kind):
+    """1,000 connections on one loop leave the traced memory where it was,
+    with CPython's attribute cache left as it is. A name the native code
+    made afresh for each call (`fileno`, `close`, `set_result`, ...) was
+    kept by that cache: +13.6 KB over this run before such names were
+    interned, against asyncio's few hundred bytes."""
+    loop = make_loop(kind)
+    try:
+        loop.run_until_complete(_connections(loop, 200))  # warm-up
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            loop.run_until_complete(_connections(loop, 1000))
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    finally:
+        loop.close()
+    assert grown < TOLERANCE_TRACED_BYTES, f"{grown} bytes kept after 1,000 connections"
