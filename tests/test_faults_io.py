@@ -713,6 +713,37 @@ class HangUps:
         await self.hung()
         return pr.events
 
+    async def read_pipe_paused_writer_closes(self):
+        # Reading paused: a hung-up descriptor must not stay in the wait
+        # (epoll reports EPOLLHUP even for an empty event mask).
+        r, w = os.pipe()
+        tr, pr = await self.loop.connect_read_pipe(lambda: Recorder(self.loop), pipe_file(r, "rb"))
+        await asyncio.sleep(0)
+        tr.pause_reading()
+        os.write(w, b"held")
+        os.close(w)
+        await asyncio.sleep(0.05)
+        await self.hung()
+        pr.events.append("resume_reading")
+        tr.resume_reading()
+        await asyncio.wait_for(pr.lost, 5)
+        self.notes["paused_pipe"] = bytes(pr.data)
+        return pr.events
+
+    async def unix_paused_peer_closes(self):
+        tr, pr, b = await self._unix_pair()
+        await asyncio.sleep(0)
+        tr.pause_reading()
+        b.sendall(b"held")
+        b.close()
+        await asyncio.sleep(0.05)
+        await self.hung()
+        pr.events.append("resume_reading")
+        tr.resume_reading()
+        await asyncio.wait_for(pr.lost, 5)
+        self.notes["paused_unix"] = bytes(pr.data)
+        return pr.events
+
     async def _unix_pair(self, keep_open=False):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         tr, pr = await self.loop.connect_accepted_socket(lambda: Recorder(self.loop, keep_open), a)
@@ -836,8 +867,10 @@ def test_hang_ups_are_eof_or_errors_never_a_spin(kind):
     closes or exits (data, EOF, a clean loss), a Unix socket whose peer
     closes (EOF; a reset if what it was sent is unread), shuts down both
     ways with writes pending, or shuts down writing (half-close: writes
-    still reach it). All at once; then the loop idles for a second with two
-    transports still open on hung-up sockets: it must not spin (under 0.3 s
+    still reach it); a read pipe and a Unix socket hung up while their
+    reading is paused (what was sent, EOF and a clean loss once resumed).
+    All at once; then the loop idles for a second with four transports
+    still open on hung-up descriptors: it must not spin (under 0.3 s
     of CPU, about 1.0 if it did). The same events as asyncio for every
     case; no descriptor left; nothing in the exception handler."""
     seen = hang_ups(kind)
@@ -847,13 +880,18 @@ def test_hang_ups_are_eof_or_errors_never_a_spin(kind):
     assert seen["cpu"] < 0.3, seen["cpu"]
     assert seen["contexts"] == []
     assert seen["fds_left"] == 0
+    lost = ("lost", None)
     assert seen["notes"] == {
         "idle_pipe_read": b"all of it",
         "read_pipe": b"last words",
         "exited_pipe": b"bye",
         "half_close": b"after eof",
+        "paused_pipe": b"held",
+        "paused_unix": b"held",
     }
-    lost = ("lost", None)
+    resumed = ["made", "resume_reading", "data", "eof", lost]
+    assert events["read_pipe_paused_writer_closes"] == resumed
+    assert events["unix_paused_peer_closes"] == resumed
     assert events["write_pipe_reader_closes_with_writes_pending"] == ["made", "pause", BROKEN]
     assert events["write_pipe_reader_closes_idle"] == ["made", lost]
     assert events["read_pipe_writer_closes"] == ["made", "data", "eof", lost]
