@@ -226,7 +226,9 @@ impl SockTransport for RingStreamCore {
     }
     fn clear_buffer(&self, py: Python<'_>) {
         self.st.borrow_mut(py).buf.clear();
-        self.io.borrow_mut(py).in_flight = 0;
+        let mut io = self.io.borrow_mut(py);
+        io.in_flight = 0;
+        io.short_rest = None;
     }
 
     fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
