@@ -12,6 +12,11 @@ reproduces that in a child process:
 * ``run_blocked(code, errno_value)`` runs ``code`` in a fresh
   ``sys.executable -c`` child that calls ``block_io_uring`` first.
 * ``io_uring_setup_errno()`` probes io_uring in the current process.
+* ``fail_sends(fd, errno_value, length=None)`` installs a filter that makes
+  ``sendto``/``sendmsg``/``sendmmsg`` on one descriptor number fail with
+  ``errno_value`` (only ``sendto`` calls of one length, if ``length`` is
+  given), to inject send errors such as ``ENOBUFS`` that loopback never
+  produces on demand.  Same rule: throw-away children only.
 
 The BPF ABI used here is the kernel's documented one: seccomp(2),
 <linux/seccomp.h>, <linux/filter.h>, <linux/bpf_common.h>, <linux/audit.h>.
@@ -30,6 +35,7 @@ import textwrap
 __all__ = [
     "IO_URING_SYSCALLS",
     "block_io_uring",
+    "fail_sends",
     "io_uring_setup_errno",
     "run_blocked",
     "syscall_errno",
@@ -91,6 +97,13 @@ BPF_K = 0x00  # operand: the constant k
 # };
 SECCOMP_DATA_NR_OFFSET = 0
 SECCOMP_DATA_ARCH_OFFSET = 4
+SECCOMP_DATA_ARGS_OFFSET = 16  # args[i] at 16 + 8 * i
+
+# (sendto, sendmsg, sendmmsg) per machine: the x86_64 table and the generic
+# table aarch64 uses.
+_SEND_SYSCALLS = {"x86_64": (44, 46, 307), "aarch64": (206, 211, 269)}
+_SEND_SYSCALLS["amd64"] = _SEND_SYSCALLS["x86_64"]
+_SEND_SYSCALLS["arm64"] = _SEND_SYSCALLS["aarch64"]
 
 
 class sock_filter(ctypes.Structure):
@@ -183,8 +196,12 @@ def block_io_uring(errno_value: int) -> None:
     """
     if not isinstance(errno_value, int) or not 1 <= errno_value <= MAX_ERRNO:
         raise ValueError(f"errno_value must be an int in 1..{MAX_ERRNO}, not {errno_value!r}")
+    _install(_filter_program(errno_value))
+
+
+def _install(insns: list[sock_filter]) -> None:
+    """Install the BPF program ``insns`` as a seccomp filter on every thread."""
     _audit_arch, nr_seccomp, _x32_bit = _machine()
-    insns = _filter_program(errno_value)
     array = (sock_filter * len(insns))(*insns)
     prog = sock_fprog(len(insns), ctypes.cast(array, ctypes.POINTER(sock_filter)))
 
@@ -244,6 +261,92 @@ def io_uring_setup_errno() -> int | None:
     """io_uring_setup(1, &params) here: None if it works, else its errno."""
     params = ctypes.create_string_buffer(IO_URING_PARAMS_SIZE)  # zero-filled
     return syscall_errno(NR_IO_URING_SETUP, 1, params)
+
+
+def _arg_word(i: int, high: bool) -> int:
+    """Offset of the low or high 32 bits of seccomp_data.args[i]; both
+    supported machines are little-endian."""
+    return SECCOMP_DATA_ARGS_OFFSET + 8 * i + (4 if high else 0)
+
+
+def _fail_sends_program(fd: int, errno_value: int, length: int | None) -> list[sock_filter]:
+    """ERRNO(errno_value) for sendto(fd, ..., length, ...) (any length if
+    ``length`` is None) and, if ``length`` is None, for sendmsg(fd, ...) and
+    sendmmsg(fd, ...); ALLOW for everything else."""
+    audit_arch, _nr_seccomp, x32_bit = _machine()
+    nr_sendto, nr_sendmsg, nr_sendmmsg = _SEND_SYSCALLS[platform.machine().lower()]
+    ld_w_abs = BPF_LD | BPF_W | BPF_ABS
+    jeq_k = BPF_JMP | BPF_JEQ | BPF_K
+    ret_k = BPF_RET | BPF_K
+    # (instruction, label if true, label if false): jumps are resolved below.
+    code: list[tuple[sock_filter, str | None, str | None]] = []
+    labels: dict[str, int] = {}
+
+    def emit(insn, jt=None, jf=None):
+        code.append((insn, jt, jf))
+
+    def label(name):
+        labels[name] = len(code)
+
+    def jeq(k, jt=None, jf=None):
+        emit(_jump(jeq_k, k, 0, 0), jt, jf)
+
+    emit(_stmt(ld_w_abs, SECCOMP_DATA_ARCH_OFFSET))
+    jeq(audit_arch, None, "kill")
+    emit(_stmt(ld_w_abs, SECCOMP_DATA_NR_OFFSET))
+    if x32_bit:
+        emit(_stmt(BPF_ALU | BPF_AND | BPF_K, 0xFFFFFFFF & ~x32_bit))
+    if length is None:
+        jeq(nr_sendmsg, "check_fd")
+        jeq(nr_sendmmsg, "check_fd")
+    jeq(nr_sendto, None, "allow")
+    if length is not None:
+        # size_t len is sendto's third argument.
+        emit(_stmt(ld_w_abs, _arg_word(2, False)))
+        jeq(length & 0xFFFFFFFF, None, "allow")
+        emit(_stmt(ld_w_abs, _arg_word(2, True)))
+        jeq(length >> 32, None, "allow")
+    label("check_fd")
+    # int fd, the first argument, sign-extended to 64 bits by the C library.
+    emit(_stmt(ld_w_abs, _arg_word(0, False)))
+    jeq(fd, None, "allow")
+    emit(_stmt(ld_w_abs, _arg_word(0, True)))
+    jeq(0, "fail", "allow")
+    label("kill")
+    emit(_stmt(ret_k, SECCOMP_RET_KILL_PROCESS))
+    label("allow")
+    emit(_stmt(ret_k, SECCOMP_RET_ALLOW))
+    label("fail")
+    emit(_stmt(ret_k, SECCOMP_RET_ERRNO | errno_value))
+
+    prog = []
+    for i, (insn, jt, jf) in enumerate(code):
+        # Jump offsets count from the next instruction; None falls through.
+        if jt is not None:
+            insn.jt = labels[jt] - i - 1
+        if jf is not None:
+            insn.jf = labels[jf] - i - 1
+        prog.append(insn)
+    return prog
+
+
+def fail_sends(fd: int, errno_value: int, length: int | None = None) -> None:
+    """Make sends on descriptor number ``fd`` fail with ``errno_value`` from now on.
+
+    With ``length`` None: every ``sendto``, ``sendmsg`` and ``sendmmsg`` on
+    ``fd`` (``send`` is ``sendto`` in the kernel's table).  With ``length``:
+    only ``sendto`` calls of exactly ``length`` bytes, so other sends on the
+    same socket still go through.  Every other system call, and sends on
+    other descriptors, are allowed.  Irreversible, process-wide: call it only
+    in a throw-away child.
+    """
+    if not isinstance(errno_value, int) or not 1 <= errno_value <= MAX_ERRNO:
+        raise ValueError(f"errno_value must be an int in 1..{MAX_ERRNO}, not {errno_value!r}")
+    if not isinstance(fd, int) or not 0 <= fd < 1 << 31:
+        raise ValueError(f"fd must be a descriptor number, not {fd!r}")
+    if length is not None and (not isinstance(length, int) or not 0 <= length < 1 << 64):
+        raise ValueError(f"length must be None or a size_t, not {length!r}")
+    _install(_fail_sends_program(fd, errno_value, length))
 
 
 def run_blocked(code: str, errno_value: int, timeout: float = 60) -> subprocess.CompletedProcess:

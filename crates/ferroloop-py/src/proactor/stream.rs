@@ -174,6 +174,10 @@ struct RingIo {
     in_flight: usize,
     write_result: Option<io::Result<usize>>,
     spare_write: Option<Vec<u8>>,
+    /// What the last send op left unsent. The driver reports a send that
+    /// fails after taking part of its bytes as a short success (its error
+    /// shows on the next send), so `_write_done` sends this rest first.
+    short_rest: Option<Vec<u8>>,
 
     /// The callbacks completions queue (`_read_done`, `_write_done`).
     read_handle: Option<Py<Handle>>,
@@ -222,7 +226,9 @@ impl SockTransport for RingStreamCore {
     }
     fn clear_buffer(&self, py: Python<'_>) {
         self.st.borrow_mut(py).buf.clear();
-        self.io.borrow_mut(py).in_flight = 0;
+        let mut io = self.io.borrow_mut(py);
+        io.in_flight = 0;
+        io.short_rest = None;
     }
 
     fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -434,18 +440,33 @@ impl RingStreamCore {
         op: Op,
     ) -> Option<Py<Handle>> {
         let mut io = self.io.borrow_mut(py);
-        match op {
-            Op::Send { mut buf, .. } => {
+        // A send ends with bytes unsent only on an error, which the driver
+        // leaves for the next send to report (see `short_rest`).
+        let ok = result.is_ok();
+        let rest = match op {
+            Op::Send { mut buf, sent, .. } => {
+                let rest = (ok && sent < buf.len()).then(|| buf[sent..].to_vec());
                 buf.clear();
                 if buf.capacity() <= 4 * MAX_READ {
                     io.spare_write = Some(buf);
                 }
+                rest
             }
-            Op::SendLent { .. } => {} // the bytes object goes
+            // The bytes object goes, unless some of it has to be sent again.
+            Op::SendLent { buf, sent, .. } => (ok && sent < buf.len()).then(|| {
+                // SAFETY: LentBuf's contract: `buf.len()` bytes stay
+                // readable at `buf.as_ptr()` while `buf` lives, and
+                // `sent < buf.len()`.
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().add(sent), buf.len() - sent) }
+                    .to_vec()
+            }),
             _ => return None,
-        }
+        };
         io.write_op = None;
+        let short = rest.is_some();
+        io.short_rest = rest;
         let quiet = result.is_ok()
+            && !short
             && {
                 let h = self.st.borrow(py);
                 h.buf.is_empty() && !h.flow.paused && !h.eof && h.empty_waiter.is_none()
@@ -800,6 +821,7 @@ impl RingStreamCore {
                 in_flight: 0,
                 write_result: None,
                 spare_write: None,
+                short_rest: None,
                 read_handle: None,
                 write_handle: None,
             }),
@@ -1017,6 +1039,18 @@ impl RingStreamCore {
             let exc = err.value(py).clone().into_any();
             sel::fatal_error(slf, err, WRITE_FAILED)?;
             return half::write_failed(me, py, &exc);
+        }
+        let rest = me.io.borrow_mut(py).short_rest.take();
+        if let Some(rest) = rest {
+            // The send stopped short: send the rest (then what was written
+            // meanwhile). Its error, if it fails, is the connection's.
+            return Self::submit_write(slf, |io, h, fd| {
+                let mut data = rest;
+                data.extend_from_slice(h.buf.pending());
+                h.buf.clear();
+                io.in_flight = data.len();
+                Op::send(fd, data)
+            });
         }
         me.io.borrow_mut(py).in_flight = 0;
         if !me.st.borrow(py).buf.is_empty() {
