@@ -44,7 +44,9 @@ warm-up, and after the run once quiet (it must return to the count at
 start), its RSS after warm-up (``--warmup`` of the operations, 10 % by
 default), at the middle and at the end (and the peak sampled), errors
 (client-side failures, bad replies, server-side ``connection_lost`` with an
-exception, calls to the loop's exception handler: must be 0) and wall time.
+exception, calls to the loop's exception handler: must be 0), the tested
+process's children left at the end (zombies included: must be 0) and wall
+time.
 "Flat" RSS means ``end - after warm-up`` is small; the warm-up absorbs
 allocator arenas, ssl contexts, caches and free lists that reach their
 working size in the first few thousand operations.
@@ -159,6 +161,24 @@ def make_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs of ``pid``'s child processes, zombies included (from /proc)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            found.append(int(name))
+    return found
 
 
 def rss_kib(pid: int) -> int:
@@ -579,6 +599,7 @@ def run_one(workload: str, kind: str, count: int, concurrency: int, max_seconds:
         if client is not None:
             _stop(client)
         report["fds_end"] = _wait_fds(pid, report["fds_start"])
+        report["children_end"] = len(children_of(pid))  # zombies included
         time.sleep(0.1)
         report["rss_end_kib"] = rss_kib(pid)
         server_stats = None
@@ -730,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reports, indent=2))
     else:
         print(format_table(reports))
-    bad = [r for r in reports if r["errors"] or r["fds_end"] != r["fds_start"]]
+    bad = [r for r in reports if r["errors"] or r["fds_end"] != r["fds_start"] or r["children_end"]]
     return 1 if bad else 0
 
 

@@ -50,6 +50,7 @@ def check(report: dict, count: int) -> None:
     assert report["ops"] == count
     assert report["ok"] == count  # every reply (or child output) correct
     assert report["fds_end"] == report["fds_start"], report
+    assert report["children_end"] == 0, report  # no child left, not even a zombie
     if "server" in report:
         server = report["server"]
         assert server["accepted"] == server["lost"] == server["replies"] == count, server
