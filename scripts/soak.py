@@ -672,7 +672,7 @@ def format_table(reports: list[dict]) -> str:
 
     for r in reports:
         growth = r["rss_growth_kib"]
-        growth_text = "-" if growth is None else f"{growth / 1024:+.1f} MiB"
+        growth_text = "-" if growth is None else f"{growth:+,} KiB"
         ops = f"{r['ops']:,}" + (" (time limit)" if r["stopped_on_time"] else "")
         rows.append(
             f"| {r['workload']} | {r['loop']} | {ops} | {r['ops_per_s']:,} | "
