@@ -4,11 +4,13 @@
 Usage (from the repository root; needs valgrind):
 
     python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024]
-                              [--server protocol|streams] [--keep DIR]
+                              [--server protocol|streams|sock] [--keep DIR]
 
-For each loop, an echo server on a Unix socket (an ``asyncio.Protocol``, or
+For each loop, an echo server on a Unix socket (an ``asyncio.Protocol``;
 with ``--server streams`` a ``start_unix_server`` handler that reads and
-writes through asyncio's streams, draining after each write) runs
+writes through asyncio's streams, draining after each write; with
+``--server sock`` a task per connection looping on ``loop.sock_recv`` and
+``loop.sock_sendall``, connections taken with ``loop.sock_accept``) runs
 under ``valgrind --tool=callgrind`` twice, serving N1 and then N2 messages
 from a plain-socket client in this process's child; the difference of the two
 instruction totals divided by N2 - N1 is the loop's user-space cost per
@@ -52,9 +54,27 @@ async def echo_stream(reader, writer):
         await writer.drain()
     writer.close()
 
+async def echo_sock(conn):
+    with conn:
+        while data := await loop.sock_recv(conn, 262144):
+            await loop.sock_sendall(conn, data)
+
+async def accept_socks(listener):
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(False)
+        loop.create_task(echo_sock(conn))
+
 async def main():
     if server == "streams":
         await asyncio.start_unix_server(echo_stream, path)
+    elif server == "sock":
+        import socket
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(128)
+        listener.setblocking(False)
+        loop.create_task(accept_socks(listener))
     else:
         await loop.create_unix_server(Echo, path)
     stop = loop.create_future()
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", default="asyncio,uvloop,ferroloop")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--server", choices=("protocol", "streams"), default="protocol")
+    ap.add_argument("--server", choices=("protocol", "streams", "sock"), default="protocol")
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=20000)
     ap.add_argument(
