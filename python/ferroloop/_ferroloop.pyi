@@ -34,6 +34,7 @@ __all__ = [
     "TimerHandle",
     "WritePipeCore",
     "__version__",
+    "_accept_nonblocking",
     "_ring_features",
     "_test_panic",
 ]
@@ -330,3 +331,6 @@ def _ring_features() -> _RingFeatures:
 
 def _test_panic(site: Literal["pass", "wait", "timers"] | None = None) -> None:
     """Tests only: the next pass of a loop panics once at ``site``."""
+
+def _accept_nonblocking(fd: int) -> tuple[int, Any]:
+    """``listener._accept()``, the new descriptor non-blocking from the start."""

@@ -39,7 +39,7 @@ from asyncio import (
 from asyncio.log import logger
 from typing import NamedTuple
 
-from ._ferroloop import Handle, LoopCore
+from ._ferroloop import Handle, LoopCore, _accept_nonblocking
 from ._transports import (
     DatagramTransport,
     ReadPipeTransport,
@@ -309,10 +309,17 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             )
         # What socket.accept() does, without its per-call enum conversions
         # of the listener's family and type and its blocking-mode dance.
+        # For the families it knows, the loop accepts natively with the new
+        # descriptor non-blocking from the start: a socket made with
+        # SOCK_NONBLOCK in its type then has timeout 0 without the
+        # `setblocking(False)` system call.
         family, type_, proto = _raw_family(sock), _raw_type(sock), _raw_proto(sock)
+        native = family in _NATIVE_ACCEPT
+        if native:
+            listener, type_ = sock.fileno(), type_ | socket.SOCK_NONBLOCK
         for _ in range(backlog):
             try:
-                fd, addr = sock._accept()
+                fd, addr = _accept_nonblocking(listener) if native else sock._accept()
                 try:
                     conn = socket.socket(family, type_, proto, fileno=fd)
                 except BaseException:
@@ -320,7 +327,8 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                     raise
                 if self._debug:
                     logger.debug("%r got a new connection from %r: %r", server, addr, conn)
-                conn.setblocking(False)
+                if not native:
+                    conn.setblocking(False)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return None  # nothing more to accept in this pass
             except OSError as exc:
@@ -584,6 +592,9 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
 
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# Listener families whose connections the loop accepts natively (their
+# addresses are formatted as the socket module formats them).
+_NATIVE_ACCEPT = frozenset((socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
 
 
 class _SpawnedSubprocessTransport(unix_events._UnixSubprocessTransport):

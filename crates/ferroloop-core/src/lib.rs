@@ -24,6 +24,7 @@
 
 pub mod clock;
 pub mod event_loop;
+pub mod net;
 pub mod policy;
 pub mod proactor;
 pub mod scheduler;

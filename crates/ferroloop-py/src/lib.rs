@@ -11,6 +11,7 @@ mod link;
 mod loop_core;
 mod proactor;
 mod selector;
+mod sockaddr;
 mod stream_half;
 
 use selector::{datagram, pipe, stream};
@@ -68,5 +69,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(_ring_features, m)?)?;
     m.add_function(wrap_pyfunction!(_test_panic, m)?)?;
+    m.add_function(wrap_pyfunction!(sockaddr::_accept_nonblocking, m)?)?;
     Ok(())
 }

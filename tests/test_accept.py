@@ -1,0 +1,204 @@
+"""The loop's native accept (`ferroloop._ferroloop._accept_nonblocking`,
+used by servers on AF_INET, AF_INET6 and AF_UNIX listeners) against the
+socket module: the peer address in exactly the socket module's form for
+every shape of address, the new descriptor non-blocking and
+non-inheritable, the same exceptions; and servers on every loop kind
+reporting the peer as the client sees itself."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+
+import pytest
+from conftest import fd_count, make_loop
+from ferroloop._ferroloop import _accept_nonblocking
+
+HAS_IPV6 = socket.has_ipv6
+try:
+    socket.socket(socket.AF_INET6).close()
+except OSError:
+    HAS_IPV6 = False
+
+
+def accept_both(listener, connect):
+    """Two identical connections: one accepted natively, one by the socket
+    module; (native fd, native address, module address, the two clients)."""
+    c1 = connect()
+    fd, addr = _accept_nonblocking(listener.fileno())
+    c2 = connect()
+    conn, addr2 = listener._accept()
+    os.close(conn)
+    return fd, addr, addr2, c1, c2
+
+
+def without_port(addr):
+    return (addr[0], *addr[2:]) if isinstance(addr, tuple) else addr
+
+
+def tcp_listener(family, host):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    s.listen(8)
+    return s
+
+
+CASES = ["ipv4", "ipv6", "ipv4-mapped", "unix-unnamed", "unix-named", "unix-abstract", "unix-odd"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_native_accept_gives_the_socket_modules_address(case, tmp_path):
+    if case.startswith("ipv") and case != "ipv4" and not HAS_IPV6:
+        pytest.skip("no IPv6 on this machine")  # a machine without ::1
+    clients = []
+
+    def client(family, bind=None, target=None):
+        def connect():
+            c = socket.socket(family, socket.SOCK_STREAM)
+            if bind is not None:
+                b = bind() if callable(bind) else bind
+                c.bind(b)
+            c.connect(target)
+            clients.append(c)
+            return c
+
+        return connect
+
+    names = iter(range(100))
+    if case == "ipv4":
+        listener = tcp_listener(socket.AF_INET, "127.0.0.1")
+        connect = client(socket.AF_INET, target=listener.getsockname())
+    elif case == "ipv6":
+        listener = tcp_listener(socket.AF_INET6, "::1")
+        connect = client(socket.AF_INET6, target=listener.getsockname()[:2])
+    elif case == "ipv4-mapped":
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::", 0))
+        listener.listen(8)
+        connect = client(socket.AF_INET, target=("127.0.0.1", listener.getsockname()[1]))
+    else:
+        path = str(tmp_path / "l.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(8)
+        bind = {
+            "unix-unnamed": None,
+            "unix-named": lambda: str(tmp_path / f"c{next(names)}.sock"),
+            "unix-abstract": lambda: f"\0ferroloop-accept-{os.getpid()}-{next(names)}".encode(),
+            # Not valid UTF-8: the socket module decodes it with surrogateescape.
+            "unix-odd": lambda: os.fsencode(str(tmp_path)) + b"/\xff%d" % next(names),
+        }[case]
+        connect = client(socket.AF_UNIX, bind=bind, target=path)
+    try:
+        fd, addr, module_addr, c1, _ = accept_both(listener, connect)
+        try:
+            # What the client calls itself is the socket module's form of
+            # the very address the native accept formatted.
+            if case == "ipv4-mapped":
+                assert addr[0] == "::ffff:127.0.0.1"
+                assert addr[1] == c1.getsockname()[1]
+            else:
+                assert addr == c1.getsockname()
+            assert type(addr) is type(module_addr)
+            if case.startswith("ipv"):
+                assert without_port(addr) == without_port(module_addr)
+            elif case == "unix-unnamed":
+                assert addr == module_addr == ""
+            assert not os.get_blocking(fd)
+            assert not os.get_inheritable(fd)
+            conn = socket.socket(listener.family, listener.type | socket.SOCK_NONBLOCK, fileno=fd)
+            with conn:
+                assert conn.gettimeout() == 0.0
+                assert conn.type == socket.SOCK_STREAM
+                c1.sendall(b"ping")
+                assert conn.recv(10) == b"ping"
+        except BaseException:
+            os.close(fd)
+            raise
+    finally:
+        listener.close()
+        for c in clients:
+            c.close()
+
+
+def test_native_accept_raises_what_the_socket_module_raises(tmp_path):
+    listener = tcp_listener(socket.AF_INET, "127.0.0.1")
+    listener.setblocking(False)
+    plain = socket.socket()
+    try:
+        with pytest.raises(BlockingIOError) as native:
+            _accept_nonblocking(listener.fileno())
+        with pytest.raises(BlockingIOError) as module:
+            listener._accept()
+        assert native.value.args == module.value.args
+        with pytest.raises(OSError) as native:
+            _accept_nonblocking(plain.fileno())  # not listening
+        with pytest.raises(OSError) as module:
+            plain._accept()
+        assert native.value.errno == module.value.errno == errno.EINVAL
+        assert type(native.value) is type(module.value)
+        before = fd_count()
+        with pytest.raises(OSError) as native:
+            _accept_nonblocking(-1)
+        assert native.value.errno == errno.EBADF
+        assert fd_count() == before
+    finally:
+        listener.close()
+        plain.close()
+
+
+KINDS = ["asyncio", "ferroloop", "ferroloop-poll", "ferroloop-select", "ferroloop-proactor"]
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_servers_see_the_peer_as_the_client_sees_itself(kind, family, tmp_path):
+    if family == "ipv6" and not HAS_IPV6:
+        pytest.skip("no IPv6 on this machine")  # a machine without ::1
+    loop = make_loop(kind)
+    seen = []
+
+    class Record(asyncio.Protocol):
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            seen.append((transport.get_extra_info("peername"), sock.gettimeout()))
+            transport.close()
+
+    async def main():
+        if family == "unix":
+            path = str(tmp_path / "s.sock")
+            server = await loop.create_unix_server(Record, path)
+            names = []
+            for i in range(3):
+                c = socket.socket(socket.AF_UNIX)
+                if i:
+                    c.bind(str(tmp_path / f"c{i}.sock"))
+                c.setblocking(False)
+                await loop.sock_connect(c, path)
+                names.append(c.getsockname())
+                await loop.sock_recv(c, 1)  # the server's close
+                c.close()
+        else:
+            host = "127.0.0.1" if family == "ipv4" else "::1"
+            server = await loop.create_server(Record, host, 0)
+            port = server.sockets[0].getsockname()[1]
+            names = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection(host, port)
+                names.append(writer.get_extra_info("sockname"))
+                await reader.read()
+                writer.close()
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return names
+
+    try:
+        names = loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        loop.close()
+    assert [peer for peer, _ in seen] == names
+    assert all(timeout == 0.0 for _, timeout in seen)
