@@ -310,49 +310,37 @@ def server_main(kind: str, tls: bool, certfile: str | None, keyfile: str | None)
     print(json.dumps({"server": stats}), flush=True)
 
 
-# ------------------------------------------------------------ tested process: spawner
-
-
-def spawner_main(kind: str, count: int, concurrency: int, max_seconds: float) -> None:
-    loop = make_loop(kind)
-    asyncio.set_event_loop(loop)
-    stats = {"ops": 0, "errors": 0, "error_samples": []}
-    _install_handler_counter(loop, stats)
-    echo = shutil.which("echo") or "/bin/echo"
-    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
-    sys.stdin.readline()  # "go": the runner has read the baseline
-
-    def error(text):
-        stats["errors"] += 1
-        if len(stats["error_samples"]) < 10:
-            stats["error_samples"].append(text)
-
-    async def one(i):
-        token = f"soak-{i}-{random.getrandbits(32):08x}"
-        proc = await asyncio.create_subprocess_exec(
-            echo, token, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
-        )
-        out = await proc.stdout.read()
-        status = await proc.wait()
-        if out != token.encode() + b"\n" or status != 0:
-            error(f"op {i}: output {out!r}, status {status}")
-
-    state = {"started": 0, "stopped_on_time": False}
+def _run_ops(loop, stats, one, count, concurrency, max_seconds) -> None:
+    """Run ``one(1)`` to ``one(count)`` on ``loop``, ``concurrency`` at a
+    time, until all have run or ``max_seconds`` have passed (then
+    ``stopped_on_time``). ``one(i)`` returns None when the operation went
+    right, else what went wrong; an exception is what went wrong too. Counts
+    ops, ok and errors (the first ten described) in ``stats``, prints a
+    progress line every 1% and stores the seconds taken."""
+    stats.update(ops=0, ok=0, errors=0, error_samples=[], stopped_on_time=False)
+    started = 0
     deadline = time.monotonic() + max_seconds
     progress_every = max(1, count // 100)
 
     async def worker():
-        while state["started"] < count:
+        nonlocal started
+        while started < count:
             if time.monotonic() > deadline:
-                state["stopped_on_time"] = True
+                stats["stopped_on_time"] = True
                 return
-            state["started"] += 1
-            i = state["started"]
+            started += 1
+            i = started
             try:
-                await asyncio.wait_for(one(i), OP_TIMEOUT)
+                wrong = await asyncio.wait_for(one(i), OP_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 -- every failure is reported, none expected
-                error(f"op {i}: {exc!r}")
+                wrong = repr(exc)
             stats["ops"] += 1
+            if wrong is None:
+                stats["ok"] += 1
+            else:
+                stats["errors"] += 1
+                if len(stats["error_samples"]) < 10:
+                    stats["error_samples"].append(f"op {i}: {wrong}")
             if stats["ops"] % progress_every == 0:
                 print(json.dumps({"progress": stats["ops"]}), flush=True)
 
@@ -362,7 +350,32 @@ def spawner_main(kind: str, count: int, concurrency: int, max_seconds: float) ->
         return time.monotonic() - t0
 
     stats["seconds"] = loop.run_until_complete(main())
-    stats["stopped_on_time"] = state["stopped_on_time"]
+
+
+# ------------------------------------------------------------ tested process: spawner
+
+
+def spawner_main(kind: str, count: int, concurrency: int, max_seconds: float) -> None:
+    loop = make_loop(kind)
+    asyncio.set_event_loop(loop)
+    stats = {}
+    _install_handler_counter(loop, stats)
+    echo = shutil.which("echo") or "/bin/echo"
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    sys.stdin.readline()  # "go": the runner has read the baseline
+
+    async def one(i):
+        token = f"soak-{i}-{random.getrandbits(32):08x}"
+        proc = await asyncio.create_subprocess_exec(
+            echo, token, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+        )
+        out = await proc.stdout.read()
+        status = await proc.wait()
+        if out != token.encode() + b"\n" or status != 0:
+            return f"output {out!r}, status {status}"
+        return None
+
+    _run_ops(loop, stats, one, count, concurrency, max_seconds)
     # Let the loop run a little so child watchers finish with the last ones.
     loop.run_until_complete(asyncio.sleep(0.2))
     print(json.dumps({"done": stats}), flush=True)
@@ -412,16 +425,8 @@ def client_main(port: int, tls: bool, cafile: str | None, count: int, concurrenc
     asyncio.set_event_loop(loop)
     rng = random.Random(seed)
     ctx = ssl.create_default_context(cafile=cafile) if tls else None
-    stats = {"ops": 0, "ok": 0, "errors": 0, "error_samples": [], "stopped_on_time": False}
+    stats = {}
     _install_handler_counter(loop, stats)
-    state = {"started": 0}
-    deadline = time.monotonic() + max_seconds
-    progress_every = max(1, count // 100)
-
-    def error(text):
-        stats["errors"] += 1
-        if len(stats["error_samples"]) < 10:
-            stats["error_samples"].append(text)
 
     async def one(i):
         source = i % SOURCE_ADDRESSES
@@ -442,33 +447,10 @@ def client_main(port: int, tls: bool, cafile: str | None, count: int, concurrenc
             await loop.create_connection(
                 lambda: EchoClient(payload, done), sock=sock, ssl=ctx, server_hostname=TLS_NAME
             )
-        return await done
+        result = await done
+        return None if result == "ok" else result
 
-    async def worker():
-        while state["started"] < count:
-            if time.monotonic() > deadline:
-                stats["stopped_on_time"] = True
-                return
-            state["started"] += 1
-            i = state["started"]
-            try:
-                result = await asyncio.wait_for(one(i), OP_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001 -- every failure is reported
-                result = repr(exc)
-            stats["ops"] += 1
-            if result == "ok":
-                stats["ok"] += 1
-            else:
-                error(f"op {i}: {result}")
-            if stats["ops"] % progress_every == 0:
-                print(json.dumps({"progress": stats["ops"]}), flush=True)
-
-    async def main():
-        t0 = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.monotonic() - t0
-
-    stats["seconds"] = loop.run_until_complete(main())
+    _run_ops(loop, stats, one, count, concurrency, max_seconds)
     loop.close()
     print(json.dumps({"done": stats}), flush=True)
 
