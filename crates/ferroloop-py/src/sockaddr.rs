@@ -102,9 +102,10 @@ extern "C" {
 
 /// `inet_ntop` of the address at `src` (an `in_addr` or `in6_addr`).
 fn ntop<'py>(py: Python<'py>, af: i32, src: *const libc::c_void) -> PyResult<Bound<'py, PyString>> {
-    let mut buf = [0 as libc::c_char; 64]; // INET6_ADDRSTRLEN is 46
-                                           // SAFETY: `src` points at an address of family `af`; `buf` holds
-                                           // `buf.len()` bytes, which inet_ntop does not exceed.
+    // Room for INET6_ADDRSTRLEN (46) and more.
+    let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: `src` points at an address of family `af`; `buf` holds
+    // `buf.len()` bytes, which inet_ntop does not exceed.
     let out = unsafe { inet_ntop(af, src, buf.as_mut_ptr(), buf.len() as libc::socklen_t) };
     if out.is_null() {
         return Err(io_err(std::io::Error::last_os_error()));

@@ -465,7 +465,7 @@ impl RingStreamCore {
         io.write_op = None;
         let short = rest.is_some();
         io.short_rest = rest;
-        let quiet = result.is_ok()
+        let quiet = ok
             && !short
             && {
                 let h = self.st.borrow(py);
