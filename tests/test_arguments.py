@@ -227,3 +227,75 @@ def test_selector_argument_validation():
         ferroloop.new_event_loop("kqueue")
     with pytest.raises(TypeError, match="selector must be None"):
         ferroloop.new_event_loop(42)
+
+
+# The scheduling methods parse their own arguments (fastcall.rs): every
+# shape of call gets what asyncio gives, result or TypeError and message.
+_SCHEDULING_CALLS = [
+    lambda lp: lp.call_soon(),
+    lambda lp: lp.call_soon(callback=_cb),
+    lambda lp: lp.call_soon(_cb, 1, 2),
+    lambda lp: lp.call_soon(_cb, context=None),
+    lambda lp: lp.call_soon(_cb, 1, context=None),
+    lambda lp: lp.call_soon(_cb, foo=1),
+    lambda lp: lp.call_soon(_cb, 1, callback=_cb),
+    lambda lp: lp.call_soon(_cb, context=None, other=2),
+    lambda lp: lp.call_soon_threadsafe(),
+    lambda lp: lp.call_soon_threadsafe(callback=_cb, context=None),
+    lambda lp: lp.call_soon_threadsafe(_cb, bar=3),
+    lambda lp: lp.call_later(),
+    lambda lp: lp.call_later(1),
+    lambda lp: lp.call_later(delay=1),
+    lambda lp: lp.call_later(callback=_cb, delay=1),
+    lambda lp: lp.call_later(1, _cb, 2, 3, context=None),
+    lambda lp: lp.call_later(1, _cb, delay=2),
+    lambda lp: lp.call_later(1, callback=_cb, when=2),
+    lambda lp: lp.call_at(),
+    lambda lp: lp.call_at(1),
+    lambda lp: lp.call_at(when=1, callback=_cb),
+    lambda lp: lp.call_at(1, _cb, 2, callback=_cb),
+]
+
+
+def _shape(lp, call):
+    """The call's outcome, a handle reduced to its class name and repr's
+    callback part (its address and the clock differ between loops)."""
+    result = call(lp)
+    return type(result).__name__, repr(result).split(" ")[-1]
+
+
+@pytest.mark.parametrize("index", range(len(_SCHEDULING_CALLS)))
+def test_scheduling_call_shapes_match_asyncio(loop_factory, index):
+    call = _SCHEDULING_CALLS[index]
+    _compare(loop_factory, lambda lp: _shape(lp, call))
+
+
+def test_scheduling_arguments_reach_the_callback(loop_factory):
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+    seen = []
+
+    def record(*args):
+        seen.append((args, var.get()))
+
+    lp = loop_factory()
+    try:
+        lp.call_soon(record, 1, "two", context=ctx)
+        lp.call_soon(record, *range(40))
+        lp.call_later(0, record, 3, context=None)
+        lp.call_at(lp.time(), record, 4, 5)
+        lp.call_soon(callback=record)
+        lp.call_later(0.001, lp.stop)
+        run_bounded(lp)
+    finally:
+        lp.close()
+    assert seen == [
+        ((1, "two"), "in ctx"),
+        (tuple(range(40)), "unset"),
+        ((), "unset"),
+        ((3,), "unset"),
+        ((4, 5), "unset"),
+    ]

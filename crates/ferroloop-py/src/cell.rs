@@ -25,6 +25,13 @@ impl<T> GilCell<T> {
         GilCell(RefCell::new(v))
     }
 
+    /// With the cell owned exclusively (its owner's `Drop`), no borrow flag
+    /// is needed.
+    #[inline]
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut()
+    }
+
     #[inline]
     pub fn borrow<'a>(&'a self, _py: Python<'_>) -> Ref<'a, T> {
         self.0.borrow()

@@ -6,6 +6,7 @@
 //! the `contextvars.Context` captured when it was scheduled. Running one is
 //! the hot path: enter the context, vectorcall the callback, leave the context.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -31,12 +32,40 @@ pub struct TimerData {
 pub struct Handle {
     callback: GilCell<Option<Py<PyAny>>>,
     args: GilCell<Option<Py<PyTuple>>>,
-    context: Py<PyAny>,
-    loop_: Py<LoopCore>,
+    // Released by `Drop for Handle`, which knows the thread is attached.
+    context: ManuallyDrop<Py<PyAny>>,
+    loop_: ManuallyDrop<Py<LoopCore>>,
     cancelled: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
     repr: GilCell<Option<Py<PyAny>>>,
     pub(crate) timer: Option<TimerData>,
+}
+
+impl Drop for Handle {
+    /// Release the references with plain decrefs: a `Py`'s own drop first
+    /// asks a thread-local whether the thread is attached, which from this
+    /// shared library costs a `__tls_get_addr` call per handle.
+    fn drop(&mut self) {
+        // SAFETY: a `Handle` is dropped only with the thread attached: by
+        // its Python object's `tp_dealloc`, or by the native code that made
+        // it, which holds a `Python` token (pyo3 runs no destructor of a
+        // pyclass value elsewhere).
+        let py = unsafe { Python::assume_attached() };
+        if let Some(c) = self.callback.get_mut().take() {
+            c.drop_ref(py);
+        }
+        if let Some(a) = self.args.get_mut().take() {
+            a.drop_ref(py);
+        }
+        if let Some(r) = self.repr.get_mut().take() {
+            r.drop_ref(py);
+        }
+        // SAFETY: each field is taken once, here, and never used again.
+        unsafe {
+            ManuallyDrop::take(&mut self.context).drop_ref(py);
+            ManuallyDrop::take(&mut self.loop_).drop_ref(py);
+        }
+    }
 }
 
 /// A callback scheduled at a point in time.
@@ -72,8 +101,8 @@ impl Handle {
         &self,
         visit: &pyo3::PyVisit<'_>,
     ) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.context)?;
-        visit.call(&self.loop_)?;
+        visit.call(&*self.context)?;
+        visit.call(&*self.loop_)?;
         visit.call(&self.source_traceback)?;
         if let Some(t) = &self.timer {
             visit.call(&t.when_obj)?;
@@ -111,8 +140,8 @@ impl Handle {
         Ok(Handle {
             callback: GilCell::new(Some(callback)),
             args: GilCell::new(Some(args)),
-            context,
-            loop_,
+            context: ManuallyDrop::new(context),
+            loop_: ManuallyDrop::new(loop_),
             cancelled: AtomicBool::new(false),
             source_traceback,
             repr: GilCell::new(None),
@@ -191,7 +220,9 @@ impl Handle {
             let cb = h.callback.borrow(py);
             let args = h.args.borrow(py);
             match (cb.as_ref(), args.as_ref()) {
-                (Some(c), Some(a)) => (c.clone_ref(py), a.clone_ref(py)),
+                // Bound clones: their drop is a plain decref, where a `Py`'s
+                // looks up whether the thread is attached first.
+                (Some(c), Some(a)) => (c.bind(py).clone(), a.bind(py).clone()),
                 _ => return Ok(()),
             }
         };
@@ -206,8 +237,8 @@ impl Handle {
                 .bind(py)
                 .getattr(pyo3::intern!(py, "run"))
                 .and_then(|run| {
-                    let mut all = vec![cb.clone_ref(py).into_any()];
-                    all.extend(args.bind(py).iter().map(Bound::unbind));
+                    let mut all = vec![cb.clone()];
+                    all.extend(args.iter());
                     run.call1(PyTuple::new(py, all)?)
                 })
                 .map(drop);
@@ -247,31 +278,38 @@ impl Handle {
         Self::finish(slf, &cb, &args, result)
     }
 
+    #[inline]
     fn finish(
         slf: &Bound<'_, Handle>,
-        cb: &Py<PyAny>,
-        args: &Py<PyTuple>,
+        cb: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
         result: PyResult<()>,
     ) -> PyResult<()> {
-        let py = slf.py();
         match result {
             Ok(()) => Ok(()),
-            Err(err) => {
-                if err.is_instance_of::<PyKeyboardInterrupt>(py)
-                    || err.is_instance_of::<PySystemExit>(py)
-                {
-                    return Err(err);
-                }
-                report_callback_error(slf, cb, args, err)
-            }
+            Err(err) => Self::failed(slf, cb, args, err),
         }
+    }
+
+    #[cold]
+    fn failed(
+        slf: &Bound<'_, Handle>,
+        cb: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+            return Err(err);
+        }
+        report_callback_error(slf, cb, args, err)
     }
 }
 
 fn report_callback_error(
     slf: &Bound<'_, Handle>,
-    cb: &Py<PyAny>,
-    args: &Py<PyTuple>,
+    cb: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
     err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();

@@ -6,6 +6,7 @@
 
 mod cell;
 mod errors;
+mod fastcall;
 mod handle;
 mod link;
 mod loop_core;
@@ -59,6 +60,7 @@ fn _test_panic(site: Option<&str>) -> PyResult<()> {
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loop_core::LoopCore>()?;
+    fastcall::install(&m.py().get_type::<loop_core::LoopCore>())?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<stream::StreamCore>()?;

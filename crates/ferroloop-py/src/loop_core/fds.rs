@@ -154,7 +154,7 @@ impl LoopCore {
         };
         Self::forget_fd(slf, fd, write, true)?;
         if let Some(h) = again {
-            core.st.borrow_mut(py).sched.call_soon(super::Item(h));
+            core.st.borrow_mut(py).sched.call_soon(super::Item::new(h));
         }
         Ok(())
     }
@@ -412,7 +412,7 @@ pub(super) fn queue_fd(
             if h.get().is_cancelled() {
                 stale.push((fd, write));
             } else {
-                st.sched.call_soon(Item(h.clone_ref(py)));
+                st.sched.call_soon(Item::new(h.clone_ref(py)));
             }
         }
     }

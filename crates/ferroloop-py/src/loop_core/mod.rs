@@ -17,6 +17,7 @@
 //! wait, which works on a detached [`Waiter`].
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -63,7 +64,7 @@ const EVENT_WRITE: u32 = 2;
 /// hidden handle still queued and held elsewhere when the loop stops
 /// running ([`Item::show`]), so a stopped loop dropped unclosed in a cycle
 /// with its callbacks is collected too.
-pub struct Item(Py<Handle>);
+pub struct Item(ManuallyDrop<Py<Handle>>);
 
 impl Item {
     /// Queue a handle the loop has just made, out of the collector's sight
@@ -77,7 +78,13 @@ impl Item {
             // `PyObject_GC_UnTrack` accepts tracked and untracked objects.
             unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr().cast()) };
         }
-        Item(h)
+        Item::new(h)
+    }
+
+    /// Queue `h` as it is (tracked or not).
+    #[inline]
+    pub(crate) fn new(h: Py<Handle>) -> Self {
+        Item(ManuallyDrop::new(h))
     }
 
     /// Track the handle again if it is hidden and held elsewhere too.
@@ -129,6 +136,10 @@ impl Drop for Item {
     /// Before the loop's reference goes (just after this).
     fn drop(&mut self) {
         self.show();
+        // SAFETY: the GIL is held (see `show`), so a plain decref releases
+        // the reference, without the thread-local lookup a `Py`'s drop makes
+        // first; the field is not used again.
+        unsafe { ffi::Py_DECREF(ManuallyDrop::take(&mut self.0).into_ptr()) };
     }
 }
 
@@ -391,27 +402,38 @@ impl LoopCore {
     /// the flag already cleared.
     /// True when the loop's clock is not the native one: `time` set on the
     /// instance, or a class in the MRO defining another `time`.
+    #[inline]
     fn time_overridden(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let core = slf.get();
         if core.instance_time.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        let tp = slf.get_type();
-        let tp_ptr = tp.as_type_ptr();
-        // SAFETY: `tp_ptr` is the live type object of `slf`; reading its
-        // version tag is a plain field read under the GIL.
-        let tag = unsafe { (*tp_ptr).tp_version_tag } as u64;
+        // SAFETY: `slf` is live, so `Py_TYPE` gives its live type object
+        // (a borrowed pointer, used only here under the GIL); reading its
+        // version tag is a plain field read.
+        let tag = unsafe { (*ffi::Py_TYPE(slf.as_ptr())).tp_version_tag } as u64;
         let cached = core.class_time.load(Ordering::Relaxed);
         if tag != 0 && cached >> 1 == tag {
             return Ok(cached & 1 == 1);
         }
+        Self::time_overridden_lookup(slf)
+    }
+
+    /// [`Self::time_overridden`] when the cached answer is stale: look the
+    /// class's `time` up and cache the answer under its version tag.
+    #[cold]
+    fn time_overridden_lookup(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let core = slf.get();
+        let tp = slf.get_type();
+        let tp_ptr = tp.as_type_ptr();
         let py = slf.py();
         let native = NATIVE_TIME.get_or_try_init(py, || {
             Ok::<_, PyErr>(py.get_type::<LoopCore>().getattr("time")?.unbind())
         })?;
         let overridden = !tp.getattr(pyo3::intern!(py, "time"))?.is(native.bind(py));
         // The lookup above gives the type a valid tag if it had none.
-        // SAFETY: as above.
+        // SAFETY: `tp_ptr` is the live type object of `slf`; reading its
+        // version tag is a plain field read under the GIL.
         let tag = unsafe { (*tp_ptr).tp_version_tag } as u64;
         core.class_time
             .store((tag << 1) | overridden as u64, Ordering::Relaxed);
@@ -420,9 +442,19 @@ impl LoopCore {
 
     /// `self.time()` when `time` is overridden and a queued timer needs the
     /// clock; `None` means the native clock is the loop's clock.
+    #[inline(always)]
     fn overridden_now(slf: &Bound<'_, Self>, custom_time: bool) -> PyResult<Option<f64>> {
+        if custom_time {
+            Self::call_time(slf)
+        } else {
+            Ok(None)
+        }
+    }
+
+    #[cold]
+    fn call_time(slf: &Bound<'_, Self>) -> PyResult<Option<f64>> {
         let py = slf.py();
-        if !custom_time || slf.get().st.borrow(py).sched.timers().is_empty() {
+        if slf.get().st.borrow(py).sched.timers().is_empty() {
             return Ok(None);
         }
         Ok(Some(
@@ -684,7 +716,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon_threadsafe(
+    pub(crate) fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
@@ -702,7 +734,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (delay, callback, *args, context = None))]
-    fn call_later(
+    pub(crate) fn call_later(
         slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
@@ -731,7 +763,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]
-    fn call_at(
+    pub(crate) fn call_at(
         slf: &Bound<'_, Self>,
         when: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
@@ -763,7 +795,7 @@ impl LoopCore {
             self.st
                 .borrow_mut(py)
                 .sched
-                .call_soon(Item(handle.clone().unbind()));
+                .call_soon(Item::new(handle.clone().unbind()));
         }
     }
 
@@ -1097,7 +1129,7 @@ impl LoopCore {
             if item.owned_untracked() {
                 item.0.get().visit_contents(&visit)?;
             } else {
-                visit.call(&item.0)?;
+                visit.call(&*item.0)?;
             }
         }
         for h in st.readers.values().chain(st.writers.values()) {

@@ -70,6 +70,12 @@ impl LoopCore {
             Python(Py<PyAny>),
         }
         let custom_time = Self::time_overridden(slf)?;
+        if !custom_time && Self::nothing_to_wait_for(core, py) {
+            // Steps 1 to 3 would purge no timer, skip the wait and queue
+            // nothing: go straight to the callbacks.
+            py.check_signals()?;
+            return Self::run_due_and_ready(slf, false, None);
+        }
         let now_py = Self::overridden_now(slf, custom_time)?;
         let mut purged = Vec::new();
         let (wait, timeout) = {
@@ -278,6 +284,21 @@ impl LoopCore {
 
         // Step 4: due timers.
         let now_py = Self::overridden_now(slf, custom_time)?;
+        Self::run_due_and_ready(slf, waited && woke_from.is_none(), now_py)
+    }
+
+    /// Steps 4 and 5: move due timers to the ready queue, then run what
+    /// was ready when the pass began, timing each callback for the
+    /// statistics. `fresh_tick`: the pass waited without blocking, so the
+    /// first callback's time starts now rather than at the end of the last
+    /// one; `now_py`: the overridden clock's reading, if any.
+    fn run_due_and_ready(
+        slf: &Bound<'_, Self>,
+        fresh_tick: bool,
+        now_py: Option<f64>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
         let (n, clock, mut tick, mut slowest) = {
             let mut st = core.st.borrow_mut(py);
             let st = &mut *st;
@@ -294,7 +315,7 @@ impl LoopCore {
             let clock = st.stats.clock;
             // A callback's time is measured from the end of the one before;
             // after a wait (and the work of queueing what it found), from now.
-            let tick = if waited && woke_from.is_none() {
+            let tick = if fresh_tick {
                 clock.now()
             } else {
                 st.stats.last_tick
@@ -335,6 +356,25 @@ impl LoopCore {
         }
         core.callbacks_ran(py, ran, tick);
         Ok(())
+    }
+
+    /// True when this pass would skip its wait and find nothing more to
+    /// do before the callbacks: some are ready, no timer is queued (so none
+    /// to purge or make due), no `sock_*` wait is watched, and the native
+    /// selector has nothing registered but the waker, or the ring nothing
+    /// to submit or reap.
+    #[inline]
+    fn nothing_to_wait_for(core: &LoopCore, py: Python<'_>) -> bool {
+        let mut st = core.st.borrow_mut(py);
+        let st = &mut *st;
+        st.sched.begin_pass() > 0
+            && st.sched.timers().is_empty()
+            && st.sock_waits.is_empty()
+            && match &mut st.io {
+                Io::Native(sel) => sel.len() <= 1,
+                Io::Ring(ring) => ring.idle(),
+                Io::Python(_) | Io::Closed => false,
+            }
     }
 
     /// The statistics' side of running `ran` callbacks, the last ending at
@@ -441,7 +481,7 @@ impl LoopCore {
         st.completions = done;
         let woke = had_events || !handles.is_empty() || st.sched.ready_len() > 0;
         for h in handles {
-            st.sched.call_soon(Item(h));
+            st.sched.call_soon(Item::new(h));
         }
         let again = match &mut st.io {
             Io::Ring(ring) if !woke => Some(ring.prepare_wait()),

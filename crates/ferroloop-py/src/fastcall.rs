@@ -1,0 +1,330 @@
+//! The scheduling methods as plain `METH_FASTCALL | METH_KEYWORDS` C
+//! functions, installed over the `#[pymethods]` ones of the same name.
+//!
+//! `call_soon` is the loop's hottest entry point: asyncio's C `Future` and
+//! `Task` call it for every done callback and every step. pyo3's generated
+//! wrapper for a `(callback, *args, context=None)` signature runs its
+//! general argument parser, two trampolines and a thread-local lookup on
+//! each call, about 190 instructions; the shapes here are fixed, so the
+//! parse below does the same checks in a few dozen. A wrong call gets
+//! asyncio's `TypeError`, word for word (its methods are
+//! `BaseEventLoop`'s), and a panic still becomes a `PanicException`.
+
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple, PyType};
+
+use crate::loop_core::LoopCore;
+
+/// The arguments of a `(FIXED..., callback, *args, context=None)` call.
+struct Parsed<'py> {
+    /// The leading positional arguments (`delay` or `when`), then the
+    /// callback.
+    fixed: [Option<Bound<'py, PyAny>>; 2],
+    args: Bound<'py, PyTuple>,
+    context: Option<Bound<'py, PyAny>>,
+}
+
+/// Parse a vectorcall of `name(names[0], .., *args, context=None)`, where
+/// the named parameters may also come by keyword when no `*args` follow.
+///
+/// # Safety
+/// `args` points to `nargs` live objects followed by one per name in
+/// `kwnames` (a tuple of `str`, or NULL), as CPython passes them.
+#[inline(always)]
+unsafe fn parse<'py>(
+    py: Python<'py>,
+    name: &str,
+    names: &[&'static str],
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Parsed<'py>> {
+    // SAFETY: `nargsf` is the count CPython passed, with its flag bit.
+    let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+    // SAFETY: the caller's contract: `nargs` live objects at `args`.
+    let positional = unsafe { std::slice::from_raw_parts(args, nargs) };
+    if kwnames.is_null() && nargs >= names.len() {
+        // The common calls: positional arguments only.
+        let (named, rest) = positional.split_at(names.len());
+        // SAFETY: `named` holds `names.len()` (1 or 2) live objects, and
+        // `rest` live objects of the call.
+        let (fixed, args) = unsafe {
+            (
+                [
+                    Some(Bound::from_borrowed_ptr(py, named[0])),
+                    named.get(1).map(|&p| Bound::from_borrowed_ptr(py, p)),
+                ],
+                tuple_of(py, rest)?,
+            )
+        };
+        return Ok(Parsed {
+            fixed,
+            args,
+            context: None,
+        });
+    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { parse_general(py, name, names, positional, args, kwnames) }
+}
+
+/// [`parse`] for every other shape of call.
+///
+/// # Safety
+/// As for [`parse`]; `positional` is the call's positional arguments.
+#[inline(never)]
+unsafe fn parse_general<'py>(
+    py: Python<'py>,
+    name: &str,
+    names: &[&'static str],
+    positional: &[*mut ffi::PyObject],
+    args: *const *mut ffi::PyObject,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Parsed<'py>> {
+    let nargs = positional.len();
+    let mut fixed: [Option<Bound<'py, PyAny>>; 2] = [None, None];
+    for (slot, &p) in fixed.iter_mut().take(names.len()).zip(positional) {
+        // SAFETY: `p` is a live object of the call (borrowed; cloned here).
+        *slot = Some(unsafe { Bound::from_borrowed_ptr(py, p) });
+    }
+    let rest = positional.get(names.len()..).unwrap_or(&[]);
+    // SAFETY: every pointer in `rest` is a live object of the call.
+    let varargs = unsafe { tuple_of(py, rest)? };
+    let mut context = None;
+    if !kwnames.is_null() {
+        // SAFETY: `kwnames` is the call's tuple of keyword names.
+        let kw = unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
+        for (i, key) in kw.iter().enumerate() {
+            // SAFETY: the values follow the positional arguments, one per
+            // name.
+            let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + i)) };
+            let key = key.cast_into::<PyString>()?;
+            let key = key.to_str()?;
+            if key == "context" {
+                context = Some(value);
+                continue;
+            }
+            match names.iter().position(|n| *n == key) {
+                Some(at) if fixed[at].is_none() => fixed[at] = Some(value),
+                Some(_) => {
+                    return Err(PyTypeError::new_err(format!(
+                        "BaseEventLoop.{name}() got multiple values for argument '{key}'"
+                    )))
+                }
+                None => {
+                    return Err(PyTypeError::new_err(format!(
+                        "BaseEventLoop.{name}() got an unexpected keyword argument '{key}'"
+                    )))
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = names
+        .iter()
+        .zip(&fixed)
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| format!("'{n}'"))
+        .collect();
+    if !missing.is_empty() {
+        let (count, plural) = (missing.len(), if missing.len() == 1 { "" } else { "s" });
+        return Err(PyTypeError::new_err(format!(
+            "BaseEventLoop.{name}() missing {count} required positional argument{plural}: {}",
+            missing.join(" and ")
+        )));
+    }
+    // `context=None` is no context given.
+    let context = context.filter(|c| !c.is_none());
+    Ok(Parsed {
+        fixed,
+        args: varargs,
+        context,
+    })
+}
+
+/// A new tuple of `items`.
+///
+/// # Safety
+/// Every pointer in `items` is a live object.
+#[inline]
+unsafe fn tuple_of<'py>(
+    py: Python<'py>,
+    items: &[*mut ffi::PyObject],
+) -> PyResult<Bound<'py, PyTuple>> {
+    if items.is_empty() {
+        return Ok(PyTuple::empty(py));
+    }
+    // SAFETY: PyTuple_New returns a new tuple of that length (its slots
+    // NULL) or NULL with an error set; each slot is filled once, with a
+    // new reference to a live object (the caller's contract), before the
+    // tuple is seen by anyone.
+    unsafe {
+        let t = ffi::PyTuple_New(items.len() as ffi::Py_ssize_t);
+        if t.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        for (i, &p) in items.iter().enumerate() {
+            ffi::Py_INCREF(p);
+            ffi::PyTuple_SET_ITEM(t, i as ffi::Py_ssize_t, p);
+        }
+        Ok(Bound::from_owned_ptr(py, t).cast_into_unchecked())
+    }
+}
+
+/// Run `body` as the C function's body: its result as a new reference, or
+/// NULL with the error (a panic as `PanicException`) set.
+#[inline(always)]
+fn entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a method's C function with the thread attached.
+    let py = unsafe { Python::assume_attached() };
+    match catch_unwind(AssertUnwindSafe(|| body(py))) {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(payload) => {
+            panic_error(payload).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+#[cold]
+pub(crate) fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let msg = if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else {
+        "panic from Rust code".to_owned()
+    };
+    PanicException::new_err((msg,))
+}
+
+/// `slf` as the loop it is.
+///
+/// # Safety
+/// `slf` is the `self` CPython passed to a method descriptor of
+/// `LoopCore`, which checked that it is an instance of it (or of a
+/// subclass).
+unsafe fn this<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> Bound<'py, LoopCore> {
+    // SAFETY: the caller's contract.
+    unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() }
+}
+
+macro_rules! fastcall {
+    ($fn_name:ident, $py_name:literal, [$($param:literal),+], |$lp:ident, $p:ident| $body:expr) => {
+        unsafe extern "C" fn $fn_name(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargsf: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            entry(|py| {
+                // SAFETY: CPython calls this through the method descriptor
+                // made in `install`, which checks `slf`'s type, with the
+                // call's arguments laid out as `parse` expects.
+                let ($lp, $p) = unsafe {
+                    (this(py, slf), parse(py, $py_name, &[$($param),+], args, nargsf, kwnames)?)
+                };
+                $body
+            })
+        }
+    };
+}
+
+fastcall!(call_soon, "call_soon", ["callback"], |lp, p| {
+    let [callback, _] = p.fixed;
+    let callback = callback.expect("parse checked it");
+    Ok(LoopCore::call_soon(&lp, callback, p.args, p.context)?.into_any())
+});
+
+fastcall!(
+    call_soon_threadsafe,
+    "call_soon_threadsafe",
+    ["callback"],
+    |lp, p| {
+        let [callback, _] = p.fixed;
+        let callback = callback.expect("parse checked it");
+        Ok(LoopCore::call_soon_threadsafe(&lp, callback, p.args, p.context)?.into_any())
+    }
+);
+
+fastcall!(call_later, "call_later", ["delay", "callback"], |lp, p| {
+    let [Some(delay), Some(callback)] = p.fixed else {
+        unreachable!("parse checked them")
+    };
+    Ok(LoopCore::call_later(&lp, &delay, callback, p.args, p.context)?.into_any())
+});
+
+fastcall!(call_at, "call_at", ["when", "callback"], |lp, p| {
+    let [Some(when), Some(callback)] = p.fixed else {
+        unreachable!("parse checked them")
+    };
+    Ok(LoopCore::call_at(&lp, &when, callback, p.args, p.context)?.into_any())
+});
+
+type FastFn = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+const METHODS: [(&CStr, FastFn, &CStr); 4] = [
+    (
+        c"call_soon",
+        call_soon,
+        c"call_soon($self, callback, *args, context=None)\n--\n\n",
+    ),
+    (
+        c"call_soon_threadsafe",
+        call_soon_threadsafe,
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n",
+    ),
+    (
+        c"call_later",
+        call_later,
+        c"call_later($self, delay, callback, *args, context=None)\n--\n\n",
+    ),
+    (
+        c"call_at",
+        call_at,
+        c"call_at($self, when, callback, *args, context=None)\n--\n\n",
+    ),
+];
+
+/// Put the C functions above on `LoopCore` in place of pyo3's wrappers.
+pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
+    let py = ty.py();
+    for (name, func, doc) in METHODS {
+        // The descriptor keeps a pointer to its definition for as long as
+        // it lives, which is the life of the type: leak one per method,
+        // once per process (the module is initialised once).
+        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: func,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr(),
+        }));
+        // SAFETY: `ty` is a live type object and `def` lives for ever;
+        // PyDescr_NewMethod returns a new reference or NULL with an error
+        // set.
+        let descr = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?
+        };
+        ty.setattr(
+            name.to_str()
+                .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            descr,
+        )?;
+    }
+    Ok(())
+}
