@@ -40,7 +40,7 @@ def loadgen() -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        pytest.skip(f"cargo build failed: {proc.stderr[-2000:]}")
+        pytest.fail(f"cargo build failed: {proc.stderr[-2000:]}")
     return ROOT / "target" / "release" / "ferroloop-loadgen"
 
 
