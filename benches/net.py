@@ -51,6 +51,13 @@ import common
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = Path(__file__).resolve()
+ROOT = HERE.parent
+
+# The Rust load generator (--loadgen rust): benches/loadgen, built with cargo.
+LOADGEN_PACKAGE = "ferroloop-loadgen"
+LOADGEN_DIR = HERE / "loadgen"
+LOADGEN_KINDS = ("echo", "udp", "churn")  # client kinds it runs; tls and wrk stay as they are
+LOADGEN_EXIT_S = 5.0  # the load generator gets this long to exit once its stdin is closed
 
 DEFAULT_REPEAT = 3
 QUICK_DIVISOR = 10
@@ -154,8 +161,10 @@ def _workloads() -> list[Workload]:
                         big,
                     )
                 )
-    for clients in (1, 50):
-        out.append(Workload(f"unix-protocol-1k-c{clients}", "unix", "echo", KIB, clients, 20_000))
+    for size, big in ((1 * KIB, False), (10 * KIB, False), (100 * KIB, True)):
+        for clients in (1, 50):
+            name = f"unix-protocol-{_size_label(size)}-c{clients}"
+            out.append(Workload(name, "unix", "echo", size, clients, counts[size], big))
     for clients in (1, 50):
         out.append(Workload(f"udp-1k-c{clients}", "udp", "udp", KIB, clients, 20_000))
     out.append(Workload("tcp-churn-c1", "protocol", "churn", CHURN_MSG_SIZE, 1, 3_000))
@@ -1019,33 +1028,149 @@ def _run_phase(
     raise ValueError(f"unknown client kind {kind!r}")
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """On-CPU time of a single-threaded process so far (schedstat, ns)."""
+    with open(f"/proc/{pid}/schedstat", encoding="ascii") as fh:
+        return int(fh.read().split()[0]) / 1e9
+
+
+class RustLoadgen:
+    """The Rust load generator (benches/loadgen) as a child of the client.
+
+    It opens its connections and runs the warm-up at once, then prints
+    ``{"phase": "warm", ...}``; :meth:`run` writes ``go`` and reads
+    ``{"phase": "done", "ops", "wall_s", "retransmits"}`` (its own timing of
+    the measured messages).  It keeps its connections open until its stdin is
+    closed (:meth:`close`), so the server's counters are read before they
+    close, as with the Python client.  A ``{"phase": "error"}`` line, an exit
+    or the client's deadline raise; :meth:`close` then kills it.
+    """
+
+    def __init__(self, spec: dict[str, Any], deadline: Deadline) -> None:
+        self.deadline = deadline
+        if spec["family"] == "unix":
+            target = ["--unix", spec["path"]]
+        else:
+            target = ["--tcp", f"{spec['host']}:{spec['port']}"]
+        left = max(deadline.at - time.monotonic(), 0.001)
+        cmd = [spec["loadgen_path"], "--kind", spec["client"], *target]
+        cmd += ["--size", str(spec["size"]), "--clients", str(spec["clients"])]
+        cmd += ["--warmup", str(spec["warmup"]), "--n", str(spec["n"])]
+        cmd += ["--deadline-s", f"{left:.3f}"]
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err
+        )
+        self.pid = self.proc.pid
+        self.buf = b""
+
+    def _fail(self, why: str) -> RuntimeError:
+        self.err.seek(0)
+        detail = common.tail(self.err.read().decode("utf-8", "replace"))
+        return RuntimeError(f"rust load generator: {why}" + (f": {detail}" if detail else ""))
+
+    def _read(self, phase: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = self.deadline.at - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("client deadline exceeded")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                code = self.proc.wait(timeout=LOADGEN_EXIT_S)
+                raise self._fail(f"{common.describe_exit(code)} before its {phase!r} line")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise self._fail(f"unexpected output {line[:200]!r}") from None
+        if value.get("phase") == "error":
+            raise RuntimeError(f"rust load generator: {value.get('error')}")
+        if value.get("phase") != phase:
+            raise self._fail(f"expected a {phase!r} line, got {line[:200]!r}")
+        return value
+
+    def warm(self) -> dict[str, Any]:
+        return {"ops": self._read("warm")["ops"]}
+
+    def run(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+        done = self._read("done")
+        return {k: done[k] for k in ("ops", "wall_s", "retransmits")}
+
+    def close(self, ok: bool) -> None:
+        """Close its stdin and let it exit (kill it at once unless *ok*)."""
+        try:
+            if not ok:
+                self.proc.kill()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=LOADGEN_EXIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        except BrokenPipeError:
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.err.close()
+
+
 def client_main(spec_text: str) -> int:
     """Warm the server up, measure n messages, print one JSON line.
 
     For wrk, n and the warm-up are durations in seconds; the request count
     and the measured duration are wrk's own, and the client's CPU includes
     wrk's (a child, from RUSAGE_CHILDREN).
+
+    With ``"loadgen": "rust"`` in the spec, echo, udp and churn are run by the
+    Rust load generator (:class:`RustLoadgen`, a child process); the wall time
+    is its own, and the client's CPU includes its CPU during the measured phase.
     """
     spec = json.loads(spec_text)
     record: dict[str, Any] = {"mode": "client"}
     pid = spec["server_pid"]
     deadline = Deadline(spec["timeout_s"])
     conns: list[_Conn] = []
+    child: RustLoadgen | None = None
+    rust = spec.get("loadgen") == "rust" and spec["client"] in LOADGEN_KINDS
+    record["loadgen"] = "rust" if rust else ("wrk" if spec["client"] == "wrk" else "python")
     try:
-        if spec["client"] not in ("churn", "wrk"):
-            family = "udp" if spec["client"] == "udp" else spec["family"]
-            conns = _open_conns({**spec, "family": family}, spec["clients"], spec["size"])
-        warmup = _run_phase(spec, conns, spec["warmup"], deadline)
+        if rust:
+            child = RustLoadgen(spec, deadline)
+            warmup = child.warm()
+        else:
+            if spec["client"] not in ("churn", "wrk"):
+                family = "udp" if spec["client"] == "udp" else spec["family"]
+                conns = _open_conns({**spec, "family": family}, spec["clients"], spec["size"])
+            warmup = _run_phase(spec, conns, spec["warmup"], deadline)
         time.sleep(SETTLE_S)  # let the server finish the warm-up's tail work
         status0 = server_status(pid)
         cpu0 = server_cpu(pid)
         others = {pid, os.getpid(), os.getppid()}
+        if child is not None:
+            others.add(child.pid)
         foreign0 = common.others_snapshot(others)
         own0 = time.process_time()
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child0 = _proc_cpu_s(child.pid) if child is not None else 0.0
         t0 = time.perf_counter()
-        result = _run_phase(spec, conns, spec["n"], deadline)
+        if child is not None:
+            result = child.run()
+        else:
+            result = _run_phase(spec, conns, spec["n"], deadline)
         t1 = time.perf_counter()
+        child1 = _proc_cpu_s(child.pid) if child is not None else 0.0
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         own1 = time.process_time()
         foreign1 = common.others_snapshot(others)
@@ -1060,14 +1185,22 @@ def client_main(spec_text: str) -> int:
             assert isinstance(tls, ssl.SSLSocket)
             record["tls"] = {"version": tls.version(), "cipher": tls.cipher()}
     except Exception as exc:  # noqa: BLE001 - the parent records the failure
+        if child is not None:
+            child.close(ok=False)
+            child = None
         record.update(status="error", error=common.error_text(exc))
         common.emit(record)
         return EXIT_FAILED
     finally:
         for c in conns:
             c.sock.close()
-    wall_s = result.pop("wall_s", t1 - t0)  # wrk: its own measured duration
+        if child is not None:
+            child.close(ok=True)
+    wall_s = result.pop("wall_s", t1 - t0)  # wrk, rust: their own measured duration
+    if spec["client"] != "udp":
+        result.pop("retransmits", None)
     kids_cpu = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
+    kids_cpu += child1 - child0
     record.update(result)
     record.update(cpu_delta(cpu0, cpu1))
     record.update(common.foreign_cpu(foreign0, foreign1, t1 - t0))
@@ -1152,8 +1285,12 @@ def measure(
     timeout: float,
     pin: str = "none",
     diag: tuple[str, str] | None = None,
+    loadgen: str | None = None,
 ) -> dict[str, Any]:
     """Start a server on *loop_name*, drive it with a client, return the record.
+
+    *loadgen* is the path of the Rust load generator, to be used for the
+    workloads it supports (None: the Python client).
 
     *diag* is (mode, path prefix) for a diagnostic run: ``profile`` runs the
     server under cProfile, ``strace`` attaches ``strace -c -f`` to it.  Both
@@ -1185,7 +1322,7 @@ def measure(
                 cwd=str(HERE),
             )
             try:
-                rec = _run_client(server, wl, n, timeout, client_cpus, mode, prefix)
+                rec = _run_client(server, wl, n, timeout, client_cpus, mode, prefix, loadgen)
             finally:
                 if mode == "profile" and server.stdin is not None:
                     server.stdin.close()  # the profiled server stops and writes its stats
@@ -1237,6 +1374,7 @@ def _run_client(
     client_cpus: set[int] | None,
     mode: str | None = None,
     prefix: str = "",
+    loadgen: str | None = None,
 ) -> dict[str, Any]:
     ready = _read_ready(server, SERVER_READY_TIMEOUT_S)
     if ready is None:
@@ -1260,6 +1398,8 @@ def _run_client(
         "server_pid": ready["pid"],
         "timeout_s": timeout,
     }
+    if loadgen is not None and wl.client in LOADGEN_KINDS:
+        spec.update(loadgen="rust", loadgen_path=loadgen)
     tracer = _attach_strace(ready["pid"], prefix + ".strace") if mode == "strace" else None
     try:
         proc = subprocess.run(
@@ -1330,10 +1470,34 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def loadgen_of(wl: Workload, loadgen: str) -> str:
+    """The load generator that drives *wl* under ``--loadgen`` *loadgen*."""
+    if wl.client == "wrk":
+        return "wrk"
+    return "rust" if loadgen == "rust" and wl.client in LOADGEN_KINDS else "python"
+
+
+def settings_line(cfg: dict[str, Any]) -> str:
+    """The report's settings line: load generator, fallbacks, pinning."""
+    loadgen = cfg.get("loadgen", "python")
+    text = f"- load generator: {loadgen}"
+    if loadgen == "rust":
+        text += f" (`{cfg.get('loadgen_path')}`)"
+    fallback = cfg.get("loadgen_fallback") or {}
+    if fallback:
+        text += "; not supported by it, so run by " + ", ".join(
+            f"{how}: {', '.join(names)}"
+            for how in sorted(set(fallback.values()))
+            for names in [[n for n, h in fallback.items() if h == how]]
+        )
+    return text + f"; pin: {cfg.get('pin')}"
+
+
 def render(report: dict[str, Any]) -> str:
     cfg = report["config"]
     present = [n for n in cfg["loops"] if report["loops"][n]["available"]]
     out = common.header_lines(report, "Event loop network benchmarks (echo servers, loopback)")
+    out.insert(len(out) - 1, settings_line(cfg))
     if not present:
         out.append("No loop could be run.")
         return "\n".join(out) + "\n"
@@ -1488,6 +1652,41 @@ def render(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------
+# The Rust load generator: locate and build
+# ---------------------------------------------------------------------------
+
+
+def loadgen_binary() -> Path:
+    target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
+    return Path(target) / "release" / LOADGEN_PACKAGE
+
+
+def loadgen_stale(binary: Path) -> bool:
+    """True when *binary* is missing or older than any of its sources."""
+    if not binary.exists():
+        return True
+    built = binary.stat().st_mtime
+    sources = [LOADGEN_DIR / "Cargo.toml", *(LOADGEN_DIR / "src").rglob("*.rs")]
+    return any(p.stat().st_mtime > built for p in sources)
+
+
+def ensure_loadgen() -> Path:
+    """The Rust load generator's path, built first if it is missing or stale."""
+    binary = loadgen_binary()
+    if not loadgen_stale(binary):
+        return binary
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        raise RuntimeError(f"{binary} is missing or stale and cargo is not on PATH")
+    cmd = [cargo, "build", "--release", "-p", LOADGEN_PACKAGE]
+    common.log(f"building the Rust load generator: {' '.join(cmd[1:])} (in {ROOT})")
+    proc = subprocess.run(cmd, cwd=str(ROOT), check=False, stdout=sys.stderr)
+    if proc.returncode != 0 or not binary.exists():
+        raise RuntimeError(f"cargo build failed ({common.describe_exit(proc.returncode)})")
+    return binary
+
+
+# ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
 
@@ -1524,6 +1723,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="split",
         help="CPU affinity: split = server on the first allowed CPU, client on the second "
         "(default); same = both on the first; none = let the scheduler place them",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("python", "rust"),
+        default="python",
+        help="load generator for the echo, udp and churn workloads: python = net.py's own "
+        "client (default); rust = benches/loadgen (built with cargo when missing or older "
+        "than its sources); tls and http keep the Python client and wrk",
     )
     parser.add_argument(
         "--profile-dir",
@@ -1592,6 +1799,17 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {n: why for n in names if (why := missing_prerequisite(WORKLOADS[n]))}
     for name, why in skipped.items():
         common.log(f"skipping {name}: {why}")
+    loadgen_path: str | None = None
+    if args.loadgen == "rust":
+        try:
+            loadgen_path = str(ensure_loadgen())
+        except RuntimeError as exc:
+            parser.error(f"--loadgen rust: {exc}")
+    fallback = {
+        n: loadgen_of(WORKLOADS[n], args.loadgen)
+        for n in names
+        if args.loadgen == "rust" and loadgen_of(WORKLOADS[n], args.loadgen) != "rust"
+    }
 
     report = common.new_report(
         {
@@ -1603,6 +1821,9 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "timeout_s": args.timeout,
             "pin": args.pin,
+            "loadgen": args.loadgen,
+            "loadgen_path": loadgen_path,
+            "loadgen_fallback": fallback,
             "noisy_retries": args.noisy_retries,
             "noisy_threshold": args.noisy_threshold,
             "wait_idle_s": args.wait_idle,
@@ -1645,6 +1866,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.timeout,
                         args.pin,
                         diag,
+                        loadgen_path,
                     ),
                     args,
                     discarded,
