@@ -636,52 +636,76 @@ impl RingStreamCore {
             return Ok(());
         };
         let protocol = protocol.into_bound(py);
-        let (group, chunks, buffered) = {
-            let mut io = me.io.borrow_mut(py);
-            let chunks = std::mem::take(&mut io.chunks);
-            (io.group, chunks, me.st.borrow(py).buffered)
-        };
-        if let (Some(group), Some(lp), false) = (group, me.link.lp(py), chunks.is_empty()) {
-            let lp = lp.get();
-            let res = if buffered {
-                // Copied out of the pool first: the protocol's methods may
-                // call back into the loop while they fill their buffers.
-                let mut data = SCRATCH
-                    .try_with(|s| std::mem::take(&mut *s.borrow_mut()))
-                    .unwrap_or_default();
-                data.clear();
-                lp.ring_take_into(py, group, &chunks, &mut data);
-                let res = Self::feed_buffered(slf, &protocol, &data);
-                if data.capacity() <= MAX_READ {
-                    let _ = SCRATCH.try_with(|s| *s.borrow_mut() = data);
-                }
-                res
-            } else {
-                let data = lp.ring_take_bytes(py, group, &chunks)?;
-                let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-                half::after_callback(
-                    slf,
-                    res,
-                    "Fatal error: protocol.data_received() call failed.",
-                )
+        // At most `MAX_READ` bytes per `data_received`, as asyncio reads
+        // (its `max_size`): a longer run of chunks goes in pieces, the
+        // rest waiting in `io.chunks` while the protocol pauses.
+        loop {
+            let (group, chunks, buffered) = {
+                let mut io = me.io.borrow_mut(py);
+                let mut total = 0usize;
+                let take = io
+                    .chunks
+                    .iter()
+                    .take_while(|(_, n)| {
+                        total += *n as usize;
+                        total <= MAX_READ
+                    })
+                    .count()
+                    .max(1)
+                    .min(io.chunks.len());
+                let chunks = if take == io.chunks.len() {
+                    std::mem::take(&mut io.chunks)
+                } else {
+                    io.chunks.drain(..take).collect()
+                };
+                (io.group, chunks, me.st.borrow(py).buffered)
             };
-            let mut io = me.io.borrow_mut(py);
-            if io.chunks.capacity() == 0 {
-                // Give the list back (emptied) rather than grow a new one.
-                let mut chunks = chunks;
-                chunks.clear();
-                io.chunks = chunks;
+            if let (Some(group), Some(lp), false) = (group, me.link.lp(py), chunks.is_empty()) {
+                let lp = lp.get();
+                let res = if buffered {
+                    // Copied out of the pool first: the protocol's methods may
+                    // call back into the loop while they fill their buffers.
+                    let mut data = SCRATCH
+                        .try_with(|s| std::mem::take(&mut *s.borrow_mut()))
+                        .unwrap_or_default();
+                    data.clear();
+                    lp.ring_take_into(py, group, &chunks, &mut data);
+                    let res = Self::feed_buffered(slf, &protocol, &data);
+                    if data.capacity() <= MAX_READ {
+                        let _ = SCRATCH.try_with(|s| *s.borrow_mut() = data);
+                    }
+                    res
+                } else {
+                    let data = lp.ring_take_bytes(py, group, &chunks)?;
+                    let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
+                    half::after_callback(
+                        slf,
+                        res,
+                        "Fatal error: protocol.data_received() call failed.",
+                    )
+                };
+                let mut io = me.io.borrow_mut(py);
+                if io.chunks.capacity() == 0 {
+                    // Give the list back (emptied) rather than grow a new one.
+                    let mut chunks = chunks;
+                    chunks.clear();
+                    io.chunks = chunks;
+                }
+                drop(io);
+                res?;
+                let s = me.sel.borrow(py);
+                if s.conn_lost > 0 || s.closing {
+                    return Ok(());
+                }
+                drop(s);
+                if !sel::is_reading(me, py) {
+                    return Ok(()); // paused: how the recv ended waits too
+                }
+                if !me.io.borrow(py).chunks.is_empty() {
+                    continue; // the next piece
+                }
             }
-            drop(io);
-            res?;
-            let s = me.sel.borrow(py);
-            if s.conn_lost > 0 || s.closing {
-                return Ok(());
-            }
-            drop(s);
-            if !sel::is_reading(me, py) {
-                return Ok(()); // paused: how the recv ended waits too
-            }
+            break;
         }
         let Some(end) = me.io.borrow_mut(py).multi_end.take() else {
             return Ok(()); // still armed
