@@ -35,6 +35,24 @@ async def echo_roundtrip(loop: asyncio.AbstractEventLoop) -> bytes:
     return data
 
 
+async def sock_roundtrip(loop: ferroloop.Loop) -> bytes:
+    """sock_* on ferroloop's own loop type: awaitables of asyncio's results."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        sent = loop.sock_sendall(b, b"pong")
+        assert_type(await sent, None)
+        buf = bytearray(2)
+        assert_type(await loop.sock_recv_into(a, buf), int)
+        rest = loop.create_task(loop.sock_recv(a, 2))  # a coroutine to create_task
+        assert_type(rest, asyncio.Task[bytes])
+        return bytes(buf) + await rest
+    finally:
+        a.close()
+        b.close()
+
+
 def check_run() -> None:
     assert_type(ferroloop.run(add(1, 2)), int)
     assert ferroloop.run(add(1, 2), debug=False) == 3
@@ -54,6 +72,7 @@ def check_new_event_loop() -> None:
         loop.run_forever()
         assert_type(loop.run_until_complete(add(2, 3)), int)
         assert loop.run_until_complete(echo_roundtrip(loop)) == b"ping"
+        assert loop.run_until_complete(sock_roundtrip(loop)) == b"pong"
         loop.call_soon(add, 1)  # type: ignore[arg-type]  # a coroutine function is no callback
         loop.call_soon(print, 1, context=None)
         stats = loop.stats()

@@ -4,7 +4,7 @@
 import asyncio
 import socket
 from asyncio import _CoroutineLike, base_events
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import Context
 from typing import (
     Any,
@@ -18,11 +18,12 @@ from typing import (
     type_check_only,
 )
 
-from _typeshed import FileDescriptorLike, ReadableBuffer
+from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
 from typing_extensions import disjoint_base
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
+_R_co = TypeVar("_R_co", covariant=True)
 
 __all__ = [
     "DatagramCore",
@@ -30,6 +31,7 @@ __all__ = [
     "LoopCore",
     "ReadPipeCore",
     "RingStreamCore",
+    "SockCall",
     "StreamCore",
     "TimerHandle",
     "WritePipeCore",
@@ -120,6 +122,27 @@ class LoopCore:
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def is_closed(self) -> bool: ...
+    def sock_recv(self, sock: socket.socket, n: int) -> SockCall[bytes]: ...
+    def sock_recv_into(self, sock: socket.socket, buf: WriteableBuffer) -> SockCall[int]: ...
+    def sock_sendall(self, sock: socket.socket, data: ReadableBuffer) -> SockCall[None]: ...
+
+@final
+class SockCall(Coroutine[Any, Any, _R_co]):
+    """What sock_recv, sock_recv_into and sock_sendall return: a native
+    awaitable with the coroutine protocol (registered as a
+    collections.abc.Coroutine)."""
+
+    @property
+    def __name__(self) -> str: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    @property
+    def cr_await(self) -> Any: ...
+    def __await__(self) -> Generator[Any, None, _R_co]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...  # type: ignore[override]
+    def close(self) -> None: ...
 
 # The transport cores: each is made by its transport (ferroloop._transports),
 # which forwards asyncio's transport methods to it.

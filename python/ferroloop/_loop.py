@@ -14,6 +14,7 @@ order, so every hot method (scheduling, timers, the loop's passes,
 from __future__ import annotations
 
 import _socket
+import collections.abc
 import contextvars
 import errno
 import functools
@@ -39,7 +40,7 @@ from asyncio import (
 from asyncio.log import logger
 from typing import NamedTuple
 
-from ._ferroloop import Handle, LoopCore, _accept_nonblocking
+from ._ferroloop import Handle, LoopCore, SockCall, _accept_nonblocking
 from ._transports import (
     DatagramTransport,
     ReadPipeTransport,
@@ -50,6 +51,11 @@ from ._transports import (
     _raw_proto,
     _raw_type,
 )
+
+# `sock_recv`, `sock_recv_into` and `sock_sendall` return a native object
+# that speaks the coroutine protocol (sock_ops.rs): registered, it is a
+# coroutine to `asyncio.iscoroutine`, `create_task` and `ensure_future`.
+collections.abc.Coroutine.register(SockCall)
 
 __all__ = ("Loop", "LoopStats", "ProactorEventLoop", "SelectorEventLoop", "new_event_loop")
 

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::loop_core::LoopCore;
+use crate::sock_ops::{Op, SockCall};
 
 /// The arguments of a `(FIXED..., callback, *args, context=None)` call.
 struct Parsed<'py> {
@@ -30,8 +31,17 @@ struct Parsed<'py> {
     context: Option<Bound<'py, PyAny>>,
 }
 
-/// Parse a vectorcall of `name(names[0], .., *args, context=None)`, where
-/// the named parameters may also come by keyword when no `*args` follow.
+/// A method's parameters: `qualname(names[0], ..)`, and with `varargs`
+/// `qualname(names[0], .., *args, context=None)`.
+struct Shape {
+    /// What asyncio's messages call the method.
+    qualname: &'static str,
+    names: &'static [&'static str],
+    varargs: bool,
+}
+
+/// Parse a vectorcall of a method of this `shape`; the named parameters may
+/// also come by keyword when no `*args` follow.
 ///
 /// # Safety
 /// `args` points to `nargs` live objects followed by one per name in
@@ -39,8 +49,7 @@ struct Parsed<'py> {
 #[inline(always)]
 unsafe fn parse<'py>(
     py: Python<'py>,
-    name: &str,
-    names: &[&'static str],
+    shape: &Shape,
     args: *const *mut ffi::PyObject,
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
@@ -49,7 +58,13 @@ unsafe fn parse<'py>(
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
     // SAFETY: the caller's contract: `nargs` live objects at `args`.
     let positional = unsafe { std::slice::from_raw_parts(args, nargs) };
-    if kwnames.is_null() && nargs >= names.len() {
+    let names = shape.names;
+    let fits = if shape.varargs {
+        nargs >= names.len()
+    } else {
+        nargs == names.len()
+    };
+    if kwnames.is_null() && fits {
         // The common calls: positional arguments only.
         let (named, rest) = positional.split_at(names.len());
         // SAFETY: `named` holds `names.len()` (1 or 2) live objects, and
@@ -70,7 +85,7 @@ unsafe fn parse<'py>(
         });
     }
     // SAFETY: the caller's contract, passed on.
-    unsafe { parse_general(py, name, names, positional, args, kwnames) }
+    unsafe { parse_general(py, shape, positional, args, kwnames) }
 }
 
 /// [`parse`] for every other shape of call.
@@ -80,13 +95,21 @@ unsafe fn parse<'py>(
 #[inline(never)]
 unsafe fn parse_general<'py>(
     py: Python<'py>,
-    name: &str,
-    names: &[&'static str],
+    shape: &Shape,
     positional: &[*mut ffi::PyObject],
     args: *const *mut ffi::PyObject,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Parsed<'py>> {
+    let (name, names) = (shape.qualname, shape.names);
     let nargs = positional.len();
+    if !shape.varargs && nargs > names.len() {
+        // Counted with `self`, as Python's own message counts them.
+        return Err(PyTypeError::new_err(format!(
+            "{name}() takes {} positional arguments but {} were given",
+            names.len() + 1,
+            nargs + 1
+        )));
+    }
     let mut fixed: [Option<Bound<'py, PyAny>>; 2] = [None, None];
     for (slot, &p) in fixed.iter_mut().take(names.len()).zip(positional) {
         // SAFETY: `p` is a live object of the call (borrowed; cloned here).
@@ -105,7 +128,7 @@ unsafe fn parse_general<'py>(
             let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + i)) };
             let key = key.cast_into::<PyString>()?;
             let key = key.to_str()?;
-            if key == "context" {
+            if shape.varargs && key == "context" {
                 context = Some(value);
                 continue;
             }
@@ -113,12 +136,12 @@ unsafe fn parse_general<'py>(
                 Some(at) if fixed[at].is_none() => fixed[at] = Some(value),
                 Some(_) => {
                     return Err(PyTypeError::new_err(format!(
-                        "BaseEventLoop.{name}() got multiple values for argument '{key}'"
+                        "{name}() got multiple values for argument '{key}'"
                     )))
                 }
                 None => {
                     return Err(PyTypeError::new_err(format!(
-                        "BaseEventLoop.{name}() got an unexpected keyword argument '{key}'"
+                        "{name}() got an unexpected keyword argument '{key}'"
                     )))
                 }
             }
@@ -133,7 +156,7 @@ unsafe fn parse_general<'py>(
     if !missing.is_empty() {
         let (count, plural) = (missing.len(), if missing.len() == 1 { "" } else { "s" });
         return Err(PyTypeError::new_err(format!(
-            "BaseEventLoop.{name}() missing {count} required positional argument{plural}: {}",
+            "{name}() missing {count} required positional argument{plural}: {}",
             missing.join(" and ")
         )));
     }
@@ -218,36 +241,46 @@ unsafe fn this<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> Bound<'py, Loop
 }
 
 macro_rules! fastcall {
-    ($fn_name:ident, $py_name:literal, [$($param:literal),+], |$lp:ident, $p:ident| $body:expr) => {
+    ($fn_name:ident, $qualname:literal, [$($param:literal),+], $varargs:literal, |$lp:ident, $p:ident| $body:expr) => {
         unsafe extern "C" fn $fn_name(
             slf: *mut ffi::PyObject,
             args: *const *mut ffi::PyObject,
             nargsf: ffi::Py_ssize_t,
             kwnames: *mut ffi::PyObject,
         ) -> *mut ffi::PyObject {
+            const SHAPE: Shape = Shape {
+                qualname: $qualname,
+                names: &[$($param),+],
+                varargs: $varargs,
+            };
             entry(|py| {
                 // SAFETY: CPython calls this through the method descriptor
                 // made in `install`, which checks `slf`'s type, with the
                 // call's arguments laid out as `parse` expects.
-                let ($lp, $p) = unsafe {
-                    (this(py, slf), parse(py, $py_name, &[$($param),+], args, nargsf, kwnames)?)
-                };
+                let ($lp, $p) = unsafe { (this(py, slf), parse(py, &SHAPE, args, nargsf, kwnames)?) };
                 $body
             })
         }
     };
 }
 
-fastcall!(call_soon, "call_soon", ["callback"], |lp, p| {
-    let [callback, _] = p.fixed;
-    let callback = callback.expect("parse checked it");
-    Ok(LoopCore::call_soon(&lp, callback, p.args, p.context)?.into_any())
-});
+fastcall!(
+    call_soon,
+    "BaseEventLoop.call_soon",
+    ["callback"],
+    true,
+    |lp, p| {
+        let [callback, _] = p.fixed;
+        let callback = callback.expect("parse checked it");
+        Ok(LoopCore::call_soon(&lp, callback, p.args, p.context)?.into_any())
+    }
+);
 
 fastcall!(
     call_soon_threadsafe,
-    "call_soon_threadsafe",
+    "BaseEventLoop.call_soon_threadsafe",
     ["callback"],
+    true,
     |lp, p| {
         let [callback, _] = p.fixed;
         let callback = callback.expect("parse checked it");
@@ -255,19 +288,70 @@ fastcall!(
     }
 );
 
-fastcall!(call_later, "call_later", ["delay", "callback"], |lp, p| {
-    let [Some(delay), Some(callback)] = p.fixed else {
-        unreachable!("parse checked them")
-    };
-    Ok(LoopCore::call_later(&lp, &delay, callback, p.args, p.context)?.into_any())
-});
+fastcall!(
+    call_later,
+    "BaseEventLoop.call_later",
+    ["delay", "callback"],
+    true,
+    |lp, p| {
+        let [Some(delay), Some(callback)] = p.fixed else {
+            unreachable!("parse checked them")
+        };
+        Ok(LoopCore::call_later(&lp, &delay, callback, p.args, p.context)?.into_any())
+    }
+);
 
-fastcall!(call_at, "call_at", ["when", "callback"], |lp, p| {
-    let [Some(when), Some(callback)] = p.fixed else {
-        unreachable!("parse checked them")
-    };
-    Ok(LoopCore::call_at(&lp, &when, callback, p.args, p.context)?.into_any())
-});
+fastcall!(
+    call_at,
+    "BaseEventLoop.call_at",
+    ["when", "callback"],
+    true,
+    |lp, p| {
+        let [Some(when), Some(callback)] = p.fixed else {
+            unreachable!("parse checked them")
+        };
+        Ok(LoopCore::call_at(&lp, &when, callback, p.args, p.context)?.into_any())
+    }
+);
+
+fastcall!(
+    sock_recv,
+    "BaseSelectorEventLoop.sock_recv",
+    ["sock", "n"],
+    false,
+    |lp, p| {
+        let [Some(sock), Some(n)] = p.fixed else {
+            unreachable!("parse checked them")
+        };
+        Ok(SockCall::new(lp.py(), Op::Recv, &lp, &sock, &n)?.into_any())
+    }
+);
+
+fastcall!(
+    sock_recv_into,
+    "BaseSelectorEventLoop.sock_recv_into",
+    ["sock", "buf"],
+    false,
+    |lp, p| {
+        let [Some(sock), Some(buf)] = p.fixed else {
+            unreachable!("parse checked them")
+        };
+        Ok(SockCall::new(lp.py(), Op::RecvInto, &lp, &sock, &buf)?.into_any())
+    }
+);
+
+fastcall!(
+    sock_sendall,
+    "BaseSelectorEventLoop.sock_sendall",
+    ["sock", "data"],
+    false,
+    |lp, p| {
+        let [Some(sock), Some(data)] = p.fixed else {
+            unreachable!("parse checked them")
+        };
+        Ok(SockCall::new(lp.py(), Op::SendAll, &lp, &sock, &data)?.into_any())
+    }
+);
 
 type FastFn = unsafe extern "C" fn(
     *mut ffi::PyObject,
@@ -276,7 +360,7 @@ type FastFn = unsafe extern "C" fn(
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
 
-const METHODS: [(&CStr, FastFn, &CStr); 4] = [
+const METHODS: [(&CStr, FastFn, &CStr); 7] = [
     (
         c"call_soon",
         call_soon,
@@ -296,6 +380,21 @@ const METHODS: [(&CStr, FastFn, &CStr); 4] = [
         c"call_at",
         call_at,
         c"call_at($self, when, callback, *args, context=None)\n--\n\n",
+    ),
+    (
+        c"sock_recv",
+        sock_recv,
+        c"sock_recv($self, sock, n)\n--\n\nasyncio's sock_recv, as a native awaitable.",
+    ),
+    (
+        c"sock_recv_into",
+        sock_recv_into,
+        c"sock_recv_into($self, sock, buf)\n--\n\nasyncio's sock_recv_into, as a native awaitable.",
+    ),
+    (
+        c"sock_sendall",
+        sock_sendall,
+        c"sock_sendall($self, sock, data)\n--\n\nasyncio's sock_sendall, as a native awaitable.",
     ),
 ];
 

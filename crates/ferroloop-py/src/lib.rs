@@ -12,6 +12,7 @@ mod link;
 mod loop_core;
 mod proactor;
 mod selector;
+mod sock_ops;
 mod sockaddr;
 mod stream_half;
 
@@ -61,6 +62,8 @@ fn _test_panic(site: Option<&str>) -> PyResult<()> {
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loop_core::LoopCore>()?;
     fastcall::install(&m.py().get_type::<loop_core::LoopCore>())?;
+    m.add_class::<sock_ops::SockCall>()?;
+    sock_ops::install(&m.py().get_type::<sock_ops::SockCall>())?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<stream::StreamCore>()?;

@@ -1,0 +1,462 @@
+//! `sock_recv`, `sock_recv_into` and `sock_sendall` as native awaitables.
+//!
+//! asyncio's versions are `async def` methods whose common case is one
+//! socket call: the data is already there, or the send goes out whole. In
+//! that case most of their cost is being a coroutine (a frame made and
+//! run) and the checks before the call, made in bytecode. Here the method
+//! returns a [`SockCall`], a small object that speaks the coroutine
+//! protocol and is registered as a `collections.abc.Coroutine` (so
+//! `create_task` and `iscoroutine` accept it as they accept asyncio's).
+//! Its first step makes the socket call (through the socket's own method,
+//! so subclasses are honoured) and, when that completes the operation,
+//! returns the result through the type's `am_send` slot: no frame, and no
+//! `StopIteration` object.
+//!
+//! Everything else is asyncio's own code: in debug mode, for an
+//! `ssl.SSLSocket`, and when the socket call would block, the step hands
+//! over to asyncio's coroutine for the same call (for a partial send, for
+//! what is left) and relays every `send`, `throw` and `close` to it. So
+//! the errors, the waits registered with the loop (and their clean-up when
+//! the socket is closed under them) and cancellation are exactly asyncio's.
+
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::cell::GilCell;
+use crate::loop_core::LoopCore;
+
+/// Which call, with its argument (`n`, the buffer, or the data).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Recv,
+    RecvInto,
+    SendAll,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Recv => "sock_recv",
+            Op::RecvInto => "sock_recv_into",
+            Op::SendAll => "sock_sendall",
+        }
+    }
+}
+
+enum State {
+    /// Not started: the loop, the socket and the argument.
+    Start {
+        lp: Py<LoopCore>,
+        sock: Py<PyAny>,
+        arg: Py<PyAny>,
+    },
+    /// Handed over to asyncio's coroutine for the call.
+    Waiting(Py<PyAny>),
+    Done,
+}
+
+/// What `sock_recv`, `sock_recv_into` and `sock_sendall` return.
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct SockCall {
+    op: Op,
+    state: GilCell<State>,
+}
+
+/// One step's outcome: a value yielded to the task, or the result.
+enum Step {
+    Yield(Py<PyAny>),
+    Return(Py<PyAny>),
+}
+
+static SSL_SOCKET: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
+static PLAIN_SOCKET: PyOnceLock<PlainSocket> = PyOnceLock::new();
+static ASYNCIO_OPS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
+
+/// `socket.socket`, and the methods of `_socket.socket` it inherits,
+/// in [`Op`] order, with the type's version tag when they were looked up.
+struct PlainSocket {
+    ty: Py<PyType>,
+    methods: [Py<PyAny>; 3],
+    tag: u32,
+}
+
+impl PlainSocket {
+    fn get(py: Python<'_>) -> PyResult<&PlainSocket> {
+        PLAIN_SOCKET.get_or_try_init(py, || {
+            let ty = py
+                .import("socket")?
+                .getattr("socket")?
+                .cast_into::<PyType>()?;
+            let mut methods = Vec::with_capacity(3);
+            for name in ["recv", "recv_into", "send"] {
+                // Looked up on `socket.socket` itself, which also gives the
+                // type a valid version tag.
+                methods.push(ty.getattr(name)?.unbind());
+            }
+            let tag = Self::tag_of(&ty);
+            let methods: [Py<PyAny>; 3] = methods.try_into().expect("three names");
+            Ok(PlainSocket {
+                ty: ty.unbind(),
+                methods,
+                tag,
+            })
+        })
+    }
+
+    fn tag_of(ty: &Bound<'_, PyType>) -> u32 {
+        // SAFETY: `ty` is a live type object; its version tag is a plain
+        // field read under the GIL.
+        unsafe { (*ty.as_type_ptr()).tp_version_tag }
+    }
+
+    /// True when `sock` is exactly a `socket.socket` and neither it nor a
+    /// base changed since the methods were looked up (a changed type gets
+    /// a new version tag, or none).
+    fn is_exact(&self, py: Python<'_>, sock: &Bound<'_, PyAny>) -> bool {
+        let ty = self.ty.bind(py);
+        sock.get_type().is(ty) && self.tag != 0 && Self::tag_of(ty) == self.tag
+    }
+}
+
+/// `ssl.SSLSocket`, or None where `ssl` cannot be imported (as asyncio's
+/// check has it).
+fn ssl_socket_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
+    SSL_SOCKET
+        .get_or_init(py, || {
+            py.import("ssl")
+                .and_then(|m| m.getattr("SSLSocket"))
+                .and_then(|t| Ok(t.cast_into::<PyType>()?.unbind()))
+                .ok()
+        })
+        .as_ref()
+        .map(|t| t.bind(py))
+}
+
+/// asyncio's coroutine function for `op`, unbound.
+fn asyncio_op(py: Python<'_>, op: Op) -> PyResult<&Bound<'_, PyAny>> {
+    let ops = ASYNCIO_OPS.get_or_try_init(py, || {
+        let cls = py
+            .import("asyncio.selector_events")?
+            .getattr("BaseSelectorEventLoop")?;
+        Ok::<_, PyErr>([
+            cls.getattr("sock_recv")?.unbind(),
+            cls.getattr("sock_recv_into")?.unbind(),
+            cls.getattr("sock_sendall")?.unbind(),
+        ])
+    })?;
+    Ok(ops[op as usize].bind(py))
+}
+
+impl SockCall {
+    pub(crate) fn new(
+        py: Python<'_>,
+        op: Op,
+        lp: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        arg: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        Py::new(
+            py,
+            SockCall {
+                op,
+                state: GilCell::new(State::Start {
+                    lp: lp.clone().unbind(),
+                    sock: sock.clone().unbind(),
+                    arg: arg.clone().unbind(),
+                }),
+            },
+        )
+    }
+
+    /// Send `value` in: the first step makes the call, later ones go to
+    /// asyncio's coroutine.
+    fn step(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+        let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
+        match state {
+            State::Start { lp, sock, arg } => {
+                if !value.is_none() {
+                    *self.state.borrow_mut(py) = State::Start { lp, sock, arg };
+                    return Err(PyTypeError::new_err(
+                        "can't send non-None value to a just-started coroutine",
+                    ));
+                }
+                let (lp, sock, arg) = (lp.bind(py), sock.bind(py), arg.bind(py));
+                let plain = !lp.get().debug(py)
+                    && (PlainSocket::get(py)?.is_exact(py, sock)
+                        || !ssl_socket_type(py)
+                            .is_some_and(|t| sock.is_instance(t).unwrap_or(true)));
+                let rest = if plain {
+                    match self.try_once(py, sock, arg)? {
+                        First::Done(result) => return Ok(Step::Return(result)),
+                        First::Blocked(rest) => rest,
+                    }
+                } else {
+                    arg.clone()
+                };
+                let coro = asyncio_op(py, self.op)?.call1((lp, sock, rest))?;
+                self.relay(py, coro.unbind(), value)
+            }
+            State::Waiting(coro) => self.relay(py, coro, value),
+            State::Done => Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            )),
+        }
+    }
+
+    /// The socket call, made once.
+    fn try_once<'py>(
+        &self,
+        py: Python<'py>,
+        sock: &Bound<'py, PyAny>,
+        arg: &Bound<'py, PyAny>,
+    ) -> PyResult<First<'py>> {
+        let plain = PlainSocket::get(py)?;
+        let exact = plain.is_exact(py, sock);
+        let called = if exact {
+            // A plain `socket.socket` (no subclass overriding the method):
+            // call the method found on the type directly, without the
+            // attribute lookup.
+            let f = plain.methods[self.op as usize].as_ptr();
+            let argv = [sock.as_ptr(), arg.as_ptr()];
+            // SAFETY: `f` is a live method descriptor and `argv` two live
+            // objects for the duration of the call; the result is a new
+            // reference or NULL with an error set.
+            unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyObject_Vectorcall(f, argv.as_ptr(), 2, std::ptr::null_mut()),
+                )
+            }
+        } else {
+            let name = match self.op {
+                Op::Recv => intern!(py, "recv"),
+                Op::RecvInto => intern!(py, "recv_into"),
+                Op::SendAll => intern!(py, "send"),
+            };
+            sock.call_method1(name, (arg,))
+        };
+        match called {
+            Ok(r) if self.op != Op::SendAll => Ok(First::Done(r.unbind())),
+            // asyncio compares the count sent with `len(data)`, and goes
+            // on from `memoryview(data)[sent:]`. The socket module's `send`
+            // returns an int; a subclass's may return anything, so it gets
+            // Python's comparison.
+            Ok(sent) => {
+                let all = if exact {
+                    sent.extract::<isize>()? == arg.len()? as isize
+                } else {
+                    sent.eq(arg.len()?)?
+                };
+                if all {
+                    Ok(First::Done(py.None()))
+                } else if sent.eq(0)? {
+                    Ok(First::Blocked(arg.clone()))
+                } else {
+                    let view = PyMemoryView::from(arg)?;
+                    let rest = view.get_item(PySlice::new(py, sent.extract()?, isize::MAX, 1))?;
+                    Ok(First::Blocked(rest))
+                }
+            }
+            Err(e)
+                if e.is_instance_of::<PyBlockingIOError>(py)
+                    || e.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Ok(First::Blocked(arg.clone()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn relay(&self, py: Python<'_>, coro: Py<PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+        let mut out: *mut ffi::PyObject = std::ptr::null_mut();
+        // SAFETY: `coro` and `value` are live objects; PyIter_Send stores a
+        // new reference in `out` for NEXT and RETURN and sets an error for
+        // ERROR.
+        let status = unsafe { ffi::PyIter_Send(coro.as_ptr(), value.as_ptr(), &mut out) };
+        if status == ffi::PySendResult::PYGEN_ERROR {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: for NEXT and RETURN, `out` is a new reference we now own.
+        let out = unsafe { Bound::from_owned_ptr(py, out) }.unbind();
+        if status == ffi::PySendResult::PYGEN_NEXT {
+            *self.state.borrow_mut(py) = State::Waiting(coro);
+            Ok(Step::Yield(out))
+        } else {
+            Ok(Step::Return(out))
+        }
+    }
+}
+
+/// What the first socket call did.
+enum First<'py> {
+    /// The operation is complete, with this result.
+    Done(Py<PyAny>),
+    /// It would block (or sent only part): asyncio's coroutine goes on
+    /// with this argument.
+    Blocked(Bound<'py, PyAny>),
+}
+
+/// A thrown exception as `throw(typ[, val[, tb]])` describes it.
+fn thrown(py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyErr> {
+    let typ = args.get_item(0)?;
+    if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        return Ok(PyErr::from_value(typ));
+    }
+    let val = args.get_item(1).ok().filter(|v| !v.is_none());
+    let exc = match val {
+        Some(v) if v.is_instance(&typ)? => v,
+        Some(v) => typ.call1((v,))?,
+        None => typ.call0()?,
+    };
+    let _ = py;
+    Ok(PyErr::from_value(exc))
+}
+
+#[pymethods]
+impl SockCall {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.send(py, &py.None().into_bound(py))
+    }
+
+    #[pyo3(signature = (value, /))]
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match self.step(py, value)? {
+            Step::Yield(v) => Ok(v),
+            Step::Return(v) => Err(pyo3::exceptions::PyStopIteration::new_err((v,))),
+        }
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+        let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
+        match state {
+            State::Waiting(coro) => {
+                let r = coro.bind(py).call_method1(intern!(py, "throw"), args)?;
+                *self.state.borrow_mut(py) = State::Waiting(coro);
+                Ok(r.unbind())
+            }
+            // Thrown in before the start, or after the end: it comes back
+            // out, as from a coroutine in those states.
+            State::Start { .. } | State::Done => Err(thrown(py, args)?),
+        }
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
+        if let State::Waiting(coro) = state {
+            coro.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        self.op.name()
+    }
+
+    #[getter]
+    fn __qualname__(&self) -> String {
+        format!("BaseSelectorEventLoop.{}", self.op.name())
+    }
+
+    #[getter]
+    fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        match &*self.state.borrow(py) {
+            State::Waiting(coro) => Some(coro.clone_ref(py)),
+            _ => None,
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.gc_borrow() {
+            match &*st {
+                State::Start { lp, sock, arg } => {
+                    visit.call(lp)?;
+                    visit.call(sock)?;
+                    visit.call(arg)?;
+                }
+                State::Waiting(coro) => visit.call(coro)?,
+                State::Done => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let old = self
+            .state
+            .gc_borrow_mut()
+            .map(|mut s| std::mem::replace(&mut *s, State::Done));
+        drop(old);
+    }
+}
+
+/// The type's `am_send`: a step without a `StopIteration` for the result.
+unsafe extern "C" fn am_send(
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY: CPython calls a type's slot with the thread attached.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `slf` is an instance of the type whose slot this is, and
+        // `value` a live object (CPython passes None for a plain next).
+        let (me, value) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<SockCall>(),
+                Bound::from_borrowed_ptr(py, value),
+            )
+        };
+        me.get().step(py, &value)
+    }));
+    match outcome {
+        Ok(Ok(Step::Yield(v))) => {
+            // SAFETY: `result` is CPython's out pointer; it takes the new
+            // reference.
+            unsafe { *result = v.into_ptr() };
+            ffi::PySendResult::PYGEN_NEXT
+        }
+        Ok(Ok(Step::Return(v))) => {
+            // SAFETY: as above.
+            unsafe { *result = v.into_ptr() };
+            ffi::PySendResult::PYGEN_RETURN
+        }
+        Ok(Err(e)) => {
+            e.restore(py);
+            ffi::PySendResult::PYGEN_ERROR
+        }
+        Err(payload) => {
+            crate::fastcall::panic_error(payload).restore(py);
+            ffi::PySendResult::PYGEN_ERROR
+        }
+    }
+}
+
+/// Give `SockCall` its `am_send` slot (pyo3 has no way to declare it).
+pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
+    let tp = ty.as_type_ptr();
+    // SAFETY: `tp` is a live heap type made by pyo3 with an `__await__`,
+    // so `tp_as_async` points at the type's own (writable) async methods
+    // table; setting a slot before any instance exists, then telling the
+    // type system it changed, is how C extensions fill slots late.
+    unsafe {
+        let asy = (*tp).tp_as_async;
+        if asy.is_null() {
+            return Err(PyRuntimeError::new_err(
+                "SockCall has no async methods table",
+            ));
+        }
+        (*asy).am_send = Some(am_send);
+        ffi::PyType_Modified(tp);
+    }
+    Ok(())
+}

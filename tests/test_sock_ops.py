@@ -1,0 +1,332 @@
+"""``sock_recv``, ``sock_recv_into`` and ``sock_sendall``: ferroloop's
+native awaitables (sock_ops.rs) against asyncio's coroutines.
+
+Each test runs on asyncio and every ferroloop kind: results, errors and
+what stays registered with the loop must be the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import ssl
+
+import pytest
+from conftest import make_loop
+
+
+def _pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _run(loop, coro, timeout=10.0):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def test_they_are_coroutines_to_asyncio(loop):
+    a, b = _pair()
+    try:
+        calls = [
+            loop.sock_recv(a, 1),
+            loop.sock_recv_into(a, bytearray(1)),
+            loop.sock_sendall(b, b""),
+        ]
+        for c in calls:
+            assert asyncio.iscoroutine(c)
+            c.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recv_ready_and_waiting(loop):
+    a, b = _pair()
+
+    async def main():
+        b.send(b"ready")
+        first = await loop.sock_recv(a, 100)
+        task = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        await loop.sock_sendall(b, b"later")
+        second = await task
+        return first, second
+
+    try:
+        assert _run(loop, main()) == (b"ready", b"later")
+        # The wait's reader is gone once it is done.
+        assert loop.remove_reader(a.fileno()) is False
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recv_into_and_sendall_large_partial_sends(loop):
+    """A send larger than the socket buffer goes out in parts: the rest
+    after the first, partial send must follow, byte for byte."""
+    a, b = _pair()
+    data = bytes(range(256)) * 20_000  # 5 MB
+
+    async def reader():
+        buf = bytearray(65536)
+        got = bytearray()
+        while len(got) < len(data):
+            n = await loop.sock_recv_into(a, buf)
+            got += buf[:n]
+        return bytes(got)
+
+    async def main():
+        task = loop.create_task(reader())
+        await loop.sock_sendall(b, data)
+        return await task
+
+    try:
+        assert _run(loop, main()) == data
+        assert loop.remove_writer(b.fileno()) is False
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sendall_of_each_bytes_like(loop):
+    a, b = _pair()
+    items = [b"bytes", bytearray(b"array"), memoryview(b"xxview")[2:], b""]
+
+    async def main():
+        for item in items:
+            await loop.sock_sendall(b, item)
+        await asyncio.sleep(0.01)
+        return a.recv(100)
+
+    try:
+        assert _run(loop, main()) == b"bytesarrayview"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_cancel_while_waiting_unregisters(loop):
+    a, b = _pair()
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Nothing left watching the socket: a new wait works and gets the
+        # next bytes.
+        b.send(b"next")
+        return await loop.sock_recv(a, 10)
+
+    try:
+        assert _run(loop, main()) == b"next"
+        assert loop.remove_reader(a.fileno()) is False
+    finally:
+        a.close()
+        b.close()
+
+
+def _outcome(loop, make):
+    a, b = _pair()
+    try:
+        loop.run_until_complete(make(loop, a, b))
+    except Exception as exc:  # noqa: BLE001 - the exception is the outcome
+        return type(exc), str(exc)
+    finally:
+        a.close()
+        b.close()
+    return "ok"
+
+
+def _blocking_socket(loop, a, b):
+    # Bytes are waiting, so without debug mode the call does not block.
+    b.send(b"x")
+    a.setblocking(True)
+    return loop.sock_recv(a, 1)
+
+
+def _ssl_socket(loop, a, b):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    s = ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False)
+
+    async def go():
+        try:
+            await loop.sock_recv(s, 1)
+        finally:
+            s.close()
+
+    return go()
+
+
+def _closed_socket(loop, a, b):
+    a.close()
+    return loop.sock_recv(a, 1)
+
+
+def _bad_size(loop, a, b):
+    return loop.sock_recv(a, "ten")
+
+
+def _bad_buffer(loop, a, b):
+    return loop.sock_recv_into(a, b"read-only")
+
+
+def _bad_data(loop, a, b):
+    return loop.sock_sendall(b, "text")
+
+
+def _reset_peer(loop, a, b):
+    b.close()
+
+    async def go():
+        await loop.sock_sendall(a, b"x")
+
+    return go()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_blocking_socket, _ssl_socket, _closed_socket, _bad_size, _bad_buffer, _bad_data, _reset_peer],
+)
+@pytest.mark.parametrize("debug", [False, True])
+def test_errors_match_asyncio(loop_factory, make, debug):
+    lp = loop_factory()
+    lp.set_debug(debug)
+    ref = make_loop("asyncio")
+    ref.set_debug(debug)
+    try:
+        assert _outcome(lp, make) == _outcome(ref, make)
+    finally:
+        ref.close()
+
+
+def test_coroutine_protocol_edges(loop):
+    a, b = _pair()
+    try:
+        c = loop.sock_recv(a, 1)
+        with pytest.raises(TypeError, match="just-started"):
+            c.send(1)
+        c.close()
+        with pytest.raises(RuntimeError, match="cannot reuse"):
+            c.send(None)
+
+        c = loop.sock_recv(a, 1)
+        with pytest.raises(KeyError):
+            c.throw(KeyError("thrown"))
+
+        b.send(b"z")
+        c = loop.sock_sendall(b, b"")
+        with pytest.raises(StopIteration) as stop:
+            c.send(None)
+        assert stop.value.value is None
+        c = loop.sock_recv(a, 1)
+        with pytest.raises(StopIteration) as stop:
+            c.__await__().__next__()
+        assert stop.value.value == b"z"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_socket_subclass_methods_are_called(loop):
+    calls = []
+
+    class Counting(socket.socket):
+        def recv(self, *args):
+            calls.append("recv")
+            return super().recv(*args)
+
+        def send(self, *args):
+            calls.append("send")
+            return super().send(*args)
+
+    a0, b0 = socket.socketpair()
+    a = Counting(fileno=a0.detach())
+    b = Counting(fileno=b0.detach())
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        await loop.sock_sendall(b, b"hi")
+        return await loop.sock_recv(a, 10)
+
+    try:
+        assert _run(loop, main()) == b"hi"
+        assert calls == ["send", "recv"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_abandoned_wait_is_collected(loop_factory):
+    """A task waiting in sock_recv, dropped with its loop, is freed by the
+    collector (the awaitable takes part in cycle collection)."""
+    import weakref
+
+    lp = loop_factory()
+    a, b = _pair()
+
+    class Marker:
+        pass
+
+    marker = Marker()
+    ref = weakref.ref(marker)
+
+    async def waiter(m):
+        await lp.sock_recv(a, 1)
+
+    task = lp.create_task(waiter(marker))
+    lp.run_until_complete(asyncio.sleep(0.01))
+    assert not task.done()
+    task.cancel()
+    lp.run_until_complete(asyncio.sleep(0))
+    del task, marker
+    gc.collect()
+    assert ref() is None
+    a.close()
+    b.close()
+
+
+_CALL_SHAPES = [
+    lambda lp, s: lp.sock_recv(s),
+    lambda lp, s: lp.sock_recv(),
+    lambda lp, s: lp.sock_recv(s, 1, 2),
+    lambda lp, s: lp.sock_recv(s, n=1, x=2),
+    lambda lp, s: lp.sock_recv(s, 1, sock=s),
+    lambda lp, s: lp.sock_recv(sock=s, n=1),
+    lambda lp, s: lp.sock_recv(s, 1, context=None),
+    lambda lp, s: lp.sock_recv_into(s),
+    lambda lp, s: lp.sock_recv_into(sock=s, buf=bytearray(1)),
+    lambda lp, s: lp.sock_sendall(data=b""),
+    lambda lp, s: lp.sock_sendall(s, b"", b""),
+]
+
+
+@pytest.mark.parametrize("index", range(len(_CALL_SHAPES)))
+def test_call_shapes_match_asyncio(loop_factory, index):
+    """Argument errors come at call time with asyncio's message; a good
+    call gives a coroutine (closed here, never run)."""
+
+    def outcome(lp):
+        s = socket.socket()
+        try:
+            c = _CALL_SHAPES[index](lp, s)
+        except TypeError as exc:
+            return "TypeError", str(exc)
+        finally:
+            s.close()
+        ok = asyncio.iscoroutine(c)
+        c.close()
+        return "coroutine", ok
+
+    lp = loop_factory()
+    ref = make_loop("asyncio")
+    try:
+        assert outcome(lp) == outcome(ref)
+    finally:
+        ref.close()
