@@ -4,14 +4,16 @@
 Usage (from the repository root; needs valgrind):
 
     python benches/cg_echo.py [--loops asyncio,uvloop,ferroloop] [--conns 50] [--size 1024]
-                              [--server protocol|streams|sock] [--keep DIR]
+                              [--server protocol|streams|sock|udp] [--keep DIR]
 
 For each loop, an echo server on a Unix socket (an ``asyncio.Protocol``;
 with ``--server streams`` a ``start_unix_server`` handler that reads and
 writes through asyncio's streams, draining after each write; with
 ``--server sock`` a task per connection looping on ``loop.sock_recv`` and
-``loop.sock_sendall``, connections taken with ``loop.sock_accept``) runs
-under ``valgrind --tool=callgrind`` twice, serving N1 and then N2 messages
+``loop.sock_sendall``, connections taken with ``loop.sock_accept``; with
+``--server udp`` a ``DatagramProtocol`` on 127.0.0.1 that ``sendto``s each
+datagram back to its sender, driven by N plain UDP sockets, one datagram in
+flight on each) runs under ``valgrind --tool=callgrind`` twice, serving N1 and then N2 messages
 from a plain-socket client in this process's child; the difference of the two
 instruction totals divided by N2 - N1 is the loop's user-space cost per
 message, start-up and shutdown cancelled out. Instruction counts do not
@@ -41,6 +43,13 @@ elif "-" in kind:  # ferroloop-proactor: ferroloop.new_event_loop(kind="proactor
 else:
     loop = __import__(kind).new_event_loop()
 
+class EchoDatagram(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
 class Echo(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
@@ -66,7 +75,12 @@ async def accept_socks(listener):
         loop.create_task(echo_sock(conn))
 
 async def main():
-    if server == "streams":
+    if server == "udp":
+        transport, _ = await loop.create_datagram_endpoint(
+            EchoDatagram, local_addr=("127.0.0.1", 0))
+        with open(path, "w") as f:  # the client reads the port from here
+            f.write(str(transport.get_extra_info("sockname")[1]))
+    elif server == "streams":
         await asyncio.start_unix_server(echo_stream, path)
     elif server == "sock":
         import socket
@@ -90,14 +104,23 @@ READY_TIMEOUT_S = 120.0
 CLIENT_TIMEOUT_S = 300.0
 
 
-def drive(path: str, n: int, conns: int, size: int) -> None:
-    """Echo *n* messages of *size* bytes over *conns* connections, one in
-    flight per connection; bounded by CLIENT_TIMEOUT_S."""
+def drive(path: str, n: int, conns: int, size: int, server: str = "protocol") -> None:
+    """Echo *n* messages of *size* bytes over *conns* connections (UDP
+    sockets connected to the server's port with ``server == "udp"``), one in
+    flight per connection; bounded by CLIENT_TIMEOUT_S. On loopback no
+    datagram is lost while the client's receive buffers have room, which
+    one datagram in flight per socket keeps."""
     msg = b"x" * size
     socks = []
     for _ in range(conns):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
+        if server == "udp":
+            with open(path, encoding="utf-8") as f:
+                port = int(f.read())
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.connect(("127.0.0.1", port))
+        else:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
         s.setblocking(False)
         socks.append(s)
     ep = select.epoll()
@@ -143,7 +166,7 @@ def instructions(loop: str, n: int, conns: int, size: int, tmp: str, kind: str) 
         line = server.stdout.readline()
         if "READY" not in line or time.monotonic() - start > READY_TIMEOUT_S:
             raise RuntimeError(f"{loop} server did not start: {line!r}")
-        drive(path, n, conns, size)
+        drive(path, n, conns, size, kind)
         # communicate() closes the server's stdin, which stops it.
         _, err = server.communicate(timeout=READY_TIMEOUT_S)
     finally:
@@ -161,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", default="asyncio,uvloop,ferroloop")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--server", choices=("protocol", "streams", "sock"), default="protocol")
+    ap.add_argument("--server", choices=("protocol", "streams", "sock", "udp"), default="protocol")
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=20000)
     ap.add_argument(
@@ -170,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the callgrind output files (cg.LOOP.N) in DIR, for callgrind_annotate",
     )
     args = ap.parse_args(argv)
-    what = f"{args.server} echo, {args.size} B, {args.conns} connections"
+    socks = "UDP sockets" if args.server == "udp" else "connections"
+    what = f"{args.server} echo, {args.size} B, {args.conns} {socks}"
     print(f"| loop | instructions per message ({what}) |")
     print("|---|---:|")
     with tempfile.TemporaryDirectory(prefix="ferroloop-cg-") as tmp:

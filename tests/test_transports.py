@@ -642,6 +642,190 @@ def test_datagram_error_received_and_close_in_callback(io_loop):
     assert got == [b"0"]
 
 
+def _udp_socket(family=socket.AF_INET):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    return s
+
+
+class EchoRecorder(asyncio.DatagramProtocol):
+    """Records (data, addr) and sends each datagram back to its sender."""
+
+    def __init__(self):
+        self.got = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.got.append((data, addr))
+        self.transport.sendto(data.upper(), addr)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_datagram_burst_from_alternating_peers(io_loop, family):
+    """Many datagrams from several peers, queued at once and alternating:
+    each arrives whole, in order per peer, with its own sender's address
+    (an address made once and reused must never be another peer's), and
+    the echo sent back to that address reaches that peer only."""
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+
+    async def main():
+        t, p = await io_loop.create_datagram_endpoint(EchoRecorder, local_addr=(host, 0))
+        to = t.get_extra_info("sockname")
+        peers = [_udp_socket(family) for _ in range(5)]
+        t.pause_reading()
+        for i in range(40):
+            for k, s in enumerate(peers):
+                s.sendto(b"p%d-%d" % (k, i), to)
+        await asyncio.sleep(0.02)
+        t.resume_reading()
+        async with asyncio.timeout(5):
+            while len(p.got) < 200:
+                await asyncio.sleep(0.001)
+        echoes = []
+        for s in peers:
+            s.setblocking(False)
+            mine = []
+            while True:
+                try:
+                    mine.append(s.recvfrom(100))
+                except BlockingIOError:
+                    break
+            echoes.append(mine)
+        names = [s.getsockname() for s in peers]
+        for s in peers:
+            s.close()
+        t.close()
+        return p.got, names, echoes, to
+
+    got, names, echoes, to = run_coro(io_loop, main())
+    for k, name in enumerate(names):
+        mine = [(d, a) for d, a in got if d.startswith(b"p%d-" % k)]
+        assert mine == [(b"p%d-%d" % (k, i), name) for i in range(40)]
+        assert [d for d, _ in echoes[k]] == [b"P%d-%d" % (k, i) for i in range(40)]
+        assert {a[:2] for _, a in echoes[k]} == {to[:2]}
+    assert len(got) == 200
+
+
+def _batch_scenario(loop, mode):
+    """Ten datagrams queued while reading is paused, then reading resumes.
+    mode "pause": the protocol pauses reading in its third
+    datagram_received, and resumes 50 ms later; mode "raise": it raises in
+    its third. Returns the events the protocol and the loop's exception
+    handler saw."""
+    events = []
+
+    class P(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            events.append(data)
+            if data == b"2":
+                if mode == "pause":
+                    self.transport.pause_reading()
+                    events.append("paused")
+                    loop.call_later(0.05, resume)
+                else:
+                    raise RuntimeError("boom")
+
+    def resume():
+        events.append("resume")
+        transport.resume_reading()
+
+    def handler(loop, context):
+        events.append(("handler", type(context.get("exception")).__name__))
+
+    async def main():
+        nonlocal transport
+        loop.set_exception_handler(handler)
+        transport, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+        transport.pause_reading()
+        s = _udp_socket()
+        for i in range(10):
+            s.sendto(b"%d" % i, transport.get_extra_info("sockname"))
+        await asyncio.sleep(0.02)
+        transport.resume_reading()
+        await asyncio.sleep(0.02)
+        events.append("later")
+        async with asyncio.timeout(5):
+            while b"9" not in events:
+                await asyncio.sleep(0.001)
+        s.close()
+        transport.close()
+
+    transport = None
+    run_coro(loop, main())
+    return events
+
+
+@pytest.mark.parametrize("mode", ["pause", "raise"])
+def test_datagram_batch_stops_where_asyncio_stops(io_loop, mode):
+    """pause_reading inside datagram_received stops delivery at once, even
+    within a batch read together, and resuming delivers the rest in order;
+    an exception from datagram_received goes to the exception handler and
+    the rest still arrive, in order. The same events as asyncio's."""
+    from conftest import make_loop
+
+    seen = _batch_scenario(io_loop, mode)
+    ref_loop = make_loop("asyncio")
+    try:
+        expected = _batch_scenario(ref_loop, mode)
+    finally:
+        ref_loop.close()
+    assert seen == expected
+    datagrams = [e for e in seen if isinstance(e, bytes)]
+    assert datagrams == [b"%d" % i for i in range(10)]
+
+
+def test_datagram_error_between_datagrams_as_asyncio(io_loop):
+    """Datagrams queued on a connected socket and an ICMP error (its peer
+    gone) after them: datagram_received and error_received in the order
+    asyncio reports them, nothing lost."""
+    from conftest import make_loop
+
+    def scenario(loop):
+        events = []
+
+        class P(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                events.append(data)
+
+            def error_received(self, exc):
+                events.append(type(exc).__name__)
+
+        async def main():
+            peer = _udp_socket()
+            t, _ = await loop.create_datagram_endpoint(P, remote_addr=peer.getsockname())
+            t.pause_reading()
+            for i in range(5):
+                peer.sendto(b"%d" % i, t.get_extra_info("sockname"))
+            peer.close()
+            t.sendto(b"ping")  # refused: the error waits on the socket
+            await asyncio.sleep(0.05)
+            t.resume_reading()
+            async with asyncio.timeout(5):
+                while "ConnectionRefusedError" not in events:
+                    await asyncio.sleep(0.001)
+            await asyncio.sleep(0.02)
+            t.close()
+
+        run_coro(loop, main())
+        return events
+
+    seen = scenario(io_loop)
+    ref_loop = make_loop("asyncio")
+    try:
+        expected = scenario(ref_loop)
+    finally:
+        ref_loop.close()
+    assert seen == expected
+    assert [e for e in seen if isinstance(e, bytes)] == [b"%d" % i for i in range(5)]
+
+
 def test_asyncio_internal_attributes(io_loop):
     """The attributes asyncio's own helpers and third-party code read on a
     socket transport, with asyncio's values, before and after close."""

@@ -36,7 +36,7 @@ pub fn _accept_nonblocking(py: Python<'_>, fd: i32) -> PyResult<(i32, Py<PyAny>)
 /// port)` for IPv4; `(host, port, flowinfo, scope_id)` for IPv6; for Unix
 /// sockets the abstract name as `bytes`, else the path decoded with the
 /// file system encoding (`''` for an unnamed peer).
-fn to_py(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
+pub(crate) fn to_py(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
     if addr.is_empty() {
         return Ok(py.None());
     }

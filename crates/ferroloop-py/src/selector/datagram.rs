@@ -3,29 +3,81 @@
 //!
 //! The rules, messages and callback order are those of asyncio's
 //! `_SelectorDatagramTransport`, with one deliberate difference: one read
-//! readiness delivers up to [`MAX_DATAGRAMS_PER_READ`] queued datagrams, as
-//! libuv (and so uvloop) does, instead of one per pass. The socket's own
-//! `recvfrom`, `send` and `sendto` (C methods of the socket object) do the
-//! system calls, so addresses, name resolution and errors are exactly the
-//! socket module's.
+//! readiness delivers up to [`RECV_BATCH`] queued datagrams, as libuv (and
+//! so uvloop) does, instead of one per pass.
+//!
+//! For a plain `socket.socket` of family `AF_INET`, `AF_INET6` or `AF_UNIX`
+//! the transport makes the system calls itself: one `recvmmsg` takes the
+//! batch, each sender's address is made as the socket module makes it
+//! (`crate::sockaddr::to_py`) or taken from a small cache of the addresses
+//! already made (keyed by the sockaddr's bytes, so never stale), and
+//! `sendto` to the address object just handed to `datagram_received` (the
+//! echo case) reuses that datagram's sockaddr instead of parsing the object
+//! again (with the socket module's `socket.sendto` audit event). Anything
+//! else (other families, socket subclasses, other address objects) goes
+//! through the socket's own `recvfrom`, `send` and `sendto`, so addresses,
+//! name resolution and errors are exactly the socket module's.
+//!
+//! Datagrams taken but not yet delivered (the protocol paused reading or
+//! raised in the middle of a batch) wait in `pending` and are delivered
+//! first, in order, once reading goes on; closing drops them, as closing
+//! the socket drops what the kernel still queues.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::ffi::{c_char, c_int};
 use std::os::fd::RawFd;
+
+use ferroloop_core::net::{self, RecvBatch, SockAddr, RECV_BATCH};
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::cell::GilCell;
 use crate::link::{
-    check_bytes_like, is_exit, logger, Flow, LinkCell, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
+    check_bytes_like, is_exit, logger, would_block, Flow, LinkCell,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
 };
 use crate::loop_core::LoopCore;
 use crate::selector::sel::{self, sock_methods, SelState, SockTransport};
 
-/// Datagrams read per read readiness at most, so one busy socket cannot
-/// starve the rest of the loop.
-const MAX_DATAGRAMS_PER_READ: usize = 16;
+/// Entries of a transport's cache of senders' address objects
+/// (direct-mapped by a hash of the sockaddr bytes).
+const PEER_CACHE: usize = 64;
+/// The largest sockaddr the cache keeps (`sockaddr_in6`); Unix addresses
+/// are made afresh each time.
+const PEER_KEY: usize = std::mem::size_of::<libc::sockaddr_in6>();
+
+thread_local! {
+    /// The batch buffers, one per thread as every loop runs on one thread;
+    /// taken out while in use, so a re-entrant read gets a fresh one.
+    static BATCH: RefCell<Option<Box<RecvBatch>>> = const { RefCell::new(None) };
+}
+
+static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+extern "C" {
+    // CPython's (variadic, so not in pyo3's bindings).
+    fn PySys_Audit(event: *const c_char, format: *const c_char, ...) -> c_int;
+}
+
+/// A sender's address object and the sockaddr bytes it was made from.
+struct Peer {
+    key: [u8; PEER_KEY],
+    len: u8,
+    obj: Py<PyAny>,
+}
+
+fn peer_slot(key: &[u8]) -> usize {
+    // FNV-1a: the port and the last address bytes differ between peers.
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in key {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (h as usize) % PEER_CACHE
+}
 const DGRAM_READ_FAILED: &str = "Fatal read error on datagram transport";
 const DGRAM_WRITE_FAILED: &str = "Fatal write error on datagram transport";
 
@@ -38,6 +90,85 @@ struct DgSt {
     buf: VecDeque<(Py<PyAny>, Py<PyAny>)>,
     buf_size: usize,
     flow: Flow,
+    /// The socket's system calls are made natively (see the module docs).
+    native: bool,
+    /// Datagrams taken from the socket, not yet delivered, with their
+    /// senders' address objects and sockaddrs.
+    pending: VecDeque<(Py<PyAny>, Py<PyAny>, SockAddr)>,
+    /// Address objects already made, by sockaddr (allocated on first use).
+    peers: Vec<Option<Peer>>,
+    /// The address object of the datagram being delivered and its sockaddr.
+    current: Option<(Py<PyAny>, SockAddr)>,
+}
+
+impl DgSt {
+    /// The address object for `sa`: from the cache, else made and cached.
+    fn peer_obj(&mut self, py: Python<'_>, sa: &SockAddr) -> PyResult<Py<PyAny>> {
+        let key = sa.as_bytes();
+        let cacheable = matches!(sa.family(), libc::AF_INET | libc::AF_INET6)
+            && !key.is_empty()
+            && key.len() <= PEER_KEY;
+        if !cacheable {
+            return crate::sockaddr::to_py(py, sa);
+        }
+        if self.peers.is_empty() {
+            self.peers.resize_with(PEER_CACHE, || None);
+        }
+        let slot = peer_slot(key);
+        if let Some(p) = &self.peers[slot] {
+            if &p.key[..usize::from(p.len)] == key {
+                return Ok(p.obj.clone_ref(py));
+            }
+        }
+        let obj = crate::sockaddr::to_py(py, sa)?;
+        let mut k = [0u8; PEER_KEY];
+        k[..key.len()].copy_from_slice(key);
+        let old = self.peers[slot].replace(Peer {
+            key: k,
+            len: key.len() as u8,
+            obj: obj.clone_ref(py),
+        });
+        drop(old);
+        Ok(obj)
+    }
+}
+
+/// Whether the transport can make `sock`'s system calls itself: a plain
+/// `socket.socket` (not a subclass or a stand-in, whose methods may differ)
+/// of a family whose addresses `crate::sockaddr::to_py` makes.
+fn is_native(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
+    let cls = SOCKET_TYPE.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind())
+    })?;
+    if !sock.get_type().is(cls.bind(py)) {
+        return Ok(false);
+    }
+    let family: i32 = sock.getattr(pyo3::intern!(py, "family"))?.extract()?;
+    Ok(matches!(
+        family,
+        libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX
+    ))
+}
+
+/// A native socket call's outcome, sorted as [`classify`] sorts the socket
+/// module's: a signal's interruption runs the handlers (their exception is
+/// the call's, as in the socket module) and tries again; `EAGAIN` is
+/// [`Outcome::WouldBlock`]; other errors are the `OSError` the socket module
+/// raises.
+fn sys_call<T>(py: Python<'_>, mut f: impl FnMut() -> std::io::Result<T>) -> PyResult<Outcome<T>> {
+    loop {
+        match f() {
+            Ok(v) => return Ok(Outcome::Done(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if let Err(e) = py.check_signals() {
+                    return classify(py, Err(e));
+                }
+            }
+            Err(e) if would_block(&e) => return Ok(Outcome::WouldBlock),
+            Err(e) => return Ok(Outcome::OsError(crate::errors::io_err(e))),
+        }
+    }
 }
 
 /// The state and work of one datagram transport (see the module docs).
@@ -57,6 +188,15 @@ impl SockTransport for DatagramCore {
     }
     fn has_buffered(&self, py: Python<'_>) -> bool {
         !self.st.borrow(py).buf.is_empty()
+    }
+    /// Start (or resume) reading; datagrams already taken are delivered
+    /// in the next pass even if the socket has nothing more.
+    fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        me.link
+            .add_watch(slf.as_any(), pyo3::intern!(py, "_read_ready"), false)?;
+        me.schedule_pending(slf)
     }
     fn clear_buffer(&self, py: Python<'_>) {
         let taken = {
@@ -120,13 +260,122 @@ impl DatagramCore {
         data: &Bound<'_, PyAny>,
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<Outcome<()>> {
-        let connected = self.st.borrow(py).connected;
+        let (connected, native, current) = {
+            let st = self.st.borrow(py);
+            let current = match &st.current {
+                Some((obj, sa)) if !st.connected && obj.is(addr) => Some(*sa),
+                _ => None,
+            };
+            (st.connected, st.native, current)
+        };
+        if native && (connected || current.is_some()) {
+            if let Ok(bytes) = data.cast::<PyBytes>() {
+                let fd = self.link.fd(py);
+                let data = bytes.as_bytes();
+                return match current {
+                    Some(sa) => match audit_sendto(sock, addr) {
+                        Ok(()) => sys_call(py, || net::sendto(fd, data, &sa).map(drop)),
+                        Err(e) => classify(py, Err(e)),
+                    },
+                    None => sys_call(py, || net::send(fd, data).map(drop)),
+                };
+            }
+        }
         let res = if connected {
             sock.call_method1(pyo3::intern!(py, "send"), (data,))
         } else {
             sock.call_method1(pyo3::intern!(py, "sendto"), (data, addr))
         };
         classify(py, res.map(drop))
+    }
+
+    /// When datagrams wait in `pending` and reading goes on, deliver them
+    /// in the next pass (the socket may have nothing to wake the watch).
+    fn schedule_pending(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if self.st.borrow(py).pending.is_empty() || !sel::is_reading(self, py) {
+            return Ok(());
+        }
+        let cb = slf.getattr(pyo3::intern!(py, "_read_ready"))?;
+        self.link.call_soon(py, cb, PyTuple::empty(py))
+    }
+
+    /// Deliver the datagrams in `pending`, in order, while reading is on;
+    /// false when reading stopped (paused, closing, closed). When the
+    /// protocol raises, the rest wait for the next pass.
+    fn deliver_pending(&self, slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        loop {
+            {
+                let s = self.sel.borrow(py);
+                if s.conn_lost > 0 || s.closing || s.sock.is_none() {
+                    drop(s);
+                    let dropped = std::mem::take(&mut self.st.borrow_mut(py).pending);
+                    drop(dropped);
+                    return Ok(false);
+                }
+                if s.paused {
+                    return Ok(false);
+                }
+            }
+            let (data, addr) = {
+                let mut st = self.st.borrow_mut(py);
+                let Some((data, addr, sa)) = st.pending.pop_front() else {
+                    return Ok(true);
+                };
+                // Only IP addresses: `sendto` to them natively is exactly
+                // the socket module's.
+                if matches!(sa.family(), libc::AF_INET | libc::AF_INET6) {
+                    let old = st.current.replace((addr.clone_ref(py), sa));
+                    drop(old);
+                }
+                (data, addr)
+            };
+            let protocol = self.link.protocol_obj(py);
+            let res = protocol
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "datagram_received"), (data, addr));
+            if let Err(e) = res {
+                self.schedule_pending(slf)?;
+                return Err(e);
+            }
+        }
+    }
+
+    /// One read readiness, native: what is pending, then one `recvmmsg`.
+    fn read_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        if !me.deliver_pending(slf)? {
+            return Ok(());
+        }
+        let fd = me.link.fd(py);
+        let mut batch = BATCH
+            .with(|b| b.borrow_mut().take())
+            .unwrap_or_else(|| Box::new(RecvBatch::new(MAX_READ)));
+        let got = sys_call(py, || batch.recv(fd, RECV_BATCH));
+        let made = match &got {
+            Ok(Outcome::Done(n)) => {
+                let mut st = me.st.borrow_mut(py);
+                (0..*n).try_for_each(|i| {
+                    let (data, sa) = batch.get(i);
+                    let data = PyBytes::new(py, data).into_any().unbind();
+                    let addr = st.peer_obj(py, sa)?;
+                    st.pending.push_back((data, addr, *sa));
+                    Ok::<_, PyErr>(())
+                })
+            }
+            _ => Ok(()),
+        };
+        BATCH.with(|b| *b.borrow_mut() = Some(batch));
+        made?;
+        match got? {
+            Outcome::Done(_) => {}
+            Outcome::WouldBlock => return Ok(()),
+            Outcome::OsError(e) => return me.error_received(py, e),
+            Outcome::Fatal(e) => return sel::fatal_error(slf, e, DGRAM_READ_FAILED),
+        }
+        me.deliver_pending(slf).map(drop)
     }
 
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
@@ -166,6 +415,10 @@ impl DatagramCore {
                 buf: VecDeque::new(),
                 buf_size: 0,
                 flow: Flow::default(),
+                native: is_native(sock)?,
+                pending: VecDeque::new(),
+                peers: Vec::new(),
+                current: None,
             }),
         })
     }
@@ -185,7 +438,10 @@ impl DatagramCore {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        for _ in 0..MAX_DATAGRAMS_PER_READ {
+        if me.st.borrow(py).native {
+            return Self::read_native(slf);
+        }
+        for _ in 0..RECV_BATCH {
             {
                 let s = me.sel.borrow(py);
                 if s.conn_lost > 0 || s.closing || s.paused {
@@ -362,6 +618,16 @@ impl DatagramCore {
                 visit.call(d)?;
                 visit.call(a)?;
             }
+            for (d, a, _) in &st.pending {
+                visit.call(d)?;
+                visit.call(a)?;
+            }
+            for p in st.peers.iter().flatten() {
+                visit.call(&p.obj)?;
+            }
+            if let Some((obj, _)) = &st.current {
+                visit.call(obj)?;
+            }
         }
         Ok(())
     }
@@ -369,10 +635,33 @@ impl DatagramCore {
     fn __clear__(&self) {
         self.link.clear();
         sel::clear(&self.sel);
-        let taken = self
-            .st
-            .gc_borrow_mut()
-            .map(|mut st| (st.address.take(), std::mem::take(&mut st.buf)));
+        let taken = self.st.gc_borrow_mut().map(|mut st| {
+            (
+                st.address.take(),
+                std::mem::take(&mut st.buf),
+                std::mem::take(&mut st.pending),
+                std::mem::take(&mut st.peers),
+                st.current.take(),
+            )
+        });
         drop(taken);
     }
+}
+
+/// The socket module's `socket.sendto` audit event, `(sock, address)`.
+fn audit_sendto(sock: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>) -> PyResult<()> {
+    // SAFETY: the format "OO" takes two object pointers, which `sock` and
+    // `addr` keep alive for the call; -1 means an exception is set.
+    let rc = unsafe {
+        PySys_Audit(
+            c"socket.sendto".as_ptr(),
+            c"OO".as_ptr(),
+            sock.as_ptr(),
+            addr.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(PyErr::fetch(sock.py()));
+    }
+    Ok(())
 }
