@@ -287,31 +287,25 @@ impl Handle {
     ) -> PyResult<()> {
         match result {
             Ok(()) => Ok(()),
-            Err(err) => Self::failed(slf, cb, args, err),
+            Err(err) => report_callback_error(slf, cb, args, err),
         }
-    }
-
-    #[cold]
-    fn failed(
-        slf: &Bound<'_, Handle>,
-        cb: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        err: PyErr,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
-            return Err(err);
-        }
-        report_callback_error(slf, cb, args, err)
     }
 }
 
+/// A callback's exception: `KeyboardInterrupt` and `SystemExit` go on;
+/// any other goes to the loop's exception handler, as asyncio's
+/// `Handle._run` reports it.
+#[cold]
 fn report_callback_error(
     slf: &Bound<'_, Handle>,
     cb: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
     err: PyErr,
 ) -> PyResult<()> {
+    let py = slf.py();
+    if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+        return Err(err);
+    }
     let py = slf.py();
     let src = format_helpers(py)?.call_method1("_format_callback_source", (cb, args))?;
     let ctx = PyDict::new(py);

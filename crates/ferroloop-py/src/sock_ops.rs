@@ -29,7 +29,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::cell::GilCell;
 use crate::loop_core::LoopCore;
 
-/// Which call, with its argument (`n`, the buffer, or the data).
+/// Which call: `sock_recv`, `sock_recv_into` or `sock_sendall`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
     Recv,
