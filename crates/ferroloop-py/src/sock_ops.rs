@@ -12,18 +12,20 @@
 //! returns the result through the type's `am_send` slot: no frame, and no
 //! `StopIteration` object.
 //!
-//! Everything else is asyncio's own code: in debug mode, for an
-//! `ssl.SSLSocket`, and when the socket call would block, the step hands
-//! over to asyncio's coroutine for the same call (for a partial send, for
-//! what is left) and relays every `send`, `throw` and `close` to it. So
-//! the errors, the waits registered with the loop (and their clean-up when
-//! the socket is closed under them) and cancellation are exactly asyncio's.
+//! Everything else is asyncio's own code: in debug mode and for an
+//! `ssl.SSLSocket` the step hands over to asyncio's coroutine for the
+//! call; when the socket call would block (or sent only part), to a
+//! coroutine of the loop (`_loop.py`) that waits as asyncio's does from
+//! that point, with asyncio's own reader and writer callbacks. Every later
+//! `send`, `throw` and `close` is relayed to it. So the errors, the waits
+//! registered with the loop (and their clean-up when the socket is closed
+//! under them) and cancellation are asyncio's.
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::types::{PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::cell::GilCell;
@@ -189,15 +191,16 @@ impl SockCall {
                     && (PlainSocket::get(py)?.is_exact(py, sock)
                         || !ssl_socket_type(py)
                             .is_some_and(|t| sock.is_instance(t).unwrap_or(true)));
-                let rest = if plain {
+                let coro = if plain {
                     match self.try_once(py, sock, arg)? {
                         First::Done(result) => return Ok(Step::Return(result)),
-                        First::Blocked(rest) => rest,
+                        // asyncio's wait from where its coroutine would be
+                        // after that call (`_loop.py`), not the call again.
+                        First::Blocked(sent) => Self::wait(py, self.op, lp, sock, arg, sent)?,
                     }
                 } else {
-                    arg.clone()
+                    asyncio_op(py, self.op)?.call1((lp, sock, arg))?
                 };
-                let coro = asyncio_op(py, self.op)?.call1((lp, sock, rest))?;
                 self.relay(py, coro.unbind(), value)
             }
             State::Waiting(coro) => self.relay(py, coro, value),
@@ -205,6 +208,24 @@ impl SockCall {
                 "cannot reuse already awaited coroutine",
             )),
         }
+    }
+
+    /// The loop's wait for `op` after a first call that would block: the
+    /// future's iterator, to relay the task's steps to.
+    fn wait<'py>(
+        py: Python<'py>,
+        op: Op,
+        lp: &Bound<'py, LoopCore>,
+        sock: &Bound<'py, PyAny>,
+        arg: &Bound<'py, PyAny>,
+        sent: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fut = match op {
+            Op::Recv => lp.call_method1(intern!(py, "_ff_recv_wait"), (sock, arg))?,
+            Op::RecvInto => lp.call_method1(intern!(py, "_ff_recv_into_wait"), (sock, arg))?,
+            Op::SendAll => lp.call_method1(intern!(py, "_ff_sendall_wait"), (sock, arg, sent))?,
+        };
+        fut.call_method0(intern!(py, "__await__"))
     }
 
     /// The socket call, made once.
@@ -222,14 +243,28 @@ impl SockCall {
             // attribute lookup.
             let f = plain.methods[self.op as usize].as_ptr();
             let argv = [sock.as_ptr(), arg.as_ptr()];
-            // SAFETY: `f` is a live method descriptor and `argv` two live
-            // objects for the duration of the call; the result is a new
-            // reference or NULL with an error set.
-            unsafe {
-                Bound::from_owned_ptr_or_err(
-                    py,
-                    ffi::PyObject_Vectorcall(f, argv.as_ptr(), 2, std::ptr::null_mut()),
-                )
+            let call = || {
+                // SAFETY: `f` is a live method descriptor and `argv` two
+                // live objects for the duration of the call; the result is
+                // a new reference or NULL with an error set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        py,
+                        ffi::PyObject_Vectorcall(f, argv.as_ptr(), 2, std::ptr::null_mut()),
+                    )
+                }
+            };
+            match call() {
+                // A read that found nothing tries once more before the
+                // wait. When the peer shares the CPU, the send just made
+                // to it usually hands it the CPU on the way out of this
+                // first call, and its answer is there for the second;
+                // waiting instead costs a trip through the selector and a
+                // sleep. (Only for the plain socket, whose calls nobody
+                // observes; a subclass's method is called once, as
+                // asyncio calls it.)
+                Err(e) if self.op != Op::SendAll && would_block(py, &e) => call(),
+                other => other,
             }
         } else {
             let name = match self.op {
@@ -253,20 +288,11 @@ impl SockCall {
                 };
                 if all {
                     Ok(First::Done(py.None()))
-                } else if sent.eq(0)? {
-                    Ok(First::Blocked(arg.clone()))
                 } else {
-                    let view = PyMemoryView::from(arg)?;
-                    let rest = view.get_item(PySlice::new(py, sent.extract()?, isize::MAX, 1))?;
-                    Ok(First::Blocked(rest))
+                    Ok(First::Blocked(sent))
                 }
             }
-            Err(e)
-                if e.is_instance_of::<PyBlockingIOError>(py)
-                    || e.is_instance_of::<PyInterruptedError>(py) =>
-            {
-                Ok(First::Blocked(arg.clone()))
-            }
+            Err(e) if would_block(py, &e) => Ok(First::Blocked(0i32.into_pyobject(py)?.into_any())),
             Err(e) => Err(e),
         }
     }
@@ -291,12 +317,17 @@ impl SockCall {
     }
 }
 
+/// The errors after which asyncio waits and tries again.
+fn would_block(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py)
+}
+
 /// What the first socket call did.
 enum First<'py> {
     /// The operation is complete, with this result.
     Done(Py<PyAny>),
-    /// It would block (or sent only part): asyncio's coroutine goes on
-    /// with this argument.
+    /// It would block, or sent only part: the count sent (0 for the
+    /// reads), for the wait that goes on.
     Blocked(Bound<'py, PyAny>),
 }
 
