@@ -1,5 +1,8 @@
-//! The scheduling methods as plain `METH_FASTCALL | METH_KEYWORDS` C
-//! functions, installed over the `#[pymethods]` ones of the same name.
+//! The scheduling methods (`call_soon`, `call_soon_threadsafe`,
+//! `call_later`, `call_at`) and the `sock_*` methods that return a
+//! [`SockCall`] as plain `METH_FASTCALL | METH_KEYWORDS` C functions,
+//! installed on `LoopCore` (over the `#[pymethods]` ones of the same name
+//! where there are some).
 //!
 //! `call_soon` is the loop's hottest entry point: asyncio's C `Future` and
 //! `Task` call it for every done callback and every step. pyo3's generated
