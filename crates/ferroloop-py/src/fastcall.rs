@@ -25,10 +25,10 @@ use pyo3::types::{PyString, PyTuple, PyType};
 use crate::loop_core::LoopCore;
 use crate::sock_ops::{Op, SockCall};
 
-/// The arguments of a `(FIXED..., callback, *args, context=None)` call.
+/// The arguments of a call, as [`parse`] found them.
 struct Parsed<'py> {
-    /// The leading positional arguments (`delay` or `when`), then the
-    /// callback.
+    /// The named parameters' arguments, in order (`callback`; `delay` or
+    /// `when` then `callback`; `sock` then `n`, `buf` or `data`).
     fixed: [Option<Bound<'py, PyAny>>; 2],
     args: Bound<'py, PyTuple>,
     context: Option<Bound<'py, PyAny>>,
@@ -317,17 +317,20 @@ fastcall!(
     }
 );
 
+/// A `sock_*` call's awaitable, from its parsed `(sock, arg)`.
+fn sock_call(lp: &Bound<'_, LoopCore>, op: Op, p: Parsed<'_>) -> PyResult<Py<PyAny>> {
+    let [Some(sock), Some(arg)] = p.fixed else {
+        unreachable!("parse checked them")
+    };
+    Ok(SockCall::new(lp.py(), op, lp, &sock, &arg)?.into_any())
+}
+
 fastcall!(
     sock_recv,
     "BaseSelectorEventLoop.sock_recv",
     ["sock", "n"],
     false,
-    |lp, p| {
-        let [Some(sock), Some(n)] = p.fixed else {
-            unreachable!("parse checked them")
-        };
-        Ok(SockCall::new(lp.py(), Op::Recv, &lp, &sock, &n)?.into_any())
-    }
+    |lp, p| sock_call(&lp, Op::Recv, p)
 );
 
 fastcall!(
@@ -335,12 +338,7 @@ fastcall!(
     "BaseSelectorEventLoop.sock_recv_into",
     ["sock", "buf"],
     false,
-    |lp, p| {
-        let [Some(sock), Some(buf)] = p.fixed else {
-            unreachable!("parse checked them")
-        };
-        Ok(SockCall::new(lp.py(), Op::RecvInto, &lp, &sock, &buf)?.into_any())
-    }
+    |lp, p| sock_call(&lp, Op::RecvInto, p)
 );
 
 fastcall!(
@@ -348,12 +346,7 @@ fastcall!(
     "BaseSelectorEventLoop.sock_sendall",
     ["sock", "data"],
     false,
-    |lp, p| {
-        let [Some(sock), Some(data)] = p.fixed else {
-            unreachable!("parse checked them")
-        };
-        Ok(SockCall::new(lp.py(), Op::SendAll, &lp, &sock, &data)?.into_any())
-    }
+    |lp, p| sock_call(&lp, Op::SendAll, p)
 );
 
 type FastFn = unsafe extern "C" fn(

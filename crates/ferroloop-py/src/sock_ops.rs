@@ -25,7 +25,7 @@ use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, Py
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::cell::GilCell;
@@ -40,6 +40,17 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    const ALL: [Op; 3] = [Op::Recv, Op::RecvInto, Op::SendAll];
+
+    /// The socket method the operation calls.
+    fn method(self, py: Python<'_>) -> &Bound<'_, PyString> {
+        match self {
+            Op::Recv => intern!(py, "recv"),
+            Op::RecvInto => intern!(py, "recv_into"),
+            Op::SendAll => intern!(py, "send"),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Op::Recv => "sock_recv",
@@ -93,14 +104,11 @@ impl PlainSocket {
                 .import("socket")?
                 .getattr("socket")?
                 .cast_into::<PyType>()?;
-            let mut methods = Vec::with_capacity(3);
-            for name in ["recv", "recv_into", "send"] {
-                // Looked up on `socket.socket` itself, which also gives the
-                // type a valid version tag.
-                methods.push(ty.getattr(name)?.unbind());
-            }
+            // Looked up on `socket.socket` itself, which also gives the
+            // type a valid version tag.
+            let [a, b, c] = Op::ALL.map(|op| ty.getattr(op.method(py)));
+            let methods = [a?.unbind(), b?.unbind(), c?.unbind()];
             let tag = Self::tag_of(&ty);
-            let methods: [Py<PyAny>; 3] = methods.try_into().expect("three names");
             Ok(PlainSocket {
                 ty: ty.unbind(),
                 methods,
@@ -124,6 +132,13 @@ impl PlainSocket {
     }
 }
 
+/// True when `sock`'s type is `socket.socket` itself (not a subclass or a
+/// stand-in, whose methods may differ).
+pub(crate) fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
+    Ok(sock.get_type().is(PlainSocket::get(py)?.ty.bind(py)))
+}
+
 /// `ssl.SSLSocket`, or None where `ssl` cannot be imported (as asyncio's
 /// check has it).
 fn ssl_socket_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
@@ -144,11 +159,8 @@ fn asyncio_op(py: Python<'_>, op: Op) -> PyResult<&Bound<'_, PyAny>> {
         let cls = py
             .import("asyncio.selector_events")?
             .getattr("BaseSelectorEventLoop")?;
-        Ok::<_, PyErr>([
-            cls.getattr("sock_recv")?.unbind(),
-            cls.getattr("sock_recv_into")?.unbind(),
-            cls.getattr("sock_sendall")?.unbind(),
-        ])
+        let [a, b, c] = Op::ALL.map(|op| cls.getattr(op.name()));
+        Ok::<_, PyErr>([a?.unbind(), b?.unbind(), c?.unbind()])
     })?;
     Ok(ops[op as usize].bind(py))
 }
@@ -187,12 +199,14 @@ impl SockCall {
                     ));
                 }
                 let (lp, sock, arg) = (lp.bind(py), sock.bind(py), arg.bind(py));
+                let ps = PlainSocket::get(py)?;
+                let direct = ps.is_exact(py, sock).then_some(ps);
                 let plain = !lp.get().debug(py)
-                    && (PlainSocket::get(py)?.is_exact(py, sock)
+                    && (direct.is_some()
                         || !ssl_socket_type(py)
                             .is_some_and(|t| sock.is_instance(t).unwrap_or(true)));
                 let coro = if plain {
-                    match self.try_once(py, sock, arg)? {
+                    match self.try_once(py, sock, arg, direct)? {
                         First::Done(result) => return Ok(Step::Return(result)),
                         // asyncio's wait from where its coroutine would be
                         // after that call (`_loop.py`), not the call again.
@@ -228,19 +242,18 @@ impl SockCall {
         fut.call_method0(intern!(py, "__await__"))
     }
 
-    /// The socket call, made once.
+    /// The socket call, made once (a plain socket's read: see below).
+    /// `direct`: `sock` is a plain `socket.socket`, whose method is called
+    /// as found on the type, without the attribute lookup.
     fn try_once<'py>(
         &self,
         py: Python<'py>,
         sock: &Bound<'py, PyAny>,
         arg: &Bound<'py, PyAny>,
+        direct: Option<&PlainSocket>,
     ) -> PyResult<First<'py>> {
-        let plain = PlainSocket::get(py)?;
-        let exact = plain.is_exact(py, sock);
-        let called = if exact {
-            // A plain `socket.socket` (no subclass overriding the method):
-            // call the method found on the type directly, without the
-            // attribute lookup.
+        let exact = direct.is_some();
+        let called = if let Some(plain) = direct {
             let f = plain.methods[self.op as usize].as_ptr();
             let argv = [sock.as_ptr(), arg.as_ptr()];
             let call = || {
@@ -267,12 +280,7 @@ impl SockCall {
                 other => other,
             }
         } else {
-            let name = match self.op {
-                Op::Recv => intern!(py, "recv"),
-                Op::RecvInto => intern!(py, "recv_into"),
-                Op::SendAll => intern!(py, "send"),
-            };
-            sock.call_method1(name, (arg,))
+            sock.call_method1(self.op.method(py), (arg,))
         };
         match called {
             Ok(r) if self.op != Op::SendAll => Ok(First::Done(r.unbind())),
@@ -332,7 +340,7 @@ enum First<'py> {
 }
 
 /// A thrown exception as `throw(typ[, val[, tb]])` describes it.
-fn thrown(py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyErr> {
+fn thrown(args: &Bound<'_, PyTuple>) -> PyResult<PyErr> {
     let typ = args.get_item(0)?;
     if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
         return Ok(PyErr::from_value(typ));
@@ -343,7 +351,6 @@ fn thrown(py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<PyErr> {
         Some(v) => typ.call1((v,))?,
         None => typ.call0()?,
     };
-    let _ = py;
     Ok(PyErr::from_value(exc))
 }
 
@@ -376,7 +383,7 @@ impl SockCall {
             }
             // Thrown in before the start, or after the end: it comes back
             // out, as from a coroutine in those states.
-            State::Start { .. } | State::Done => Err(thrown(py, args)?),
+            State::Start { .. } | State::Done => Err(thrown(args)?),
         }
     }
 

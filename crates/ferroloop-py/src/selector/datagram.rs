@@ -32,7 +32,6 @@ use ferroloop_core::net::{self, RecvBatch, SockAddr, RECV_BATCH};
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::cell::GilCell;
@@ -55,8 +54,6 @@ thread_local! {
     /// taken out while in use, so a re-entrant read gets a fresh one.
     static BATCH: RefCell<Option<Box<RecvBatch>>> = const { RefCell::new(None) };
 }
-
-static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 extern "C" {
     // CPython's (variadic, so not in pyo3's bindings).
@@ -138,10 +135,7 @@ impl DgSt {
 /// of a family whose addresses `crate::sockaddr::to_py` makes.
 fn is_native(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = sock.py();
-    let cls = SOCKET_TYPE.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind())
-    })?;
-    if !sock.get_type().is(cls.bind(py)) {
+    if !crate::sock_ops::is_plain_socket(sock)? {
         return Ok(false);
     }
     let family: i32 = sock.getattr(pyo3::intern!(py, "family"))?.extract()?;
