@@ -451,6 +451,32 @@ fn echo_one(
     Ok(count)
 }
 
+/// Read what the non-blocking `s` has of the echo of `msg` into `buf`
+/// (`got` bytes of it already in): true once the whole echo is in and
+/// matches; an end of stream before that is the error `eof`.
+fn read_echo(
+    s: &mut Stream,
+    buf: &mut [u8],
+    got: &mut usize,
+    msg: &[u8],
+    eof: &str,
+) -> io::Result<bool> {
+    let k = match s.read(&mut buf[*got..]) {
+        Ok(k) => k,
+        Err(e) if is_would_block(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if k == 0 {
+        return Err(fail(eof));
+    }
+    *got += k;
+    if *got < buf.len() {
+        return Ok(false);
+    }
+    verify(buf, msg)?;
+    Ok(true)
+}
+
 /// One connection of `echo_many`.
 struct Conn {
     s: Stream,
@@ -525,17 +551,13 @@ fn echo_many(conns: &mut [Conn], msg: &[u8], total: u64, deadline: &Deadline) ->
                 }
             }
             if mask & IN != 0 {
-                let k = match c.s.read(&mut c.buf[c.got..]) {
-                    Ok(k) => k,
-                    Err(e) if is_would_block(&e) => continue,
-                    Err(e) => return Err(e),
-                };
-                if k == 0 {
-                    return Err(fail("server closed the connection"));
-                }
-                c.got += k;
-                if c.got == size {
-                    verify(&c.buf, msg)?;
+                if read_echo(
+                    &mut c.s,
+                    &mut c.buf,
+                    &mut c.got,
+                    msg,
+                    "server closed the connection",
+                )? {
                     done += 1;
                     if remaining > 0 {
                         start(c, i, &ep, msg, &mut remaining)?;
@@ -726,17 +748,8 @@ fn churn_many(
                 ep.modify(c.s.as_raw_fd(), IN, token)?;
                 continue;
             }
-            let k = match c.s.read(&mut c.buf[c.got..]) {
-                Ok(k) => k,
-                Err(e) if is_would_block(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            if k == 0 {
-                return Err(fail("server closed the connection early"));
-            }
-            c.got += k;
-            if c.got == size {
-                verify(&c.buf, msg)?;
+            let eof = "server closed the connection early";
+            if read_echo(&mut c.s, &mut c.buf, &mut c.got, msg, eof)? {
                 ep.delete(c.s.as_raw_fd())?;
                 live.remove(&token); // closes the socket
                 done += 1;
