@@ -1355,6 +1355,55 @@ def _attach_strace(pid: int, path: str) -> subprocess.Popen[bytes] | None:
     return proc
 
 
+# The system calls `--syscall-dir` counts, each a kernel tracepoint; counting
+# them costs next to nothing, so the server waits as often as it does unwatched
+# (strace stops it at every call, and a slowed server finds its data already
+# there).
+SYSCALL_EVENTS = (
+    "raw_syscalls:sys_enter",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_epoll_ctl",
+    "syscalls:sys_enter_io_uring_enter",
+    "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_read",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_recvmmsg",
+    "syscalls:sys_enter_accept4",
+    "syscalls:sys_enter_close",
+)
+
+
+def _attach_perf_syscalls(pid: int, path: str) -> subprocess.Popen[bytes] | None:
+    try:
+        proc = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-o", path, "-e", ",".join(SYSCALL_EVENTS), "-p", str(pid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        common.log(f"perf not available: {exc}")
+        return None
+    time.sleep(0.5)
+    return proc
+
+
+def _per_message(path: str, messages: int) -> dict[str, float]:
+    """System calls per message from a ``perf stat -x ,`` file: each counted
+    event's name without its tracepoint prefix (``all`` for every call)."""
+    out: dict[str, float] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.strip().split(",")
+            if len(fields) < 3 or not fields[0].isdigit():
+                continue
+            event = fields[2]
+            name = "all" if event == "raw_syscalls:sys_enter" else event.rsplit("sys_enter_", 1)[-1]
+            out[name] = round(int(fields[0]) / max(messages, 1), 3)
+    return out
+
+
 def _detach_strace(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
@@ -1400,7 +1449,11 @@ def _run_client(
     }
     if loadgen is not None and wl.client in LOADGEN_KINDS:
         spec.update(loadgen="rust", loadgen_path=loadgen)
-    tracer = _attach_strace(ready["pid"], prefix + ".strace") if mode == "strace" else None
+    tracer = None
+    if mode == "strace":
+        tracer = _attach_strace(ready["pid"], prefix + ".strace")
+    elif mode == "syscalls":
+        tracer = _attach_perf_syscalls(ready["pid"], prefix + ".syscalls")
     try:
         proc = subprocess.run(
             [sys.executable, str(SCRIPT), *_cpus_arg(client_cpus), "--client", json.dumps(spec)],
@@ -1418,13 +1471,16 @@ def _run_client(
         _detach_strace(tracer)
     rec = common.last_json_line(proc.stdout)
     if tracer is not None:
-        # strace counted the warm-up too; the per-message figure needs both.
+        # The tracer counted the warm-up too; the per-message figure needs both.
         if wl.timed:
             total = (rec or {}).get("warmup_ops", 0) + (rec or {}).get("ops", 0)
         else:
             total = spec["warmup"] + n
-        with open(prefix + ".strace", "a", encoding="utf-8") as fh:
+        suffix = ".strace" if mode == "strace" else ".syscalls"
+        with open(prefix + suffix, "a", encoding="utf-8") as fh:
             fh.write(f"\n# messages (warm-up + measured): {total}\n")
+        if mode == "syscalls" and rec is not None:
+            rec["syscalls_per_message"] = _per_message(prefix + suffix, total)
     if rec is None:
         detail = common.tail(proc.stderr) or "no output"
         return {
@@ -1745,6 +1801,13 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/WORKLOAD-LOOP-repN.strace (syscall counts, warm-up included); "
         "timings of such runs are not comparable",
     )
+    parser.add_argument(
+        "--syscall-dir",
+        metavar="DIR",
+        help="diagnostic: count the server's system calls with 'perf stat' tracepoints and "
+        "write DIR/WORKLOAD-LOOP-repN.syscalls; per-message counts go into the JSON "
+        "(syscalls_per_message); far less intrusive than --strace-dir",
+    )
     common.add_noise_options(parser)
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     parser.add_argument(
@@ -1853,7 +1916,11 @@ def main(argv: list[str] | None = None) -> int:
             for loop_name in order:
                 done += 1
                 diag = None
-                for mode, directory in (("profile", args.profile_dir), ("strace", args.strace_dir)):
+                for mode, directory in (
+                    ("profile", args.profile_dir),
+                    ("strace", args.strace_dir),
+                    ("syscalls", args.syscall_dir),
+                ):
                     if directory:
                         Path(directory).mkdir(parents=True, exist_ok=True)
                         diag = (mode, str(Path(directory) / f"{name}-{loop_name}-rep{rep + 1}"))

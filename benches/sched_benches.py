@@ -18,6 +18,7 @@ network, the file system or signals; every benchmark is bounded by its count.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -297,6 +298,35 @@ def future_pingpong(loop: asyncio.AbstractEventLoop, n: int) -> int:
     return rounds_done
 
 
+def sock_recv_wait(loop: asyncio.AbstractEventLoop, n: int) -> int:
+    """n ``loop.sock_recv`` calls on a socket pair, each of which waits.
+
+    Before each call the task schedules ``send`` of one byte on the other
+    end with ``call_soon``; that callback runs only once the task has
+    yielded, so every call finds nothing, waits for its socket to become
+    readable, and reads the byte then: the cost of one ``sock_*`` wait
+    (watching the descriptor, a pass through the selector, the read, the
+    future and the task's wake-up).
+    """
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    got = 0
+
+    async def main() -> None:
+        nonlocal got
+        for _ in range(n):
+            loop.call_soon(b.send, b"x")
+            got += len(await loop.sock_recv(a, 16))
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+    return got
+
+
 # ---------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------
@@ -326,5 +356,6 @@ BENCHES: dict[str, Bench] = {
         Bench("gather_tasks", gather_tasks, 100_000, "task"),
         Bench("create_task_await", create_task_await, 50_000, "task"),
         Bench("future_pingpong", future_pingpong, 50_000, "round trip"),
+        Bench("sock_recv_wait", sock_recv_wait, 50_000, "wait"),
     )
 }

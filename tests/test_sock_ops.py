@@ -65,6 +65,33 @@ def test_recv_ready_and_waiting(loop):
         b.close()
 
 
+def test_reader_that_replaced_a_wait_is_left_alone(loop):
+    """A reader added on the socket while a read waits replaces the wait's
+    (asyncio's rule); ending the wait afterwards must not remove it."""
+    a, b = _pair()
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        seen = []
+        loop.add_reader(a.fileno(), lambda: seen.append(a.recv(10)))
+        b.send(b"x")
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        b.send(b"y")
+        await asyncio.sleep(0.05)
+        return seen
+
+    try:
+        assert _run(loop, main()) == [b"x", b"y"]
+        assert loop.remove_reader(a.fileno()) is True
+    finally:
+        a.close()
+        b.close()
+
+
 def test_recv_into_and_sendall_large_partial_sends(loop):
     """A send larger than the socket buffer goes out in parts: the rest
     after the first, partial send must follow, byte for byte."""
@@ -134,13 +161,13 @@ def test_cancel_while_waiting_unregisters(loop):
 def _outcome(loop, make):
     a, b = _pair()
     try:
-        loop.run_until_complete(make(loop, a, b))
+        got = loop.run_until_complete(make(loop, a, b))
     except Exception as exc:  # noqa: BLE001 - the exception is the outcome
         return type(exc), str(exc)
     finally:
         a.close()
         b.close()
-    return "ok"
+    return "ok", got
 
 
 def _blocking_socket(loop, a, b):
@@ -189,9 +216,73 @@ def _reset_peer(loop, a, b):
     return go()
 
 
+def _negative_size(loop, a, b):
+    return loop.sock_recv(a, -1)
+
+
+def _zero_size(loop, a, b):
+    return loop.sock_recv(a, 0)
+
+
+def _socket_with_timeout(loop, a, b):
+    # A timeout is not non-blocking mode: the socket module's own call.
+    b.send(b"timed")
+    a.settimeout(5.0)
+    return loop.sock_recv(a, 10)
+
+
+def _eof_while_waiting(loop, a, b):
+    async def go():
+        loop.call_later(0.01, b.close)
+        return await loop.sock_recv(a, 10)
+
+    return go()
+
+
+def _reset_while_waiting(loop, a, b):
+    # A TCP peer that resets the connection while the read waits.
+    async def go():
+        with socket.create_server(("127.0.0.1", 0)) as ls:
+            c = socket.create_connection(ls.getsockname())
+            s, _ = ls.accept()
+            s.setblocking(False)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            loop.call_later(0.01, c.close)
+            try:
+                return await loop.sock_recv(s, 10)
+            finally:
+                s.close()
+
+    return go()
+
+
+def _recv_into_waiting(loop, a, b):
+    async def go():
+        buf = bytearray(8)
+        loop.call_later(0.01, b.send, b"abc")
+        n = await loop.sock_recv_into(a, memoryview(buf)[2:])
+        return n, bytes(buf)
+
+    return go()
+
+
 @pytest.mark.parametrize(
     "make",
-    [_blocking_socket, _ssl_socket, _closed_socket, _bad_size, _bad_buffer, _bad_data, _reset_peer],
+    [
+        _blocking_socket,
+        _ssl_socket,
+        _closed_socket,
+        _bad_size,
+        _bad_buffer,
+        _bad_data,
+        _reset_peer,
+        _negative_size,
+        _zero_size,
+        _socket_with_timeout,
+        _eof_while_waiting,
+        _reset_while_waiting,
+        _recv_into_waiting,
+    ],
 )
 @pytest.mark.parametrize("debug", [False, True])
 def test_errors_match_asyncio(loop_factory, make, debug):

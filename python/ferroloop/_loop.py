@@ -367,31 +367,6 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                 )
         return None
 
-    # Where `sock_recv`, `sock_recv_into` and `sock_sendall` go on when the
-    # first socket call (made natively, sock_ops.rs) would block: the wait
-    # that asyncio's coroutines make at that point, with their own reader
-    # and writer callbacks (which the closed-socket sweep in fds.rs knows),
-    # without repeating the call. Each returns the future to await.
-    def _ff_recv_wait(self, sock, n):
-        return self._ff_wait(sock, self._add_reader, self._sock_recv, self._sock_read_done, n)
-
-    def _ff_recv_into_wait(self, sock, buf):
-        return self._ff_wait(sock, self._add_reader, self._sock_recv_into, self._sock_read_done, buf)
-
-    def _ff_sendall_wait(self, sock, data, sent):
-        view = memoryview(data)
-        return self._ff_wait(
-            sock, self._add_writer, self._sock_sendall, self._sock_write_done, view, [sent]
-        )
-
-    def _ff_wait(self, sock, watch, callback, done, *args):
-        fut = self.create_future()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        handle = watch(fd, callback, fut, sock, *args)
-        fut.add_done_callback(functools.partial(done, fd, handle=handle))
-        return fut
-
     def _ff_accepted(self, protocol_factory, conn, addr, server):
         self._ff_accept_into(self._ff_stream_transport, protocol_factory, conn, addr, server)
 

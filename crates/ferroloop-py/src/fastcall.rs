@@ -204,7 +204,7 @@ unsafe fn tuple_of<'py>(
 /// Run `body` as the C function's body: its result as a new reference, or
 /// NULL with the error (a panic as `PanicException`) set.
 #[inline(always)]
-fn entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+pub(crate) fn entry(body: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
     // SAFETY: CPython calls a method's C function with the thread attached.
     let py = unsafe { Python::assume_attached() };
     match catch_unwind(AssertUnwindSafe(|| body(py))) {

@@ -10,6 +10,7 @@ mod fastcall;
 mod handle;
 mod link;
 mod loop_core;
+mod plain_sock;
 mod proactor;
 mod selector;
 mod sock_ops;

@@ -7,29 +7,44 @@
 //! returns a [`SockCall`], a small object that speaks the coroutine
 //! protocol and is registered as a `collections.abc.Coroutine` (so
 //! `create_task` and `iscoroutine` accept it as they accept asyncio's).
-//! Its first step makes the socket call (through the socket's own method,
-//! so subclasses are honoured) and, when that completes the operation,
-//! returns the result through the type's `am_send` slot: no frame, and no
-//! `StopIteration` object.
+//! Its first step makes the socket call (natively for a plain socket in
+//! non-blocking mode, `plain_sock.rs`; otherwise through the socket's own
+//! method, so subclasses are honoured) and, when that completes the
+//! operation, returns the result through the type's `am_send` slot: no
+//! frame, and no `StopIteration` object.
 //!
-//! Everything else is asyncio's own code: in debug mode and for an
-//! `ssl.SSLSocket` the step hands over to asyncio's coroutine for the
-//! call; when the socket call would block (or sent only part), to a
-//! coroutine of the loop (`_loop.py`) that waits as asyncio's does from
-//! that point, with asyncio's own reader and writer callbacks. Every later
-//! `send`, `throw` and `close` is relayed to it. So the errors, the waits
-//! registered with the loop (and their clean-up when the socket is closed
-//! under them) and cancellation are asyncio's.
+//! When the call would block (or sent only part), the wait is native too,
+//! and is asyncio's from that point: a future of the loop, the descriptor
+//! checked against the loop's transports, and a reader (a writer for
+//! `sock_sendall`) registered as `_add_reader` registers one, whose
+//! callback makes the call again until the operation ends, then sets the
+//! future and stops watching unless the watch was replaced meanwhile
+//! (`_sock_recv`, `_sock_sendall`, `_sock_read_done`). The loop knows the
+//! watch as a `sock_*` wait, so one whose socket is closed under it is
+//! ended as asyncio's would be (`fds.rs`). The task's steps are relayed to
+//! the future's iterator; a cancellation (thrown in) or `close()` also
+//! stops the watch.
+//!
+//! In debug mode and for an `ssl.SSLSocket` the step hands over to
+//! asyncio's own coroutine, and every later `send`, `throw` and `close`
+//! is relayed to it.
 
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit,
+    PyTypeError,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use std::os::fd::RawFd;
+
 use crate::cell::GilCell;
+use crate::handle::Handle;
 use crate::loop_core::LoopCore;
+use crate::plain_sock::{Native, PlainSocket};
 
 /// Which call: `sock_recv`, `sock_recv_into` or `sock_sendall`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -40,10 +55,10 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 3] = [Op::Recv, Op::RecvInto, Op::SendAll];
+    pub(crate) const ALL: [Op; 3] = [Op::Recv, Op::RecvInto, Op::SendAll];
 
     /// The socket method the operation calls.
-    fn method(self, py: Python<'_>) -> &Bound<'_, PyString> {
+    pub(crate) fn method(self, py: Python<'_>) -> &Bound<'_, PyString> {
         match self {
             Op::Recv => intern!(py, "recv"),
             Op::RecvInto => intern!(py, "recv_into"),
@@ -67,9 +82,34 @@ enum State {
         sock: Py<PyAny>,
         arg: Py<PyAny>,
     },
-    /// Handed over to asyncio's coroutine for the call.
-    Waiting(Py<PyAny>),
+    /// Waiting: `iter` is asyncio's coroutine (debug mode, SSL), or the
+    /// iterator of the future a native wait completes; the steps are
+    /// relayed to it.
+    Waiting {
+        iter: Py<PyAny>,
+        wait: Option<Wait>,
+    },
     Done,
+}
+
+/// A native wait: the loop runs `SockCall._ready` (the handle's callback)
+/// when the socket is ready, which makes the socket call again and, once
+/// the operation ends, sets the future's result or exception and stops
+/// watching the descriptor; as asyncio's `_sock_recv`, `_sock_recv_into`
+/// and `_sock_sendall` do with its reader and writer callbacks, and its
+/// `_sock_read_done` / `_sock_write_done`.
+struct Wait {
+    lp: Py<LoopCore>,
+    fut: Py<PyAny>,
+    sock: Py<PyAny>,
+    /// `n`, the buffer, or `memoryview(data)` for `sock_sendall`.
+    arg: Py<PyAny>,
+    handle: Py<Handle>,
+    fd: RawFd,
+    /// Watched for writing (`sock_sendall`), not reading.
+    write: bool,
+    /// `sock_sendall`: how much of `arg` went out.
+    sent: usize,
 }
 
 /// What `sock_recv`, `sock_recv_into` and `sock_sendall` return.
@@ -86,58 +126,7 @@ enum Step {
 }
 
 static SSL_SOCKET: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
-static PLAIN_SOCKET: PyOnceLock<PlainSocket> = PyOnceLock::new();
 static ASYNCIO_OPS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
-
-/// `socket.socket`, and the methods of `_socket.socket` it inherits,
-/// in [`Op`] order, with the type's version tag when they were looked up.
-struct PlainSocket {
-    ty: Py<PyType>,
-    methods: [Py<PyAny>; 3],
-    tag: u32,
-}
-
-impl PlainSocket {
-    fn get(py: Python<'_>) -> PyResult<&PlainSocket> {
-        PLAIN_SOCKET.get_or_try_init(py, || {
-            let ty = py
-                .import("socket")?
-                .getattr("socket")?
-                .cast_into::<PyType>()?;
-            // Looked up on `socket.socket` itself, which also gives the
-            // type a valid version tag.
-            let [a, b, c] = Op::ALL.map(|op| ty.getattr(op.method(py)));
-            let methods = [a?.unbind(), b?.unbind(), c?.unbind()];
-            let tag = Self::tag_of(&ty);
-            Ok(PlainSocket {
-                ty: ty.unbind(),
-                methods,
-                tag,
-            })
-        })
-    }
-
-    fn tag_of(ty: &Bound<'_, PyType>) -> u32 {
-        // SAFETY: `ty` is a live type object; its version tag is a plain
-        // field read under the GIL.
-        unsafe { (*ty.as_type_ptr()).tp_version_tag }
-    }
-
-    /// True when `sock` is exactly a `socket.socket` and neither it nor a
-    /// base changed since the methods were looked up (a changed type gets
-    /// a new version tag, or none).
-    fn is_exact(&self, py: Python<'_>, sock: &Bound<'_, PyAny>) -> bool {
-        let ty = self.ty.bind(py);
-        sock.get_type().is(ty) && self.tag != 0 && Self::tag_of(ty) == self.tag
-    }
-}
-
-/// True when `sock`'s type is `socket.socket` itself (not a subclass or a
-/// stand-in, whose methods may differ).
-pub(crate) fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = sock.py();
-    Ok(sock.get_type().is(PlainSocket::get(py)?.ty.bind(py)))
-}
 
 /// `ssl.SSLSocket`, or None where `ssl` cannot be imported (as asyncio's
 /// check has it).
@@ -186,14 +175,16 @@ impl SockCall {
         )
     }
 
-    /// Send `value` in: the first step makes the call, later ones go to
-    /// asyncio's coroutine.
-    fn step(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
-        let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
+    /// Send `value` in: the first step makes the call, later ones are
+    /// relayed to what it waits on.
+    fn step(slf: &Bound<'_, SockCall>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+        let py = slf.py();
+        let me = slf.get();
+        let state = std::mem::replace(&mut *me.state.borrow_mut(py), State::Done);
         match state {
             State::Start { lp, sock, arg } => {
                 if !value.is_none() {
-                    *self.state.borrow_mut(py) = State::Start { lp, sock, arg };
+                    *me.state.borrow_mut(py) = State::Start { lp, sock, arg };
                     return Err(PyTypeError::new_err(
                         "can't send non-None value to a just-started coroutine",
                     ));
@@ -205,124 +196,370 @@ impl SockCall {
                     && (direct.is_some()
                         || !ssl_socket_type(py)
                             .is_some_and(|t| sock.is_instance(t).unwrap_or(true)));
-                let coro = if plain {
-                    match self.try_once(py, sock, arg, direct)? {
-                        First::Done(result) => return Ok(Step::Return(result)),
-                        // asyncio's wait from where its coroutine would be
-                        // after that call (`_loop.py`), not the call again.
-                        First::Blocked(sent) => Self::wait(py, self.op, lp, sock, arg, sent)?,
+                if !plain {
+                    let coro = asyncio_op(py, me.op)?.call1((lp, sock, arg))?;
+                    return me.relay(py, coro.unbind(), None, value);
+                }
+                match me.try_once(py, lp, sock, arg, direct)? {
+                    First::Done(result) => Ok(Step::Return(result)),
+                    First::Blocked(sent) => {
+                        let (iter, wait) = Self::start_wait(slf, lp, sock, arg, sent)?;
+                        me.relay(py, iter, Some(wait), value)
                     }
-                } else {
-                    asyncio_op(py, self.op)?.call1((lp, sock, arg))?
-                };
-                self.relay(py, coro.unbind(), value)
+                }
             }
-            State::Waiting(coro) => self.relay(py, coro, value),
+            State::Waiting { iter, wait } => me.relay(py, iter, wait, value),
             State::Done => Err(PyRuntimeError::new_err(
                 "cannot reuse already awaited coroutine",
             )),
         }
     }
 
-    /// The loop's wait for `op` after a first call that would block: the
-    /// future's iterator, to relay the task's steps to.
-    fn wait<'py>(
-        py: Python<'py>,
-        op: Op,
+    /// Wait natively after a first call that would block (or sent only
+    /// `sent` bytes): what asyncio's coroutine does at that point. A
+    /// future, the descriptor checked as asyncio checks it, and `_ready`
+    /// registered as its reader (writer for `sock_sendall`); the future's
+    /// iterator is what the task's steps go to.
+    fn start_wait<'py>(
+        slf: &Bound<'py, SockCall>,
         lp: &Bound<'py, LoopCore>,
         sock: &Bound<'py, PyAny>,
         arg: &Bound<'py, PyAny>,
-        sent: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let fut = match op {
-            Op::Recv => lp.call_method1(intern!(py, "_ff_recv_wait"), (sock, arg))?,
-            Op::RecvInto => lp.call_method1(intern!(py, "_ff_recv_into_wait"), (sock, arg))?,
-            Op::SendAll => lp.call_method1(intern!(py, "_ff_sendall_wait"), (sock, arg, sent))?,
+        sent: usize,
+    ) -> PyResult<(Py<PyAny>, Wait)> {
+        let py = slf.py();
+        let op = slf.get().op;
+        let fut = LoopCore::create_future(lp)?;
+        let fd_obj = sock.call_method0(intern!(py, "fileno"))?;
+        ensure_no_transport(lp, &fd_obj)?;
+        let (arg, sent) = match op {
+            Op::SendAll => (
+                // SAFETY: `arg` is a live object; PyMemoryView_FromObject
+                // returns a new reference or NULL with an error set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromObject(arg.as_ptr()))?
+                },
+                sent,
+            ),
+            _ => (arg.clone(), 0),
         };
-        fut.call_method0(intern!(py, "__await__"))
+        let ready = ready_callback(slf)?;
+        let handle = Py::new(
+            py,
+            Handle::new(
+                py,
+                ready.unbind(),
+                PyTuple::empty(py).unbind(),
+                None,
+                lp.clone().unbind(),
+                None,
+                None,
+            )?,
+        )?;
+        let write = op == Op::SendAll;
+        LoopCore::watch(
+            lp,
+            &fd_obj,
+            write,
+            handle.clone_ref(py),
+            Some(sock.clone().unbind()),
+        )?;
+        let fd = fd_obj.extract::<RawFd>()?;
+        let iter = fut
+            .bind(py)
+            .call_method0(intern!(py, "__await__"))?
+            .unbind();
+        let wait = Wait {
+            lp: lp.clone().unbind(),
+            fut,
+            sock: sock.clone().unbind(),
+            arg: arg.unbind(),
+            handle,
+            fd,
+            write,
+            sent,
+        };
+        Ok((iter, wait))
     }
 
     /// The socket call, made once (a plain socket's read: see below).
-    /// `direct`: `sock` is a plain `socket.socket`, whose method is called
-    /// as found on the type, without the attribute lookup.
+    /// `direct`: `sock` is a plain `socket.socket`, whose call is made
+    /// natively when it is in non-blocking mode (`plain_sock.rs`), and
+    /// otherwise through its method as found on the type.
     fn try_once<'py>(
         &self,
         py: Python<'py>,
+        lp: &Bound<'py, LoopCore>,
         sock: &Bound<'py, PyAny>,
         arg: &Bound<'py, PyAny>,
         direct: Option<&PlainSocket>,
-    ) -> PyResult<First<'py>> {
-        let exact = direct.is_some();
-        let called = if let Some(plain) = direct {
-            let f = plain.methods[self.op as usize].as_ptr();
-            let argv = [sock.as_ptr(), arg.as_ptr()];
-            let call = || {
-                // SAFETY: `f` is a live method descriptor and `argv` two
-                // live objects for the duration of the call; the result is
-                // a new reference or NULL with an error set.
-                unsafe {
-                    Bound::from_owned_ptr_or_err(
-                        py,
-                        ffi::PyObject_Vectorcall(f, argv.as_ptr(), 2, std::ptr::null_mut()),
-                    )
-                }
-            };
-            match call() {
+    ) -> PyResult<First> {
+        if let Some(plain) = direct {
+            let mut got = self.native(py, plain, sock, arg, 0)?;
+            if matches!(got, Native::WouldBlock)
+                && self.op != Op::SendAll
+                && !lp.get().has_ready(py)
+            {
                 // A read that found nothing tries once more before the
-                // wait. When the peer shares the CPU, the send just made
-                // to it usually hands it the CPU on the way out of this
-                // first call, and its answer is there for the second;
-                // waiting instead costs a trip through the selector and a
-                // sleep. (Only for the plain socket, whose calls nobody
-                // observes; a subclass's method is called once, as
-                // asyncio calls it.)
-                Err(e) if self.op != Op::SendAll && would_block(py, &e) => call(),
-                other => other,
+                // wait, when nothing else is ready to run. When the peer
+                // shares the CPU, the send just made to it usually hands
+                // it the CPU on the way out of this first call, and its
+                // answer is there for the second; waiting instead costs a
+                // trip through the selector and a sleep. With other
+                // callbacks ready (many connections), the peer's answer
+                // comes no sooner, and the second call is wasted. (Only
+                // for the plain socket, whose calls nobody observes; a
+                // subclass's method is called once, as asyncio calls it.)
+                got = self.native(py, plain, sock, arg, 0)?;
             }
-        } else {
-            sock.call_method1(self.op.method(py), (arg,))
+            match got {
+                Native::Read(data) => return Ok(First::Done(data.unbind())),
+                Native::Count(n) if self.op == Op::RecvInto => {
+                    return Ok(First::Done(n.into_pyobject(py)?.into_any().unbind()))
+                }
+                Native::Count(n) => {
+                    return Ok(if n == arg.len()? {
+                        First::Done(py.None())
+                    } else {
+                        First::Blocked(n)
+                    })
+                }
+                Native::WouldBlock => return Ok(First::Blocked(0)),
+                Native::Method => {}
+            }
+        }
+        let called = match direct {
+            Some(plain) => plain.call_method(py, self.op, sock, arg),
+            None => sock.call_method1(self.op.method(py), (arg,)),
         };
         match called {
             Ok(r) if self.op != Op::SendAll => Ok(First::Done(r.unbind())),
             // asyncio compares the count sent with `len(data)`, and goes
-            // on from `memoryview(data)[sent:]`. The socket module's `send`
-            // returns an int; a subclass's may return anything, so it gets
-            // Python's comparison.
+            // on from `memoryview(data)[sent:]`. A subclass's `send` may
+            // return anything, so it gets Python's comparison.
             Ok(sent) => {
-                let all = if exact {
-                    sent.extract::<isize>()? == arg.len()? as isize
-                } else {
-                    sent.eq(arg.len()?)?
-                };
-                if all {
+                if sent.eq(arg.len()?)? {
                     Ok(First::Done(py.None()))
                 } else {
-                    Ok(First::Blocked(sent))
+                    Ok(First::Blocked(sent.extract()?))
                 }
             }
-            Err(e) if would_block(py, &e) => Ok(First::Blocked(0i32.into_pyobject(py)?.into_any())),
+            Err(e) if would_block(py, &e) => Ok(First::Blocked(0)),
             Err(e) => Err(e),
         }
     }
 
-    fn relay(&self, py: Python<'_>, coro: Py<PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+    /// The operation's call made natively on a plain socket, `offset`
+    /// bytes into the data for `sock_sendall`.
+    fn native<'py>(
+        &self,
+        py: Python<'py>,
+        plain: &PlainSocket,
+        sock: &Bound<'py, PyAny>,
+        arg: &Bound<'py, PyAny>,
+        offset: usize,
+    ) -> PyResult<Native<'py>> {
+        match self.op {
+            Op::Recv => plain.recv(py, sock, arg),
+            Op::RecvInto => plain.recv_into(py, sock, arg),
+            Op::SendAll => plain.send(py, sock, arg, offset),
+        }
+    }
+
+    fn relay(
+        &self,
+        py: Python<'_>,
+        iter: Py<PyAny>,
+        wait: Option<Wait>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<Step> {
         let mut out: *mut ffi::PyObject = std::ptr::null_mut();
-        // SAFETY: `coro` and `value` are live objects; PyIter_Send stores a
+        // SAFETY: `iter` and `value` are live objects; PyIter_Send stores a
         // new reference in `out` for NEXT and RETURN and sets an error for
         // ERROR.
-        let status = unsafe { ffi::PyIter_Send(coro.as_ptr(), value.as_ptr(), &mut out) };
+        let status = unsafe { ffi::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut out) };
         if status == ffi::PySendResult::PYGEN_ERROR {
-            return Err(PyErr::fetch(py));
+            let err = PyErr::fetch(py);
+            end_wait(py, wait)?;
+            return Err(err);
         }
         // SAFETY: for NEXT and RETURN, `out` is a new reference we now own.
         let out = unsafe { Bound::from_owned_ptr(py, out) }.unbind();
         if status == ffi::PySendResult::PYGEN_NEXT {
-            *self.state.borrow_mut(py) = State::Waiting(coro);
+            *self.state.borrow_mut(py) = State::Waiting { iter, wait };
             Ok(Step::Yield(out))
         } else {
+            end_wait(py, wait)?;
             Ok(Step::Return(out))
         }
     }
+
+    /// The descriptor is ready: the socket call again, as asyncio's
+    /// reader and writer callbacks make it. The operation ends with a
+    /// result or an error (other than "would block"), or with all the data
+    /// sent; then the future gets it and the descriptor is no longer
+    /// watched. `SystemExit` and `KeyboardInterrupt` go to the loop.
+    fn ready(slf: &Bound<'_, SockCall>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let (fut, sock, arg, sent) = match &*me.state.borrow(py) {
+            State::Waiting { wait: Some(w), .. } => (
+                w.fut.clone_ref(py).into_bound(py),
+                w.sock.clone_ref(py).into_bound(py),
+                w.arg.clone_ref(py).into_bound(py),
+                w.sent,
+            ),
+            _ => return Ok(()),
+        };
+        let finished = if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+            // Cancelled meanwhile (or completed by someone else).
+            true
+        } else {
+            let ps = PlainSocket::get(py)?;
+            let exact = ps.is_exact(py, &sock);
+            let native = if exact {
+                me.native(py, ps, &sock, &arg, sent)
+            } else {
+                Ok(Native::Method)
+            };
+            let called = match native {
+                Ok(Native::WouldBlock) => return Ok(()),
+                Ok(Native::Read(data)) => Ok(data),
+                Ok(Native::Count(n)) => Ok(n.into_pyobject(py)?.into_any()),
+                Err(e) => Err(e),
+                Ok(Native::Method) => {
+                    let arg = if me.op == Op::SendAll && sent > 0 {
+                        arg.get_item(pyo3::types::PySlice::new(py, sent as isize, isize::MAX, 1))?
+                    } else {
+                        arg.clone()
+                    };
+                    if exact {
+                        ps.call_method(py, me.op, &sock, &arg)
+                    } else {
+                        sock.call_method1(me.op.method(py), (&arg,))
+                    }
+                }
+            };
+            match called {
+                Err(e) if would_block(py, &e) => return Ok(()),
+                Err(e)
+                    if e.is_instance_of::<PyKeyboardInterrupt>(py)
+                        || e.is_instance_of::<PySystemExit>(py) =>
+                {
+                    return Err(e)
+                }
+                Err(e) => {
+                    fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
+                    true
+                }
+                Ok(r) if me.op == Op::SendAll => {
+                    let total = sent + r.extract::<usize>()?;
+                    if total == arg.len()? {
+                        fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                        true
+                    } else {
+                        if let State::Waiting { wait: Some(w), .. } = &mut *me.state.borrow_mut(py)
+                        {
+                            w.sent = total;
+                        }
+                        false
+                    }
+                }
+                Ok(r) => {
+                    fut.call_method1(intern!(py, "set_result"), (r,))?;
+                    true
+                }
+            }
+        };
+        if finished {
+            let wait = match &mut *me.state.borrow_mut(py) {
+                State::Waiting { wait, .. } => wait.take(),
+                _ => None,
+            };
+            end_wait(py, wait)?;
+        }
+        Ok(())
+    }
+}
+
+/// The definition of the wait's callback (see [`ready_callback`]).
+struct ReadyDef(ffi::PyMethodDef);
+
+// SAFETY: the definition is written once, before it is shared, and only
+// read afterwards (by CPython, under the GIL); its pointers are to static
+// strings and a function.
+unsafe impl Sync for ReadyDef {}
+// SAFETY: as above: nothing in it is tied to a thread.
+unsafe impl Send for ReadyDef {}
+
+static READY_DEF: std::sync::OnceLock<ReadyDef> = std::sync::OnceLock::new();
+
+/// `SockCall._ready`'s C function: [`SockCall::ready`].
+unsafe extern "C" fn ready_entry(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    crate::fastcall::entry(|py| {
+        // SAFETY: the function object made in `ready_callback` passes the
+        // `SockCall` it was made for as `slf`.
+        let me = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<SockCall>() };
+        SockCall::ready(&me)?;
+        Ok(py.None())
+    })
+}
+
+/// The callback the loop runs for a wait: a built-in function bound to
+/// the `SockCall` (`_ready`), made without looking up an attribute.
+fn ready_callback<'py>(slf: &Bound<'py, SockCall>) -> PyResult<Bound<'py, PyAny>> {
+    let def = READY_DEF.get_or_init(|| {
+        ReadyDef(ffi::PyMethodDef {
+            ml_name: c"_ready".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunction: ready_entry,
+            },
+            ml_flags: ffi::METH_NOARGS,
+            ml_doc: c"The socket is ready: make the call again.".as_ptr(),
+        })
+    });
+    let def = std::ptr::from_ref(&def.0).cast_mut();
+    // SAFETY: `def` lives for ever and CPython only reads it; the new
+    // function holds a reference to `slf`; the result is a new reference
+    // or NULL with an error set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            slf.py(),
+            ffi::PyCFunction_NewEx(def, slf.as_ptr(), std::ptr::null_mut()),
+        )
+    }
+}
+
+/// Stop watching for a wait that ended, unless its registration was
+/// replaced meanwhile (its handle is then cancelled): asyncio's
+/// `_sock_read_done` / `_sock_write_done`.
+fn end_wait(py: Python<'_>, wait: Option<Wait>) -> PyResult<()> {
+    let Some(w) = wait else {
+        return Ok(());
+    };
+    if w.handle.get().is_cancelled() {
+        return Ok(());
+    }
+    LoopCore::end_watch(w.lp.bind(py), w.fd, w.write)
+}
+
+/// asyncio's `_ensure_fd_no_transport(fd)`, skipped when the loop has no
+/// transport at all (its `WeakValueDictionary` holds none).
+fn ensure_no_transport(lp: &Bound<'_, LoopCore>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = lp.py();
+    let transports = lp.getattr(intern!(py, "_transports"))?;
+    let none = transports
+        .getattr(intern!(py, "data"))
+        .ok()
+        .and_then(|d| d.cast_into::<pyo3::types::PyDict>().ok())
+        .is_some_and(|d| d.is_empty());
+    if !none {
+        lp.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+    }
+    Ok(())
 }
 
 /// The errors after which asyncio waits and tries again.
@@ -331,12 +568,12 @@ fn would_block(py: Python<'_>, e: &PyErr) -> bool {
 }
 
 /// What the first socket call did.
-enum First<'py> {
+enum First {
     /// The operation is complete, with this result.
     Done(Py<PyAny>),
     /// It would block, or sent only part: the count sent (0 for the
     /// reads), for the wait that goes on.
-    Blocked(Bound<'py, PyAny>),
+    Blocked(usize),
 }
 
 /// A thrown exception as `throw(typ[, val[, tb]])` describes it.
@@ -360,13 +597,13 @@ impl SockCall {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.send(py, &py.None().into_bound(py))
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Self::send(slf, &slf.py().None().into_bound(slf.py()))
     }
 
     #[pyo3(signature = (value, /))]
-    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.step(py, value)? {
+    fn send(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match Self::step(slf, value)? {
             Step::Yield(v) => Ok(v),
             Step::Return(v) => Err(pyo3::exceptions::PyStopIteration::new_err((v,))),
         }
@@ -376,10 +613,17 @@ impl SockCall {
     fn throw(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
         let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
         match state {
-            State::Waiting(coro) => {
-                let r = coro.bind(py).call_method1(intern!(py, "throw"), args)?;
-                *self.state.borrow_mut(py) = State::Waiting(coro);
-                Ok(r.unbind())
+            State::Waiting { iter, wait } => {
+                match iter.bind(py).call_method1(intern!(py, "throw"), args) {
+                    Ok(r) => {
+                        *self.state.borrow_mut(py) = State::Waiting { iter, wait };
+                        Ok(r.unbind())
+                    }
+                    Err(e) => {
+                        end_wait(py, wait)?;
+                        Err(e)
+                    }
+                }
             }
             // Thrown in before the start, or after the end: it comes back
             // out, as from a coroutine in those states.
@@ -389,8 +633,9 @@ impl SockCall {
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
-        if let State::Waiting(coro) = state {
-            coro.bind(py).call_method0(intern!(py, "close"))?;
+        if let State::Waiting { iter, wait } = state {
+            end_wait(py, wait)?;
+            iter.bind(py).call_method0(intern!(py, "close"))?;
         }
         Ok(())
     }
@@ -408,7 +653,7 @@ impl SockCall {
     #[getter]
     fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         match &*self.state.borrow(py) {
-            State::Waiting(coro) => Some(coro.clone_ref(py)),
+            State::Waiting { iter, .. } => Some(iter.clone_ref(py)),
             _ => None,
         }
     }
@@ -421,7 +666,16 @@ impl SockCall {
                     visit.call(sock)?;
                     visit.call(arg)?;
                 }
-                State::Waiting(coro) => visit.call(coro)?,
+                State::Waiting { iter, wait } => {
+                    visit.call(iter)?;
+                    if let Some(w) = wait {
+                        visit.call(&w.lp)?;
+                        visit.call(&w.fut)?;
+                        visit.call(&w.sock)?;
+                        visit.call(&w.arg)?;
+                        visit.call(&w.handle)?;
+                    }
+                }
                 State::Done => {}
             }
         }
@@ -454,7 +708,7 @@ unsafe extern "C" fn am_send(
                 Bound::from_borrowed_ptr(py, value),
             )
         };
-        me.get().step(py, &value)
+        SockCall::step(&me, &value)
     }));
     match outcome {
         Ok(Ok(Step::Yield(v))) => {

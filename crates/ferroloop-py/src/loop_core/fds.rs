@@ -187,7 +187,7 @@ impl LoopCore {
     /// Register `handle` as the reader (or writer) of `fd`, replacing and
     /// cancelling the previous one, as `BaseSelectorEventLoop._add_reader` does.
     /// `sock` is the socket of a `sock_*` wait.
-    pub(super) fn watch(
+    pub(crate) fn watch(
         slf: &Bound<'_, Self>,
         fd_obj: &Bound<'_, PyAny>,
         write: bool,
@@ -322,6 +322,17 @@ impl LoopCore {
 
     pub(super) fn unwatch_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<bool> {
         Self::forget_fd(slf, fd, write, false)
+    }
+
+    /// The end of a native `sock_*` wait (`sock_ops.rs`): stop watching
+    /// `fd`, as `remove_reader(fd)` / `remove_writer(fd)`; the engine's
+    /// errors are ignored, as Python's selectors ignore them when a
+    /// descriptor is unregistered (it may have been closed meanwhile).
+    pub(crate) fn end_watch(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<()> {
+        if slf.get().closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Self::forget_fd(slf, fd, write, true).map(drop)
     }
 
     /// [`Self::unwatch_fd`]; with `gone`, for a descriptor closed under its

@@ -17,6 +17,7 @@
 //! wait, which works on a detached [`Waiter`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -168,16 +169,16 @@ struct State {
     sched: Scheduler<Item>,
     io: Io,
     waker: Option<Waker>,
-    readers: HashMap<RawFd, Py<Handle>>,
-    writers: HashMap<RawFd, Py<Handle>>,
+    readers: FdMap<RawFd, Py<Handle>>,
+    writers: FdMap<RawFd, Py<Handle>>,
     /// The object each watched descriptor was first registered with, so a
     /// closed socket object (whose `fileno()` is now -1) can still be found,
     /// as Python's selectors find it.
-    fileobjs: HashMap<RawFd, Py<PyAny>>,
+    fileobjs: FdMap<RawFd, Py<PyAny>>,
     /// The sockets of asyncio's `sock_*` waits among the watchers (by
     /// descriptor and direction): a wait whose socket was closed under it is
     /// ended (see `fds.rs`), instead of hanging and blocking the number.
-    sock_waits: HashMap<(RawFd, bool), Py<PyAny>>,
+    sock_waits: FdMap<(RawFd, bool), Py<PyAny>>,
     /// When the loop next looks for such waits.
     next_sweep: f64,
     events: Vec<Event>,
@@ -252,15 +253,54 @@ fn repr_of(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "<object>".into())
 }
 
+/// A map keyed by descriptor numbers (with a direction, for some), hashed
+/// with one multiplication: the standard map's SipHash, made to resist
+/// keys chosen by an attacker, cost some 450 instructions per look-up here,
+/// and a watched descriptor is looked up several times per wait.
+type FdMap<K, V> = HashMap<K, V, BuildHasherDefault<FdHasher>>;
+
+/// The hasher of [`FdMap`] (the multiply-rotate step of rustc's FxHash).
+#[derive(Default, Clone, Copy)]
+struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_i32(&mut self, n: i32) {
+        self.write_u64(u64::from(n as u32));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 fn new_state(io: Io, waker: Option<Waker>) -> State {
     State {
         sched: Scheduler::new(),
         io,
         waker,
-        readers: HashMap::new(),
-        writers: HashMap::new(),
-        fileobjs: HashMap::new(),
-        sock_waits: HashMap::new(),
+        readers: FdMap::default(),
+        writers: FdMap::default(),
+        fileobjs: FdMap::default(),
+        sock_waits: FdMap::default(),
         next_sweep: 0.0,
         events: Vec::new(),
         completions: Vec::new(),
@@ -342,6 +382,11 @@ impl LoopCore {
     #[inline]
     pub fn debug(&self, _py: Python<'_>) -> bool {
         self.debug.load(Ordering::Relaxed)
+    }
+
+    /// True when callbacks wait in the ready queue.
+    pub(crate) fn has_ready(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).sched.ready_len() > 0
     }
 
     pub fn timer_cancelled(&self, py: Python<'_>) {

@@ -135,7 +135,7 @@ impl DgSt {
 /// of a family whose addresses `crate::sockaddr::to_py` makes.
 fn is_native(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = sock.py();
-    if !crate::sock_ops::is_plain_socket(sock)? {
+    if !crate::plain_sock::is_plain_socket(sock)? {
         return Ok(false);
     }
     let family: i32 = sock.getattr(pyo3::intern!(py, "family"))?.extract()?;
