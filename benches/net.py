@@ -1340,19 +1340,25 @@ def measure(
     return rec
 
 
-def _attach_strace(pid: int, path: str) -> subprocess.Popen[bytes] | None:
+def _attach(cmd: list[str]) -> subprocess.Popen[bytes] | None:
+    """Start a tracer that attaches to the server (its command ends with
+    ``-p PID``), and give it time to attach to every thread."""
     try:
         proc = subprocess.Popen(
-            ["strace", "-c", "-f", "-o", path, "-p", str(pid)],
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
     except OSError as exc:
-        common.log(f"strace not available: {exc}")
+        common.log(f"{cmd[0]} not available: {exc}")
         return None
-    time.sleep(0.5)  # let it attach to every thread
+    time.sleep(0.5)
     return proc
+
+
+def _attach_strace(pid: int, path: str) -> subprocess.Popen[bytes] | None:
+    return _attach(["strace", "-c", "-f", "-o", path, "-p", str(pid)])
 
 
 # The system calls `--syscall-dir` counts, each a kernel tracepoint; counting
@@ -1375,18 +1381,8 @@ SYSCALL_EVENTS = (
 
 
 def _attach_perf_syscalls(pid: int, path: str) -> subprocess.Popen[bytes] | None:
-    try:
-        proc = subprocess.Popen(
-            ["perf", "stat", "-x", ",", "-o", path, "-e", ",".join(SYSCALL_EVENTS), "-p", str(pid)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-    except OSError as exc:
-        common.log(f"perf not available: {exc}")
-        return None
-    time.sleep(0.5)
-    return proc
+    events = ",".join(SYSCALL_EVENTS)
+    return _attach(["perf", "stat", "-x", ",", "-o", path, "-e", events, "-p", str(pid)])
 
 
 def _per_message(path: str, messages: int) -> dict[str, float]:

@@ -153,6 +153,26 @@ impl Handle {
         })
     }
 
+    /// A handle for a watch the loop's native code registers:
+    /// `callback()`, in a copy of the current context, without a source
+    /// traceback.
+    pub fn new_bare(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        loop_: Py<LoopCore>,
+    ) -> PyResult<Py<Handle>> {
+        let h = Handle::new(
+            py,
+            callback,
+            PyTuple::empty(py).unbind(),
+            None,
+            loop_,
+            None,
+            None,
+        )?;
+        Py::new(py, h)
+    }
+
     /// A new handle with this one's callback, arguments and context, to run
     /// it once more; `None` once it is cancelled (its callback is gone).
     pub fn copy(&self, py: Python<'_>) -> PyResult<Option<Py<Handle>>> {

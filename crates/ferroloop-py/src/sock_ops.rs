@@ -244,18 +244,7 @@ impl SockCall {
             _ => (arg.clone(), 0),
         };
         let ready = ready_callback(slf)?;
-        let handle = Py::new(
-            py,
-            Handle::new(
-                py,
-                ready.unbind(),
-                PyTuple::empty(py).unbind(),
-                None,
-                lp.clone().unbind(),
-                None,
-                None,
-            )?,
-        )?;
+        let handle = Handle::new_bare(py, ready.unbind(), lp.clone().unbind())?;
         let write = op == Op::SendAll;
         LoopCore::watch(
             lp,

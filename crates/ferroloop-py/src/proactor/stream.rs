@@ -35,7 +35,7 @@ use std::os::fd::RawFd;
 use ferroloop_core::proactor::{Op, OpId, Shot};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyBytes;
 
 use crate::cell::GilCell;
 use crate::errors::io_err;
@@ -862,18 +862,7 @@ impl RingStreamCore {
             return Ok(());
         };
         let handle = |name: &Bound<'_, pyo3::types::PyString>| -> PyResult<Py<Handle>> {
-            Py::new(
-                py,
-                Handle::new(
-                    py,
-                    slf.getattr(name)?.unbind(),
-                    PyTuple::empty(py).unbind(),
-                    None,
-                    lp.clone().unbind(),
-                    None,
-                    None,
-                )?,
-            )
+            Handle::new_bare(py, slf.getattr(name)?.unbind(), lp.clone().unbind())
         };
         let rh = handle(pyo3::intern!(py, "_read_done"))?;
         let wh = handle(pyo3::intern!(py, "_write_done"))?;
