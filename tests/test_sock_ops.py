@@ -11,6 +11,7 @@ import asyncio
 import gc
 import socket
 import ssl
+import time
 
 import pytest
 from conftest import make_loop
@@ -90,6 +91,87 @@ def test_reader_that_replaced_a_wait_is_left_alone(loop):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("file_lives_on", [False, True])
+def test_socket_closed_after_a_wait_then_its_number_reused(fd_loop, file_lives_on):
+    """After a wait, ferroloop's epoll loop leaves the descriptor registered
+    but disarmed (one-shot) for the next wait. The socket is then closed,
+    its file possibly kept alive under another number (a duplicate, or a
+    forked child's copy), and the number taken by a new socket: the new
+    socket's wait must work, and the old file's activity must wake
+    nothing (a registration left armed would make the loop spin)."""
+    loop = fd_loop
+    a, b = _pair()
+
+    async def main():
+        loop.call_soon(b.send, b"1")
+        assert await loop.sock_recv(a, 10) == b"1"
+        keep = a.dup() if file_lives_on else None
+        number = a.fileno()
+        a.close()
+        c, d = _pair()
+        try:
+            if keep is not None:
+                b.send(b"the old file is readable")
+            start = time.process_time()
+            await asyncio.sleep(0.1)
+            spent = time.process_time() - start
+            loop.call_soon(d.send, b"2")
+            got = await loop.sock_recv(c, 10)
+            return got, spent, c.fileno() == number
+        finally:
+            c.close()
+            d.close()
+            if keep is not None:
+                keep.close()
+
+    try:
+        got, spent, reused = _run(loop, main())
+        assert got == b"2"
+        assert reused, "the new socket did not take the old number"
+        assert spent < 0.05, f"the loop ran {spent:.3f} s of CPU in a 0.1 s sleep"
+    finally:
+        b.close()
+
+
+def test_wait_whose_data_was_taken_waits_on(fd_loop_factory):
+    """The wait's descriptor reports, but another reader takes the data
+    first: the wait must go on and get what comes next. (Which reader runs
+    first is up to the selector; on epoll, which reports in the order of
+    readiness, the other one does. Either way no byte may be lost.)"""
+    loop = fd_loop_factory()
+    c, d = _pair()
+    a, b = _pair()
+    stolen = []
+
+    async def main():
+        def steal():
+            loop.remove_reader(c.fileno())
+            c.recv(10)
+            try:
+                stolen.append(a.recv(10))
+            except BlockingIOError:
+                pass
+
+        loop.add_reader(c.fileno(), steal)
+        task = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        d.send(b"!")
+        b.send(b"taken")
+        await asyncio.sleep(0.05)
+        assert task.done() != bool(stolen)
+        b.send(b"later")
+        return await task
+
+    try:
+        got = _run(loop, main())
+        assert (stolen, got) in (([b"taken"], b"later"), ([], b"taken"))
+        if fd_loop_factory.family == "epoll":
+            assert stolen, "epoll reports c first: its reader takes the data"
+    finally:
+        for s in (a, b, c, d):
+            s.close()
 
 
 def test_recv_into_and_sendall_large_partial_sends(loop):

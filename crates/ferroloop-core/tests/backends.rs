@@ -917,3 +917,55 @@ fn backend_names_round_trip() {
     assert_eq!(BackendKind::from_name("kqueue"), None);
     assert_eq!(BackendKind::best(), BackendKind::Epoll);
 }
+
+/// epoll's one-shot registrations: reported once, silent until re-armed,
+/// and re-armed correctly after the number came to name another file
+/// (with the old file alive elsewhere or not): the old file's registration
+/// never reports, the new file's does. The new file is put at the number
+/// with `dup2`, so no other test can be given it meanwhile.
+#[test]
+fn epoll_oneshot_rearm() {
+    let mut sel = new_selector(BackendKind::Epoll);
+    assert!(sel.supports_oneshot());
+    assert!(!new_selector(BackendKind::Poll).supports_oneshot());
+    for old_file_lives_on in [false, true] {
+        let (mut a, mut b) = socketpair();
+        let fd = a.as_raw_fd();
+        let once = Interest::READ.oneshot();
+        sel.register(fd, once, 7).unwrap();
+        b.write_all(b"x").unwrap();
+        expect_events(&mut sel, READY, &[ev(fd, 7, true, false)], "armed");
+        expect_none(
+            &mut sel,
+            "fired once, then disarmed (the byte is still there)",
+        );
+        sel.rearm(fd, once, 7).unwrap();
+        expect_events(&mut sel, READY, &[ev(fd, 7, true, false)], "re-armed");
+        drain(&mut a);
+
+        // The number now names another socket's file.
+        let keep = old_file_lives_on.then(|| a.try_clone().unwrap());
+        let (c, mut d) = socketpair();
+        // SAFETY: both numbers are open and ours; dup2 replaces the file
+        // at `fd` (a's, closed there) with c's, atomically.
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
+        if keep.is_some() {
+            b.write_all(b"old").unwrap();
+        }
+        expect_none(&mut sel, "the old file's registration is disarmed");
+        sel.rearm(fd, once, 8).unwrap();
+        expect_none(&mut sel, "the new file has nothing yet");
+        d.write_all(b"new").unwrap();
+        expect_events(
+            &mut sel,
+            READY,
+            &[ev(fd, 8, true, false)],
+            "the new file reports",
+        );
+        sel.deregister(fd).unwrap();
+        drop(keep);
+        // `a` owns the number, which now holds c's file: closing it
+        // closes that duplicate only.
+        drop(a);
+    }
+}

@@ -252,6 +252,7 @@ impl SockCall {
             write,
             handle.clone_ref(py),
             Some(sock.clone().unbind()),
+            true,
         )?;
         let fd = fd_obj.extract::<RawFd>()?;
         let iter = fut
@@ -369,7 +370,7 @@ impl SockCall {
         let status = unsafe { ffi::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut out) };
         if status == ffi::PySendResult::PYGEN_ERROR {
             let err = PyErr::fetch(py);
-            end_wait(py, wait)?;
+            end_wait(py, wait, false)?;
             return Err(err);
         }
         // SAFETY: for NEXT and RETURN, `out` is a new reference we now own.
@@ -378,7 +379,7 @@ impl SockCall {
             *self.state.borrow_mut(py) = State::Waiting { iter, wait };
             Ok(Step::Yield(out))
         } else {
-            end_wait(py, wait)?;
+            end_wait(py, wait, false)?;
             Ok(Step::Return(out))
         }
     }
@@ -391,8 +392,10 @@ impl SockCall {
     fn ready(slf: &Bound<'_, SockCall>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
-        let (fut, sock, arg, sent) = match &*me.state.borrow(py) {
+        let (lp, fd, fut, sock, arg, sent) = match &*me.state.borrow(py) {
             State::Waiting { wait: Some(w), .. } => (
+                w.lp.clone_ref(py),
+                w.fd,
                 w.fut.clone_ref(py).into_bound(py),
                 w.sock.clone_ref(py).into_bound(py),
                 w.arg.clone_ref(py).into_bound(py),
@@ -412,7 +415,7 @@ impl SockCall {
                 Ok(Native::Method)
             };
             let called = match native {
-                Ok(Native::WouldBlock) => return Ok(()),
+                Ok(Native::WouldBlock) => return LoopCore::rearm_watch(lp.bind(py), fd),
                 Ok(Native::Read(data)) => Ok(data),
                 Ok(Native::Count(n)) => Ok(n.into_pyobject(py)?.into_any()),
                 Err(e) => Err(e),
@@ -430,7 +433,7 @@ impl SockCall {
                 }
             };
             match called {
-                Err(e) if would_block(py, &e) => return Ok(()),
+                Err(e) if would_block(py, &e) => return LoopCore::rearm_watch(lp.bind(py), fd),
                 Err(e)
                     if e.is_instance_of::<PyKeyboardInterrupt>(py)
                         || e.is_instance_of::<PySystemExit>(py) =>
@@ -465,7 +468,11 @@ impl SockCall {
                 State::Waiting { wait, .. } => wait.take(),
                 _ => None,
             };
-            end_wait(py, wait)?;
+            end_wait(py, wait, true)?;
+        } else {
+            // The event was spent (a one-shot registration is disarmed by
+            // it) and the wait goes on.
+            LoopCore::rearm_watch(lp.bind(py), fd)?;
         }
         Ok(())
     }
@@ -525,14 +532,15 @@ fn ready_callback<'py>(slf: &Bound<'py, SockCall>) -> PyResult<Bound<'py, PyAny>
 /// Stop watching for a wait that ended, unless its registration was
 /// replaced meanwhile (its handle is then cancelled): asyncio's
 /// `_sock_read_done` / `_sock_write_done`.
-fn end_wait(py: Python<'_>, wait: Option<Wait>) -> PyResult<()> {
+/// `fired`: it ended in its callback, run for an event.
+fn end_wait(py: Python<'_>, wait: Option<Wait>, fired: bool) -> PyResult<()> {
     let Some(w) = wait else {
         return Ok(());
     };
     if w.handle.get().is_cancelled() {
         return Ok(());
     }
-    LoopCore::end_watch(w.lp.bind(py), w.fd, w.write)
+    LoopCore::end_watch(w.lp.bind(py), w.fd, w.write, fired)
 }
 
 /// asyncio's `_ensure_fd_no_transport(fd)`, skipped when the loop has no
@@ -609,7 +617,7 @@ impl SockCall {
                         Ok(r.unbind())
                     }
                     Err(e) => {
-                        end_wait(py, wait)?;
+                        end_wait(py, wait, false)?;
                         Err(e)
                     }
                 }
@@ -623,7 +631,7 @@ impl SockCall {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let state = std::mem::replace(&mut *self.state.borrow_mut(py), State::Done);
         if let State::Waiting { iter, wait } = state {
-            end_wait(py, wait)?;
+            end_wait(py, wait, false)?;
             iter.bind(py).call_method0(intern!(py, "close"))?;
         }
         Ok(())

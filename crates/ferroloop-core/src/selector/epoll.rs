@@ -1,4 +1,5 @@
-//! The epoll backend (level-triggered: no `EPOLLET`).
+//! The epoll backend (level-triggered: no `EPOLLET`; `EPOLLONESHOT` on
+//! request).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,6 +31,9 @@ fn flags(interest: Interest) -> u32 {
     }
     if interest.is_writable() {
         f |= libc::EPOLLOUT as u32;
+    }
+    if interest.is_oneshot() {
+        f |= libc::EPOLLONESHOT as u32;
     }
     f
 }
@@ -89,6 +93,22 @@ impl Epoll {
             ));
         }
         self.ctl(libc::EPOLL_CTL_MOD, fd, interest)?;
+        self.table.set(fd, interest, token)
+    }
+
+    /// See [`super::Selector::rearm`]: `EPOLL_CTL_MOD`, and `ADD` where
+    /// the kernel has no registration for the file `fd` names now
+    /// (`ENOENT`).
+    pub(crate) fn rearm(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        if !self.table.contains(fd) {
+            return self.register(fd, interest, token);
+        }
+        match self.ctl(libc::EPOLL_CTL_MOD, fd, interest) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.ctl(libc::EPOLL_CTL_ADD, fd, interest)?
+            }
+            r => r?,
+        }
         self.table.set(fd, interest, token)
     }
 

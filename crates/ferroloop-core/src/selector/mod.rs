@@ -41,10 +41,24 @@ impl Interest {
     pub const WRITE: Interest = Interest(2);
     /// Readable or writable.
     pub const BOTH: Interest = Interest(3);
+    const ONESHOT: u8 = 4;
 
     /// An interest from two flags.
     pub const fn new(read: bool, write: bool) -> Self {
         Interest((read as u8) | ((write as u8) << 1))
+    }
+
+    /// The same directions, reported once: after its first event the
+    /// registration stays but reports nothing until it is modified
+    /// (re-armed) or removed. Only where [`Selector::supports_oneshot`];
+    /// elsewhere the flag is ignored, and the registration level-triggered.
+    pub const fn oneshot(self) -> Self {
+        Interest(self.0 | Self::ONESHOT)
+    }
+
+    /// True for a [`Interest::oneshot`] registration.
+    pub const fn is_oneshot(self) -> bool {
+        self.0 & Self::ONESHOT != 0
     }
     /// True if reading is watched.
     pub const fn is_readable(self) -> bool {
@@ -56,7 +70,7 @@ impl Interest {
     }
     /// True if nothing is watched.
     pub const fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 & 3 == 0
     }
 }
 
@@ -260,6 +274,25 @@ impl Selector {
         dispatch!(self, s => s.modify(fd, interest, token))
     }
 
+    /// True when [`Interest::oneshot`] is honoured (epoll's `EPOLLONESHOT`).
+    pub fn supports_oneshot(&self) -> bool {
+        matches!(self, Selector::Epoll(_))
+    }
+
+    /// Arm again a registration that may have outlived its file: `fd`
+    /// is in the table, but the descriptor may have been closed (and the
+    /// number reused) since, which took the kernel's registration with it.
+    /// Modifies it where it still exists, and registers the file the
+    /// number names now where it does not. (epoll tells the two apart by
+    /// the file, not the number, so a registration left behind by a file
+    /// that lives on elsewhere is never taken for the new one.)
+    pub fn rearm(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        match self {
+            Selector::Epoll(s) => s.rearm(fd, interest, token),
+            _ => self.modify(fd, interest, token),
+        }
+    }
+
     /// Stop watching `fd`. Fails with `NotFound` if it is not registered.
     /// A descriptor that was already closed is forgotten without error.
     pub fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
@@ -344,5 +377,8 @@ mod tests {
         assert!(Interest::BOTH.is_readable() && Interest::BOTH.is_writable());
         assert_eq!(Interest::new(true, true), Interest::BOTH);
         assert!(Interest::new(false, false).is_empty());
+        let once = Interest::READ.oneshot();
+        assert!(once.is_oneshot() && once.is_readable() && !once.is_writable());
+        assert!(!once.is_empty() && !Interest::READ.is_oneshot());
     }
 }

@@ -187,12 +187,25 @@ impl LoopCore {
     /// Register `handle` as the reader (or writer) of `fd`, replacing and
     /// cancelling the previous one, as `BaseSelectorEventLoop._add_reader` does.
     /// `sock` is the socket of a `sock_*` wait.
+    ///
+    /// `oneshot`: a native `sock_*` wait, which ends at the first event
+    /// that completes it. On epoll, when nothing else watches the
+    /// descriptor, it is registered `EPOLLONESHOT`, and when the wait ends
+    /// after its event the registration is not removed but left disarmed
+    /// ("parked", [`Self::end_watch`]): the next wait on the descriptor
+    /// re-arms it with one `EPOLL_CTL_MOD` instead of an `ADD` and a `DEL`.
+    /// A parked registration whose socket was closed is safe: if the file
+    /// is gone, epoll dropped it, and the `MOD` of the number's next file
+    /// fails with `ENOENT` and becomes an `ADD`; if the file lives on
+    /// (duplicated, or held by a forked child), its entry stays in the
+    /// epoll set, disarmed, and never reports.
     pub(crate) fn watch(
         slf: &Bound<'_, Self>,
         fd_obj: &Bound<'_, PyAny>,
         write: bool,
         h: Py<Handle>,
         sock: Option<Py<PyAny>>,
+        oneshot: bool,
     ) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
@@ -211,13 +224,24 @@ impl LoopCore {
                 Io::Native(sel) => {
                     let had_r = st.readers.contains_key(&fd);
                     let had_w = st.writers.contains_key(&fd);
-                    let interest = Interest::new(had_r || !write, had_w || write);
+                    let parked = st.parked.remove(&fd);
+                    let mut interest = Interest::new(had_r || !write, had_w || write);
+                    if oneshot && !had_r && !had_w && sel.supports_oneshot() {
+                        interest = interest.oneshot();
+                    }
                     let res = if had_r || had_w {
                         sel.modify(fd, interest, fd as u64)
+                    } else if parked {
+                        sel.rearm(fd, interest, fd as u64)
                     } else {
                         sel.register(fd, interest, fd as u64)
                     };
-                    res.map_err(io_err)?;
+                    if let Err(e) = res {
+                        if parked {
+                            st.parked.insert(fd);
+                        }
+                        return Err(io_err(e));
+                    }
                     None
                 }
                 Io::Ring(ring) => {
@@ -328,11 +352,70 @@ impl LoopCore {
     /// `fd`, as `remove_reader(fd)` / `remove_writer(fd)`; the engine's
     /// errors are ignored, as Python's selectors ignore them when a
     /// descriptor is unregistered (it may have been closed meanwhile).
-    pub(crate) fn end_watch(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<()> {
-        if slf.get().closed.load(Ordering::Relaxed) {
+    ///
+    /// `fired`: the wait ends because its registration reported (its
+    /// callback ran for an event): a one-shot registration is then
+    /// disarmed, and is parked instead of removed (see [`Self::watch`]).
+    pub(crate) fn end_watch(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        write: bool,
+        fired: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let core = slf.get();
+        if core.closed.load(Ordering::Relaxed) {
             return Ok(());
         }
+        if fired {
+            let (old, forgotten, sock) = {
+                let mut st = core.st.borrow_mut(py);
+                let st = &mut *st;
+                let other = if write { &st.readers } else { &st.writers };
+                let oneshot = match &st.io {
+                    Io::Native(sel) => sel.registration(fd).is_some_and(|(i, _)| i.is_oneshot()),
+                    _ => false,
+                };
+                if !oneshot || other.contains_key(&fd) {
+                    (None, None, None)
+                } else {
+                    let map = if write {
+                        &mut st.writers
+                    } else {
+                        &mut st.readers
+                    };
+                    let old = map.remove(&fd);
+                    if old.is_some() {
+                        st.parked.insert(fd);
+                    }
+                    (
+                        old,
+                        st.fileobjs.remove(&fd),
+                        st.sock_waits.remove(&(fd, write)),
+                    )
+                }
+            };
+            if let Some(old) = old {
+                drop((forgotten, sock));
+                return Handle::cancel_bound(old.bind(py));
+            }
+        }
         Self::forget_fd(slf, fd, write, true).map(drop)
+    }
+
+    /// A native `sock_*` wait's event came but the call would still block
+    /// (another reader took the data): arm its one-shot registration again.
+    pub(crate) fn rearm_watch(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
+        let py = slf.py();
+        let mut st = slf.get().st.borrow_mut(py);
+        if let Io::Native(sel) = &mut st.io {
+            if let Some((interest, token)) = sel.registration(fd) {
+                if interest.is_oneshot() {
+                    sel.modify(fd, interest, token).map_err(io_err)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// [`Self::unwatch_fd`]; with `gone`, for a descriptor closed under its

@@ -16,7 +16,7 @@
 //! before Python code runs, and the GIL is released only around the blocking
 //! wait, which works on a detached [`Waiter`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
@@ -181,6 +181,11 @@ struct State {
     sock_waits: FdMap<(RawFd, bool), Py<PyAny>>,
     /// When the loop next looks for such waits.
     next_sweep: f64,
+    /// Descriptors whose native `sock_*` wait ended after its one-shot
+    /// registration fired: epoll keeps them registered but disarmed, so the
+    /// next wait re-arms them with one `EPOLL_CTL_MOD` (see `fds.rs`).
+    /// Nothing else watches them.
+    parked: FdSet,
     events: Vec<Event>,
     completions: Vec<Completion<Owner>>,
     shots: Vec<Shot>,
@@ -259,6 +264,9 @@ fn repr_of(obj: &Bound<'_, PyAny>) -> String {
 /// and a watched descriptor is looked up several times per wait.
 type FdMap<K, V> = HashMap<K, V, BuildHasherDefault<FdHasher>>;
 
+/// A set of descriptors, hashed as [`FdMap`].
+type FdSet = HashSet<RawFd, BuildHasherDefault<FdHasher>>;
+
 /// The hasher of [`FdMap`] (the multiply-rotate step of rustc's FxHash).
 #[derive(Default, Clone, Copy)]
 struct FdHasher(u64);
@@ -302,6 +310,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         fileobjs: FdMap::default(),
         sock_waits: FdMap::default(),
         next_sweep: 0.0,
+        parked: FdSet::default(),
         events: Vec::new(),
         completions: Vec::new(),
         shots: Vec::new(),
@@ -607,6 +616,7 @@ impl LoopCore {
             let mut st = core.st.borrow_mut(py);
             let old_io = std::mem::replace(&mut st.io, io);
             let old_waker = st.waker.replace(waker);
+            st.parked.clear();
             (old_io, old_waker)
         };
         drop(old);
@@ -1021,6 +1031,7 @@ impl LoopCore {
             let writers = std::mem::take(&mut st.writers);
             let fileobjs = std::mem::take(&mut st.fileobjs);
             let socks = std::mem::take(&mut st.sock_waits);
+            st.parked.clear();
             (
                 items,
                 timers,
@@ -1201,6 +1212,7 @@ impl LoopCore {
                 std::mem::take(&mut st.writers),
                 std::mem::take(&mut st.fileobjs),
                 std::mem::take(&mut st.sock_waits),
+                std::mem::take(&mut st.parked),
                 st.current_handle.take(),
                 st.task_factory.take(),
             )
@@ -1350,7 +1362,7 @@ impl LoopCore {
             )?,
         )?;
         let sock = fds::sock_wait_socket(slf, &callback, &args)?;
-        Self::watch(slf, fd, write, h.clone_ref(py), sock)?;
+        Self::watch(slf, fd, write, h.clone_ref(py), sock, false)?;
         Ok(h)
     }
 }

@@ -94,7 +94,9 @@ impl LoopCore {
             let wait = match &mut st.io {
                 // Only the waker is registered and nothing needs waking: a
                 // zero wait could report nothing, so skip the system call.
-                Io::Native(sel) if timeout == Some(0.0) && sel.len() <= 1 => Wait::Skip,
+                Io::Native(sel) if timeout == Some(0.0) && sel.len() - st.parked.len() <= 1 => {
+                    Wait::Skip
+                }
                 Io::Native(sel) => Wait::Native(sel.prepare_wait()),
                 // Nothing to submit or reap and no wait wanted: skip it.
                 Io::Ring(ring) => {
@@ -371,7 +373,8 @@ impl LoopCore {
             && st.sched.timers().is_empty()
             && st.sock_waits.is_empty()
             && match &mut st.io {
-                Io::Native(sel) => sel.len() <= 1,
+                // Parked registrations are disarmed: they report nothing.
+                Io::Native(sel) => sel.len() - st.parked.len() <= 1,
                 Io::Ring(ring) => ring.idle(),
                 Io::Python(_) | Io::Closed => false,
             }
