@@ -1512,3 +1512,67 @@ def test_reads_switch_between_the_pool_and_an_own_buffer_losing_nothing(ploop):
             await server.wait_closed()
 
     run_coro(ploop, main(), timeout=30)
+
+
+def _large_reads_scenario(loop):
+    """Large messages (the proactor reads them on readiness, straight into
+    the bytes for data_received), a pause with more bytes and the EOF
+    arriving meanwhile, then the end: what the protocol saw, in order."""
+    log = []
+    got = bytearray()
+    done = loop.create_future()
+
+    class Big(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.paused = False
+
+        def data_received(self, data):
+            got.extend(data)
+            if len(got) >= 600_000 and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+                loop.call_later(0.2, self.resume)
+
+        def resume(self):
+            log.append(("resume", self.transport.is_reading()))
+            self.transport.resume_reading()
+
+        def eof_received(self):
+            log.append(("eof", len(got)))
+
+        def connection_lost(self, exc):
+            log.append(("lost", exc))
+            done.set_result(None)
+
+    payload = bytes(i % 253 for i in range(2_000_000))
+
+    async def main():
+        server = await loop.create_server(Big, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(0, len(payload), 100_000):
+            w.write(payload[i : i + 100_000])
+            await w.drain()
+        w.write_eof()
+        await asyncio.wait_for(done, 10)
+        w.close()
+        server.close()
+        await server.wait_closed()
+
+    run_coro(loop, main(), timeout=20)
+    assert bytes(got) == payload
+    return log
+
+
+def test_large_reads_on_readiness_behave_as_asyncio(ploop):
+    # Reads of large messages wait for readiness and recv on the spot:
+    # pausing and an EOF that comes while paused must come out as on
+    # asyncio's own loop, every byte once and in order.
+    ref = asyncio.new_event_loop()
+    try:
+        expected = _large_reads_scenario(ref)
+    finally:
+        ref.close()
+    assert _large_reads_scenario(ploop) == expected
+    assert expected == [("resume", False), ("eof", 2_000_000), ("lost", None)]

@@ -513,20 +513,6 @@ impl UninitBytes {
         self.ptr
     }
 
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
-    /// The first `n` bytes, which the caller wrote.
-    ///
-    /// # Safety
-    ///
-    /// `n` <= the capacity, and the first `n` bytes were written.
-    pub unsafe fn filled(&self, n: usize) -> &[u8] {
-        // SAFETY: the caller's promise; `ptr` holds `cap` bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr, n) }
-    }
-
     /// The `bytes`, of the `n` bytes written at the start (`n` <= the
     /// capacity: the rest is cut off, in place).
     pub fn finish(self, py: Python<'_>, n: usize) -> io::Result<Bound<'_, PyBytes>> {

@@ -13,12 +13,11 @@
 
 pub mod stream;
 
-use ferroloop_core::proactor::{Completion, LentBuf, LentBufMut};
+use ferroloop_core::proactor::{Completion, LentBuf};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::handle::Handle;
-use crate::link::UninitBytes;
 
 /// Who a ring op's completion goes to.
 pub enum Owner {
@@ -80,18 +79,5 @@ unsafe impl LentBuf for LentBytes {
     }
     fn len(&self) -> usize {
         self.len
-    }
-}
-
-// SAFETY: an `UninitBytes` is a new `bytes` object only it references: its
-// `capacity()` bytes at `as_mut_ptr()` stay put and untouched by anyone
-// else until it is finished or dropped, and it may be dropped on any
-// thread (it is `Send`).
-unsafe impl LentBufMut for UninitBytes {
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        UninitBytes::as_mut_ptr(self)
-    }
-    fn len(&self) -> usize {
-        self.capacity()
     }
 }

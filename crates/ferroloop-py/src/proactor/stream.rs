@@ -15,11 +15,15 @@
 //!   handing the pool's buffers straight back. `pause_reading` cancels the
 //!   multishot recv (a paused transport must not drain the shared pool);
 //!   bytes it brought meanwhile wait until `resume_reading`, which arms a
-//!   new one. Where the pool ran dry (`ENOBUFS`), or without multishot
-//!   recv, a transport reads with one-shot recvs into a buffer the op owns
-//!   (16 KiB, growing to 256 KiB while reads fill it; first-size buffers of
-//!   closed transports are pooled per thread); their bytes equally wait
-//!   while paused.
+//!   new one. Large reads (one filled a pool buffer) wait for readiness
+//!   with a poll op and `recv` on the spot into the `bytes` for
+//!   `data_received`, sized by `FIONREAD`, as the selector loop does: no
+//!   buffer waits in the ring, and the bytes are echoed while still in the
+//!   cache. Where the pool ran dry (`ENOBUFS`), without multishot recv, or
+//!   for a `BufferedProtocol` reading large messages, a transport reads
+//!   with one-shot recvs into a buffer the op owns (16 KiB, growing to
+//!   256 KiB while reads fill it; first-size buffers of closed transports
+//!   are pooled per thread); their bytes equally wait while paused.
 //! * **Writing**: `write` queues a send op with a copy of the bytes (or
 //!   appends them to the write buffer while a send is in flight); the
 //!   driver continues partial sends; the send's completion queues
@@ -31,6 +35,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicBool;
 
 use ferroloop_core::proactor::{Op, OpId, Shot};
 use pyo3::exceptions::PyRuntimeError;
@@ -41,8 +46,8 @@ use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::handle::Handle;
 use crate::link::{
-    check_bytes_like, is_buffered_protocol, is_exit, would_block, ByteView, LinkCell, UninitBytes,
-    BIG_READ, MAX_READ,
+    check_bytes_like, is_buffered_protocol, is_exit, read_bytes, would_block, ByteView, LinkCell,
+    MAX_READ,
 };
 use crate::loop_core::LoopCore;
 use crate::proactor::{LentBytes, Owner};
@@ -84,12 +89,13 @@ fn recv_buffer(size: usize) -> Vec<u8> {
     vec![0u8; size]
 }
 
-/// What a one-shot recv read into: a buffer of the transport's own, or,
-/// while reads are large and go to `data_received`, the `bytes` object
-/// itself (no copy).
+/// What a one-shot recv read into: a buffer of the transport's own, or
+/// nothing, for a poll.
 enum RecvBuf {
     Own(Vec<u8>),
-    Bytes(Box<UninitBytes>),
+    /// No buffer: a poll said the socket is readable, and `_read_done`
+    /// reads it with `recv` (large reads, see `RingIo::own_buffer`).
+    Ready,
 }
 
 impl RecvBuf {
@@ -97,16 +103,14 @@ impl RecvBuf {
     fn filled(&self, n: usize) -> &[u8] {
         match self {
             RecvBuf::Own(b) => &b[..n],
-            // SAFETY: the recv that brought `n` wrote them, and `n` is at
-            // most the capacity it was given.
-            RecvBuf::Bytes(b) => unsafe { b.filled(n) },
+            RecvBuf::Ready => &[],
         }
     }
 
     fn capacity(&self) -> usize {
         match self {
             RecvBuf::Own(b) => b.len(),
-            RecvBuf::Bytes(b) => b.capacity(),
+            RecvBuf::Ready => 0,
         }
     }
 
@@ -157,9 +161,10 @@ struct RingIo {
     /// The next read goes to a buffer of the transport's own (the pool ran
     /// dry).
     single_next: bool,
-    /// Reads are large (a shot filled a whole pool buffer): they go to the
-    /// transport's own growing buffer, one recv for what would take many
-    /// pool buffers, until `SMALL_READS_BACK` reads in a row come small.
+    /// Reads are large (a shot filled a whole pool buffer): until
+    /// `SMALL_READS_BACK` reads in a row come small, they wait for
+    /// readiness and `recv` on the spot (`read_ready`), or, for a
+    /// BufferedProtocol, go to the transport's own growing buffer.
     own_buffer: bool,
     small_reads: u8,
     /// Pool buffers (id, length) the multishot recv filled, not yet handed
@@ -185,8 +190,7 @@ struct RingIo {
 }
 
 impl RingIo {
-    /// Keep a recv's buffer for the next recv (a bytes object is not
-    /// reused: it goes).
+    /// Keep a recv's buffer for the next recv.
     fn keep(&mut self, buf: RecvBuf) {
         if let RecvBuf::Own(b) = buf {
             self.spare_read = Some(b);
@@ -312,6 +316,17 @@ impl StreamTransport for RingStreamCore {
 sock_methods!(RingStreamCore);
 stream_methods!(RingStreamCore);
 
+fn recv_now(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller passes a writable region of `len` bytes that stays
+    // valid for the call.
+    let n = unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     // SAFETY: `data` is a valid slice for the duration of the call; send
     // only reads it. MSG_NOSIGNAL turns SIGPIPE into EPIPE.
@@ -399,13 +414,7 @@ impl RingStreamCore {
     ) -> Option<Py<Handle>> {
         let buf = match op {
             Op::Recv { buf, .. } => RecvBuf::Own(buf),
-            Op::RecvLent { buf, .. } => {
-                let buf: Box<dyn std::any::Any> = buf;
-                match buf.downcast::<UninitBytes>() {
-                    Ok(b) => RecvBuf::Bytes(b),
-                    Err(_) => return None, // only ever lent UninitBytes
-                }
-            }
+            Op::Poll { .. } => RecvBuf::Ready,
             Op::RecvMulti { .. } => {
                 // Bytes with the last result are kept as a shot's.
                 let last = buffer.zip(result.as_ref().ok().copied());
@@ -544,17 +553,18 @@ impl RingStreamCore {
         let op = {
             let mut io = me.io.borrow_mut(py);
             let size = io.read_size;
-            if io.own_buffer && size >= BIG_READ && !me.st.borrow(py).buffered {
-                // Large reads for data_received: into the bytes object it
-                // will get, sized as the buffer would be, shrunk in place.
-                let buf = UninitBytes::new(py, size).map_err(io_err)?;
+            if io.own_buffer && !me.st.borrow(py).buffered {
+                // Large reads for data_received: wait for readiness, then
+                // `recv` what the socket holds into a `bytes` of that size
+                // (`read_ready`), so the bytes go from the kernel to the
+                // protocol and back out while they are in the cache, and
+                // no buffer waits in the ring.
                 if let Some(b) = io.spare_read.take() {
                     give_back(b);
                 }
-                Op::RecvLent {
+                Op::Poll {
                     fd,
-                    buf: Box::new(buf),
-                    poll_first: io.drained,
+                    mask: libc::POLLIN as u32,
                 }
             } else {
                 let buf = match io.spare_read.take() {
@@ -789,6 +799,56 @@ impl RingStreamCore {
         Ok(())
     }
 
+    /// The socket is readable (a poll said so, the transport reading large
+    /// messages): `recv` what it holds straight into a `bytes` of that size,
+    /// as the selector loop does, arm the next poll and hand the bytes to
+    /// the protocol.
+    fn read_ready(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let big = AtomicBool::new(true);
+        let data = match read_bytes(py, me.link.fd(py), &big, recv_now) {
+            Ok(d) => d,
+            // Readable no more (another reader took it) or interrupted:
+            // wait again.
+            Err(e) if would_block(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                return Self::submit_recv(slf)
+            }
+            Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
+        };
+        let n = data.as_bytes().len();
+        if n == 0 {
+            return Self::eof_or_reset(slf, protocol);
+        }
+        {
+            let mut io = me.io.borrow_mut(py);
+            if n < FIRST_READ {
+                io.small_reads += 1;
+                if io.small_reads >= SMALL_READS_BACK {
+                    io.own_buffer = false;
+                }
+            } else {
+                io.small_reads = 0;
+            }
+        }
+        if me.st.borrow(py).buffered {
+            // (The protocol was swapped for a buffered one while the poll
+            // was in flight.)
+            Self::feed_buffered(slf, protocol, data.as_bytes())?;
+            if sel::is_reading(me, py) && me.sel.borrow(py).conn_lost == 0 {
+                Self::submit_recv(slf)?;
+            }
+            return Ok(());
+        }
+        Self::submit_recv(slf)?;
+        let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
+        half::after_callback(
+            slf,
+            res,
+            "Fatal error: protocol.data_received() call failed.",
+        )
+    }
+
     /// A recv ended with no bytes: the peer's EOF, or its reset seen late.
     /// A reset wakes the recv and a send in flight together and the kernel
     /// hands its error to only one of them; when the send took it, the recv
@@ -930,6 +990,9 @@ impl RingStreamCore {
                 return sel::fatal_error(slf, io_err(e), READ_FAILED);
             }
         };
+        if let RecvBuf::Ready = buf {
+            return Self::read_ready(slf, &protocol);
+        }
         if n == 0 {
             me.io.borrow_mut(py).keep(buf);
             return Self::eof_or_reset(slf, &protocol);
@@ -968,10 +1031,7 @@ impl RingStreamCore {
                 me.io.borrow_mut(py).spare_read = Some(b);
                 data
             }
-            RecvBuf::Bytes(b) => match b.finish(py, n) {
-                Ok(data) => data,
-                Err(e) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
-            },
+            RecvBuf::Ready => return Ok(()), // read by read_ready above
         };
         // The next recv goes out with this pass's enter, whatever the
         // protocol does (pausing leaves it in flight; closing cancels it).
