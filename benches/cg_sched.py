@@ -54,7 +54,16 @@ RUN_TIMEOUT_S = 600.0
 def instructions(python: str, script: str, bench: str, loop: str, n: int, out: str) -> int:
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     cmd += [python, script, bench, loop, str(n)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+        # A fixed hash seed: with a random one, start-up's dict lookups
+        # vary between the two runs whose difference is measured.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{bench} on {loop} failed: {done.stderr[-800:]}")
     m = re.search(r"Collected : (\d+)", done.stderr)

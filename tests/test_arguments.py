@@ -299,3 +299,45 @@ def test_scheduling_arguments_reach_the_callback(loop_factory):
         ((3,), "unset"),
         ((4, 5), "unset"),
     ]
+
+
+_WRITE_SHAPES = [
+    lambda t: t.write(),
+    lambda t: t.write(b"x", b"y"),
+    lambda t: t.write(data=b"kw"),
+    lambda t: t.write(dat=b"x"),
+    lambda t: t.write(b"x", data=b"y"),
+    lambda t: t.write("text"),
+    lambda t: t.write(memoryview(b"view")),
+]
+
+
+@pytest.mark.parametrize("index", range(len(_WRITE_SHAPES)))
+def test_transport_write_call_shapes_match_asyncio(loop_factory, index):
+    """A stream transport's `write` (native on ferroloop) takes and refuses
+    the arguments asyncio's does, with its messages."""
+    import asyncio
+    import socket
+
+    def action(lp):
+        a, b = socket.socketpair()
+
+        async def go():
+            t, _ = await lp.connect_accepted_socket(asyncio.Protocol, a)
+            try:
+                _WRITE_SHAPES[index](t)
+                await asyncio.sleep(0.01)
+                b.setblocking(False)
+                try:
+                    return b.recv(100)
+                except BlockingIOError:
+                    return b""
+            finally:
+                t.close()
+
+        try:
+            return lp.run_until_complete(go())
+        finally:
+            b.close()
+
+    _compare(loop_factory, action)

@@ -23,6 +23,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::loop_core::LoopCore;
+use crate::proactor::stream::RingStreamCore;
+use crate::selector::stream::StreamCore;
 use crate::sock_ops::{Op, SockCall};
 
 /// The arguments of a call, as [`parse`] found them.
@@ -394,31 +396,134 @@ const METHODS: [(&CStr, FastFn, &CStr); 7] = [
     ),
 ];
 
+/// `write(data)` of a transport's core, with asyncio's argument errors
+/// (its transports' `write` is a Python method of `_SelectorSocketTransport`).
+macro_rules! core_write {
+    ($fn_name:ident, $core:ty) => {
+        unsafe extern "C" fn $fn_name(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargsf: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            const SHAPE: Shape = Shape {
+                qualname: "_SelectorSocketTransport.write",
+                names: &["data"],
+                varargs: false,
+            };
+            entry(|py| {
+                // SAFETY: CPython calls this through the method descriptor
+                // made for the core's type in `install_cores`, which checks
+                // `slf`'s type, with the call's arguments laid out as
+                // `parse` expects.
+                let (me, p) = unsafe {
+                    (
+                        Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<$core>(),
+                        parse(py, &SHAPE, args, nargsf, kwnames)?,
+                    )
+                };
+                let [Some(data), _] = p.fixed else {
+                    unreachable!("parse checked it")
+                };
+                <$core>::write(&me, &data)?;
+                Ok(py.None())
+            })
+        }
+    };
+}
+
+core_write!(stream_write, StreamCore);
+core_write!(ring_stream_write, RingStreamCore);
+
+/// `StreamCore._read_ready()`, the reader callback of a selector stream
+/// transport: called for every readiness, so without pyo3's wrapper.
+unsafe extern "C" fn stream_read_ready(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        // SAFETY: called through the method descriptor made for
+        // `StreamCore` in `install_cores`, which checks `slf`'s type.
+        let me = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamCore>() };
+        StreamCore::_read_ready(&me)?;
+        Ok(py.None())
+    })
+}
+
+/// The transports' hot methods in place of pyo3's wrappers: `write` on
+/// both stream cores, `_read_ready` on the selector's.
+pub fn install_cores(py: Python<'_>) -> PyResult<()> {
+    let write_doc =
+        c"write($self, data)\n--\n\nWrite the bytes, or buffer what the socket does not take now.";
+    let fast = |f: FastFn| ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: f,
+    };
+    let kw = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+    put(
+        &py.get_type::<StreamCore>(),
+        c"write",
+        fast(stream_write),
+        kw,
+        write_doc,
+    )?;
+    put(
+        &py.get_type::<RingStreamCore>(),
+        c"write",
+        fast(ring_stream_write),
+        kw,
+        write_doc,
+    )?;
+    put(
+        &py.get_type::<StreamCore>(),
+        c"_read_ready",
+        ffi::PyMethodDefPointer {
+            PyCFunction: stream_read_ready,
+        },
+        ffi::METH_NOARGS,
+        c"The socket is readable.",
+    )
+}
+
+/// Put a C function on `ty` as the method `name`.
+fn put(
+    ty: &Bound<'_, PyType>,
+    name: &'static CStr,
+    meth: ffi::PyMethodDefPointer,
+    flags: std::os::raw::c_int,
+    doc: &'static CStr,
+) -> PyResult<()> {
+    let py = ty.py();
+    // The descriptor keeps a pointer to its definition for as long as it
+    // lives, which is the life of the type: leak one per method, once per
+    // process (the module is initialised once).
+    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: meth,
+        ml_flags: flags,
+        ml_doc: doc.as_ptr(),
+    }));
+    // SAFETY: `ty` is a live type object and `def` lives for ever;
+    // PyDescr_NewMethod returns a new reference or NULL with an error set.
+    let descr =
+        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
+    ty.setattr(
+        name.to_str()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?,
+        descr,
+    )
+}
+
 /// Put the C functions above on `LoopCore` in place of pyo3's wrappers.
 pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = ty.py();
     for (name, func, doc) in METHODS {
-        // The descriptor keeps a pointer to its definition for as long as
-        // it lives, which is the life of the type: leak one per method,
-        // once per process (the module is initialised once).
-        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
+        put(
+            ty,
+            name,
+            ffi::PyMethodDefPointer {
                 PyCFunctionFastWithKeywords: func,
             },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr(),
-        }));
-        // SAFETY: `ty` is a live type object and `def` lives for ever;
-        // PyDescr_NewMethod returns a new reference or NULL with an error
-        // set.
-        let descr = unsafe {
-            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?
-        };
-        ty.setattr(
-            name.to_str()
-                .map_err(|e| PyValueError::new_err(e.to_string()))?,
-            descr,
+            ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            doc,
         )?;
     }
     Ok(())

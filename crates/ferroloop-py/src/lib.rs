@@ -63,6 +63,7 @@ fn _test_panic(site: Option<&str>) -> PyResult<()> {
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loop_core::LoopCore>()?;
     fastcall::install(&m.py().get_type::<loop_core::LoopCore>())?;
+    fastcall::install_cores(m.py())?;
     m.add_class::<sock_ops::SockCall>()?;
     sock_ops::install(&m.py().get_type::<sock_ops::SockCall>())?;
     m.add_class::<handle::Handle>()?;

@@ -189,7 +189,7 @@ impl StreamCore {
         sel::start_reading(slf)
     }
 
-    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         if me.sel.borrow(py).conn_lost > 0 {
@@ -208,7 +208,7 @@ impl StreamCore {
         }
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         check_bytes_like(data)?;
