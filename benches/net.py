@@ -1368,6 +1368,7 @@ def _attach_strace(pid: int, path: str) -> subprocess.Popen[bytes] | None:
 SYSCALL_EVENTS = (
     "raw_syscalls:sys_enter",
     "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_epoll_pwait",
     "syscalls:sys_enter_epoll_ctl",
     "syscalls:sys_enter_io_uring_enter",
     "syscalls:sys_enter_recvfrom",
@@ -1375,6 +1376,13 @@ SYSCALL_EVENTS = (
     "syscalls:sys_enter_read",
     "syscalls:sys_enter_write",
     "syscalls:sys_enter_recvmmsg",
+    "syscalls:sys_enter_recvmsg",
+    "syscalls:sys_enter_sendmsg",
+    "syscalls:sys_enter_sendmmsg",
+    "syscalls:sys_enter_ioctl",
+    "syscalls:sys_enter_getsockname",
+    "syscalls:sys_enter_getpeername",
+    "syscalls:sys_enter_setsockopt",
     "syscalls:sys_enter_accept4",
     "syscalls:sys_enter_close",
 )

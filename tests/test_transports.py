@@ -781,6 +781,65 @@ def test_datagram_batch_stops_where_asyncio_stops(io_loop, mode):
     assert datagrams == [b"%d" % i for i in range(10)]
 
 
+def _answer_scenario(loop):
+    """Each datagram_received makes the peer send the next datagram at
+    once (as a peer sharing the CPU answers while the server still runs),
+    and the fifth pauses reading, resumed 50 ms later. Returns the events
+    the protocol saw."""
+    events = []
+    s = _udp_socket()
+
+    class P(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            events.append(data)
+            i = int(data)
+            if i < 9:
+                s.sendto(b"%d" % (i + 1), self.transport.get_extra_info("sockname"))
+            if i == 4:
+                self.transport.pause_reading()
+                events.append("paused")
+                loop.call_later(0.05, resume)
+
+    def resume():
+        events.append("resume")
+        transport.resume_reading()
+
+    async def main():
+        nonlocal transport
+        transport, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+        s.sendto(b"0", transport.get_extra_info("sockname"))
+        async with asyncio.timeout(5):
+            while b"9" not in events:
+                await asyncio.sleep(0.001)
+        transport.close()
+
+    transport = None
+    try:
+        run_coro(loop, main())
+    finally:
+        s.close()
+    return events
+
+
+def test_datagrams_that_arrive_during_delivery(io_loop):
+    """Datagrams that arrive while the protocol runs (ferroloop reads the
+    socket again before going back to the selector) come in order, and
+    none after pause_reading until resume_reading: asyncio's events."""
+    from conftest import make_loop
+
+    seen = _answer_scenario(io_loop)
+    ref_loop = make_loop("asyncio")
+    try:
+        expected = _answer_scenario(ref_loop)
+    finally:
+        ref_loop.close()
+    assert seen == expected
+    assert seen == [b"0", b"1", b"2", b"3", b"4", "paused", "resume", b"5", b"6", b"7", b"8", b"9"]
+
+
 def test_datagram_error_between_datagrams_as_asyncio(io_loop):
     """Datagrams queued on a connected socket and an ICMP error (its peer
     gone) after them: datagram_received and error_received in the order

@@ -344,32 +344,48 @@ impl DatagramCore {
             return Ok(());
         }
         let fd = me.link.fd(py);
-        let mut batch = BATCH
-            .with(|b| b.borrow_mut().take())
-            .unwrap_or_else(|| Box::new(RecvBatch::new(MAX_READ)));
-        let got = sys_call(py, || batch.recv(fd, RECV_BATCH));
-        let made = match &got {
-            Ok(Outcome::Done(n)) => {
-                let mut st = me.st.borrow_mut(py);
-                (0..*n).try_for_each(|i| {
-                    let (data, sa) = batch.get(i);
-                    let data = PyBytes::new(py, data).into_any().unbind();
-                    let addr = st.peer_obj(py, sa)?;
-                    st.pending.push_back((data, addr, *sa));
-                    Ok::<_, PyErr>(())
-                })
+        // Up to RECV_BATCH datagrams per readiness, in as many reads as it
+        // takes: after a batch is delivered, the socket is read again while
+        // nothing else is ready to run. A peer sharing the CPU has usually
+        // answered by then (the reply just sent handed it the CPU), and
+        // reading it now saves a trip through the selector; with other
+        // callbacks waiting, they run first, as after any readiness.
+        let mut budget = RECV_BATCH;
+        loop {
+            let mut batch = BATCH
+                .with(|b| b.borrow_mut().take())
+                .unwrap_or_else(|| Box::new(RecvBatch::new(MAX_READ)));
+            let got = sys_call(py, || batch.recv(fd, budget));
+            let made = match &got {
+                Ok(Outcome::Done(n)) => {
+                    let mut st = me.st.borrow_mut(py);
+                    (0..*n).try_for_each(|i| {
+                        let (data, sa) = batch.get(i);
+                        let data = PyBytes::new(py, data).into_any().unbind();
+                        let addr = st.peer_obj(py, sa)?;
+                        st.pending.push_back((data, addr, *sa));
+                        Ok::<_, PyErr>(())
+                    })
+                }
+                _ => Ok(()),
+            };
+            BATCH.with(|b| *b.borrow_mut() = Some(batch));
+            made?;
+            let n = match got? {
+                Outcome::Done(n) => n,
+                Outcome::WouldBlock => return Ok(()),
+                Outcome::OsError(e) => return me.error_received(py, e),
+                Outcome::Fatal(e) => return sel::fatal_error(slf, e, DGRAM_READ_FAILED),
+            };
+            if !me.deliver_pending(slf)? {
+                return Ok(());
             }
-            _ => Ok(()),
-        };
-        BATCH.with(|b| *b.borrow_mut() = Some(batch));
-        made?;
-        match got? {
-            Outcome::Done(_) => {}
-            Outcome::WouldBlock => return Ok(()),
-            Outcome::OsError(e) => return me.error_received(py, e),
-            Outcome::Fatal(e) => return sel::fatal_error(slf, e, DGRAM_READ_FAILED),
+            budget = budget.saturating_sub(n);
+            let busy = me.link.lp(py).is_none_or(|lp| lp.get().has_ready(py));
+            if budget == 0 || busy {
+                return Ok(());
+            }
         }
-        me.deliver_pending(slf).map(drop)
     }
 
     fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
