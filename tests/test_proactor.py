@@ -1550,7 +1550,7 @@ def _large_reads_scenario(loop):
     async def main():
         server = await loop.create_server(Big, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+        _reader, w = await asyncio.open_connection("127.0.0.1", port)
         for i in range(0, len(payload), 100_000):
             w.write(payload[i : i + 100_000])
             await w.drain()
