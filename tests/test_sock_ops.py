@@ -503,3 +503,35 @@ def test_call_shapes_match_asyncio(loop_factory, index):
         assert outcome(lp) == outcome(ref)
     finally:
         ref.close()
+
+
+def test_keyboard_interrupt_in_a_wait_leaves_it_waiting(fd_loop):
+    """KeyboardInterrupt raised by the socket's recv while a read waits
+    stops the loop, as asyncio's reader lets it; run again, the wait goes
+    on and gets the bytes."""
+    loop = fd_loop
+
+    class Boom(socket.socket):
+        boom = False
+
+        def recv(self, n):
+            if self.boom:
+                self.boom = False
+                raise KeyboardInterrupt
+            return super().recv(n)
+
+    a0, b = _pair()
+    a = Boom(a0.family, a0.type, a0.proto, fileno=a0.detach())
+    a.setblocking(False)
+    try:
+        task = loop.create_task(loop.sock_recv(a, 10))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        a.boom = True
+        b.send(b"kept")
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(1))
+        assert not task.done()
+        assert loop.run_until_complete(asyncio.wait_for(task, 5)) == b"kept"
+    finally:
+        a.close()
+        b.close()

@@ -438,7 +438,10 @@ impl SockCall {
                     if e.is_instance_of::<PyKeyboardInterrupt>(py)
                         || e.is_instance_of::<PySystemExit>(py) =>
                 {
-                    return Err(e)
+                    // The wait stays, as asyncio's reader does, for when
+                    // the loop runs again.
+                    LoopCore::rearm_watch(lp.bind(py), fd)?;
+                    return Err(e);
                 }
                 Err(e) => {
                     fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;

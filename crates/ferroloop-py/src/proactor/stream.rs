@@ -190,6 +190,19 @@ struct RingIo {
 }
 
 impl RingIo {
+    /// A read of `n` bytes while reads are large: `SMALL_READS_BACK` small
+    /// ones in a row end the large-read mode.
+    fn count_large_read(&mut self, n: usize) {
+        if n < FIRST_READ {
+            self.small_reads += 1;
+            if self.small_reads >= SMALL_READS_BACK {
+                self.own_buffer = false;
+            }
+        } else {
+            self.small_reads = 0;
+        }
+    }
+
     /// Keep a recv's buffer for the next recv.
     fn keep(&mut self, buf: RecvBuf) {
         if let RecvBuf::Own(b) = buf {
@@ -820,17 +833,7 @@ impl RingStreamCore {
         if n == 0 {
             return Self::eof_or_reset(slf, protocol);
         }
-        {
-            let mut io = me.io.borrow_mut(py);
-            if n < FIRST_READ {
-                io.small_reads += 1;
-                if io.small_reads >= SMALL_READS_BACK {
-                    io.own_buffer = false;
-                }
-            } else {
-                io.small_reads = 0;
-            }
-        }
+        me.io.borrow_mut(py).count_large_read(n);
         if me.st.borrow(py).buffered {
             // (The protocol was swapped for a buffered one while the poll
             // was in flight.)
@@ -1002,14 +1005,7 @@ impl RingStreamCore {
             let cap = buf.capacity();
             io.drained = n < cap;
             if io.own_buffer {
-                if n < FIRST_READ {
-                    io.small_reads += 1;
-                    if io.small_reads >= SMALL_READS_BACK {
-                        io.own_buffer = false;
-                    }
-                } else {
-                    io.small_reads = 0;
-                }
+                io.count_large_read(n);
             }
             if n == cap && io.read_size < MAX_READ {
                 io.read_size = (io.read_size * 2).min(MAX_READ);
