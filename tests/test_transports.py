@@ -776,7 +776,10 @@ def test_datagram_batch_stops_where_asyncio_stops(io_loop, mode):
         expected = _batch_scenario(ref_loop, mode)
     finally:
         ref_loop.close()
-    assert seen == expected
+    # "later" marks 20 ms after resuming: where it falls among the
+    # datagrams depends on the machine's speed (under valgrind, on both
+    # loops), not on the order the loops deliver in.
+    assert [e for e in seen if e != "later"] == [e for e in expected if e != "later"]
     datagrams = [e for e in seen if isinstance(e, bytes)]
     assert datagrams == [b"%d" % i for i in range(10)]
 
