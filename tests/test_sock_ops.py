@@ -306,6 +306,14 @@ def _zero_size(loop, a, b):
     return loop.sock_recv(a, 0)
 
 
+def _huge_size(loop, a, b):
+    return loop.sock_recv(a, 1 << 62)
+
+
+def _oversized_size(loop, a, b):
+    return loop.sock_recv(a, 1 << 64)
+
+
 def _socket_with_timeout(loop, a, b):
     # A timeout is not non-blocking mode: the socket module's own call.
     b.send(b"timed")
@@ -360,6 +368,8 @@ def _recv_into_waiting(loop, a, b):
         _reset_peer,
         _negative_size,
         _zero_size,
+        _huge_size,
+        _oversized_size,
         _socket_with_timeout,
         _eof_while_waiting,
         _reset_while_waiting,

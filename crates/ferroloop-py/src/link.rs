@@ -490,15 +490,19 @@ unsafe impl Send for UninitBytes {}
 impl UninitBytes {
     /// Room for `cap` bytes (`cap` > 0: CPython shares its empty `bytes`).
     pub fn new(py: Python<'_>, cap: usize) -> io::Result<Self> {
+        // Out of memory: CPython set MemoryError; report it as ENOMEM.
+        Self::try_new(py, cap).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))
+    }
+
+    /// [`Self::new`], with CPython's `MemoryError` when there is no room.
+    pub fn try_new(py: Python<'_>, cap: usize) -> PyResult<Self> {
         debug_assert!(cap > 0 && cap <= isize::MAX as usize);
         // SAFETY: a null source asks CPython for an uninitialised `bytes`
         // of `cap` bytes; we hold the GIL.
         let raw =
             unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as ffi::Py_ssize_t) };
         if raw.is_null() {
-            // Out of memory: CPython set MemoryError; report it as ENOMEM.
-            drop(PyErr::take(py));
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            return Err(PyErr::fetch(py));
         }
         // SAFETY: `raw` is a new `bytes`; its buffer holds `cap` bytes (and
         // a trailing NUL) and stays where it is until it is resized.

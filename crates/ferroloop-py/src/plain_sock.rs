@@ -133,7 +133,8 @@ impl PlainSocket {
         let Some(fd) = self.nonblocking_fd(py, sock)? else {
             return Ok(Native::Method);
         };
-        let mut buf = UninitBytes::new(py, n).map_err(io_err)?;
+        // A size too large to allocate raises MemoryError, as the module's.
+        let mut buf = UninitBytes::try_new(py, n)?;
         let ptr = buf.as_mut_ptr();
         // SAFETY: `ptr` holds `n` writable bytes, owned by `buf`.
         match retry(py, || unsafe { libc::recv(fd, ptr.cast(), n, 0) })? {
@@ -232,7 +233,10 @@ fn exact_size(n: &Bound<'_, PyAny>) -> Option<usize> {
     }
     // Zero too: the module's `recv(0)` makes the call, and a `bytes` of
     // size zero is CPython's shared empty one, which is not written into.
-    n.extract::<usize>().ok().filter(|&n| n > 0)
+    // Above `isize::MAX` the module raises OverflowError.
+    n.extract::<usize>()
+        .ok()
+        .filter(|&n| n > 0 && n <= isize::MAX as usize)
 }
 
 /// A system call on a non-blocking socket, as the socket module makes it:
