@@ -152,7 +152,7 @@ impl LoopCore {
             Some(h) => h.get().copy(py)?,
             None => None,
         };
-        Self::forget_fd(slf, fd, write, true)?;
+        Self::forget_fd(slf, fd, write, true, false)?;
         if let Some(h) = again {
             core.st.borrow_mut(py).sched.call_soon(super::Item::new(h));
         }
@@ -345,7 +345,7 @@ impl LoopCore {
     }
 
     pub(super) fn unwatch_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool) -> PyResult<bool> {
-        Self::forget_fd(slf, fd, write, false)
+        Self::forget_fd(slf, fd, write, false, false)
     }
 
     /// The end of a native `sock_*` wait (`sock_ops.rs`): stop watching
@@ -362,45 +362,10 @@ impl LoopCore {
         write: bool,
         fired: bool,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let core = slf.get();
-        if core.closed.load(Ordering::Relaxed) {
+        if slf.get().closed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if fired {
-            let (old, forgotten, sock) = {
-                let mut st = core.st.borrow_mut(py);
-                let st = &mut *st;
-                let other = if write { &st.readers } else { &st.writers };
-                let oneshot = match &st.io {
-                    Io::Native(sel) => sel.registration(fd).is_some_and(|(i, _)| i.is_oneshot()),
-                    _ => false,
-                };
-                if !oneshot || other.contains_key(&fd) {
-                    (None, None, None)
-                } else {
-                    let map = if write {
-                        &mut st.writers
-                    } else {
-                        &mut st.readers
-                    };
-                    let old = map.remove(&fd);
-                    if old.is_some() {
-                        st.parked.insert(fd);
-                    }
-                    (
-                        old,
-                        st.fileobjs.remove(&fd),
-                        st.sock_waits.remove(&(fd, write)),
-                    )
-                }
-            };
-            if let Some(old) = old {
-                drop((forgotten, sock));
-                return Handle::cancel_bound(old.bind(py));
-            }
-        }
-        Self::forget_fd(slf, fd, write, true).map(drop)
+        Self::forget_fd(slf, fd, write, true, fired).map(drop)
     }
 
     /// A native `sock_*` wait's event came but the call would still block
@@ -420,7 +385,16 @@ impl LoopCore {
 
     /// [`Self::unwatch_fd`]; with `gone`, for a descriptor closed under its
     /// watch: the engine's errors are ignored and the watch forgotten anyway.
-    fn forget_fd(slf: &Bound<'_, Self>, fd: RawFd, write: bool, gone: bool) -> PyResult<bool> {
+    /// With `fired`, for a native wait that ends after its event: a
+    /// one-shot registration that nothing else shares is left to epoll,
+    /// disarmed, and parked (see [`Self::watch`]).
+    fn forget_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        write: bool,
+        gone: bool,
+        fired: bool,
+    ) -> PyResult<bool> {
         let py = slf.py();
         let core = slf.get();
         let mut forgotten = None;
@@ -436,7 +410,16 @@ impl LoopCore {
                 return Ok(false);
             };
             let other = other_map.contains_key(&fd);
+            let park = fired
+                && !other
+                && matches!(&st.io, Io::Native(sel)
+                    if sel.registration(fd).is_some_and(|(i, _)| i.is_oneshot()));
             let pysel = match &mut st.io {
+                // The event disarmed it: nothing to tell the engine.
+                Io::Native(_) if park => {
+                    st.parked.insert(fd);
+                    None
+                }
                 Io::Native(_) | Io::Ring(_) => {
                     let keep = Interest::new(write, !write);
                     let res = match &mut st.io {
