@@ -116,6 +116,21 @@ pub fn after_callback<T: SockTransport>(
     }
 }
 
+/// Hand bytes read to the protocol's `data_received`; its exception ends
+/// the transport as asyncio's reader does (see [`after_callback`]).
+pub fn data_received<T: SockTransport>(
+    slf: &Bound<'_, T>,
+    protocol: &Bound<'_, PyAny>,
+    data: Bound<'_, pyo3::types::PyBytes>,
+) -> PyResult<()> {
+    let res = protocol.call_method1(pyo3::intern!(slf.py(), "data_received"), (data,));
+    after_callback(
+        slf,
+        res,
+        "Fatal error: protocol.data_received() call failed.",
+    )
+}
+
 /// The peer closed its side: `eof_received()`; unless it asks to keep the
 /// transport open, close it.
 pub fn on_eof<T: SockTransport>(slf: &Bound<'_, T>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -700,12 +700,7 @@ impl RingStreamCore {
                     res
                 } else {
                     let data = lp.ring_take_bytes(py, group, &chunks)?;
-                    let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-                    half::after_callback(
-                        slf,
-                        res,
-                        "Fatal error: protocol.data_received() call failed.",
-                    )
+                    half::data_received(slf, &protocol, data)
                 };
                 let mut io = me.io.borrow_mut(py);
                 if io.chunks.capacity() == 0 {
@@ -844,12 +839,7 @@ impl RingStreamCore {
             return Ok(());
         }
         Self::submit_recv(slf)?;
-        let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-        half::after_callback(
-            slf,
-            res,
-            "Fatal error: protocol.data_received() call failed.",
-        )
+        half::data_received(slf, protocol, data)
     }
 
     /// A recv ended with no bytes: the peer's EOF, or its reset seen late.
@@ -1032,12 +1022,7 @@ impl RingStreamCore {
         // The next recv goes out with this pass's enter, whatever the
         // protocol does (pausing leaves it in flight; closing cancels it).
         Self::submit_recv(slf)?;
-        let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-        half::after_callback(
-            slf,
-            res,
-            "Fatal error: protocol.data_received() call failed.",
-        )
+        half::data_received(slf, &protocol, data)
     }
 
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {

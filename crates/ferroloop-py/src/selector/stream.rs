@@ -99,12 +99,7 @@ impl StreamCore {
         if data.as_bytes().is_empty() {
             return half::on_eof(slf, protocol);
         }
-        let res = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,));
-        half::after_callback(
-            slf,
-            res,
-            "Fatal error: protocol.data_received() call failed.",
-        )
+        half::data_received(slf, protocol, data)
     }
 
     fn read_buffered(
