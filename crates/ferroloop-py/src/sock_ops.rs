@@ -318,10 +318,7 @@ impl SockCall {
                 Native::Method => {}
             }
         }
-        let called = match direct {
-            Some(plain) => plain.call_method(py, self.op, sock, arg),
-            None => sock.call_method1(self.op.method(py), (arg,)),
-        };
+        let called = self.call_method(py, direct, sock, arg);
         match called {
             Ok(r) if self.op != Op::SendAll => Ok(First::Done(r.unbind())),
             // asyncio compares the count sent with `len(data)`, and goes
@@ -336,6 +333,22 @@ impl SockCall {
             }
             Err(e) if would_block(py, &e) => Ok(First::Blocked(0)),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The socket's method for the operation: for a plain socket as found
+    /// on the type (`direct`), otherwise looked up on the object, as
+    /// asyncio calls it.
+    fn call_method<'py>(
+        &self,
+        py: Python<'py>,
+        direct: Option<&PlainSocket>,
+        sock: &Bound<'py, PyAny>,
+        arg: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match direct {
+            Some(plain) => plain.call_method(py, self.op, sock, arg),
+            None => sock.call_method1(self.op.method(py), (arg,)),
         }
     }
 
@@ -408,11 +421,10 @@ impl SockCall {
             true
         } else {
             let ps = PlainSocket::get(py)?;
-            let exact = ps.is_exact(py, &sock);
-            let native = if exact {
-                me.native(py, ps, &sock, &arg, sent)
-            } else {
-                Ok(Native::Method)
+            let direct = ps.is_exact(py, &sock).then_some(ps);
+            let native = match direct {
+                Some(plain) => me.native(py, plain, &sock, &arg, sent),
+                None => Ok(Native::Method),
             };
             let called = match native {
                 Ok(Native::WouldBlock) => return LoopCore::rearm_watch(lp.bind(py), fd),
@@ -425,11 +437,7 @@ impl SockCall {
                     } else {
                         arg.clone()
                     };
-                    if exact {
-                        ps.call_method(py, me.op, &sock, &arg)
-                    } else {
-                        sock.call_method1(me.op.method(py), (&arg,))
-                    }
+                    me.call_method(py, direct, &sock, &arg)
                 }
             };
             match called {
