@@ -763,19 +763,13 @@ def _batch_scenario(loop, mode):
 
 
 @pytest.mark.parametrize("mode", ["pause", "raise"])
-def test_datagram_batch_stops_where_asyncio_stops(io_loop, mode):
+def test_datagram_batch_stops_where_asyncio_stops(io_loop, lf, mode):
     """pause_reading inside datagram_received stops delivery at once, even
     within a batch read together, and resuming delivers the rest in order;
     an exception from datagram_received goes to the exception handler and
     the rest still arrive, in order. The same events as asyncio's."""
-    from conftest import make_loop
-
     seen = _batch_scenario(io_loop, mode)
-    ref_loop = make_loop("asyncio")
-    try:
-        expected = _batch_scenario(ref_loop, mode)
-    finally:
-        ref_loop.close()
+    expected = _batch_scenario(lf.reference(), mode)
     # "later" marks 20 ms after resuming: where it falls among the
     # datagrams depends on the machine's speed (under valgrind, on both
     # loops), not on the order the loops deliver in.
@@ -827,27 +821,20 @@ def _answer_scenario(loop):
     return events
 
 
-def test_datagrams_that_arrive_during_delivery(io_loop):
+def test_datagrams_that_arrive_during_delivery(io_loop, lf):
     """Datagrams that arrive while the protocol runs (ferroloop reads the
     socket again before going back to the selector) come in order, and
     none after pause_reading until resume_reading: asyncio's events."""
-    from conftest import make_loop
-
     seen = _answer_scenario(io_loop)
-    ref_loop = make_loop("asyncio")
-    try:
-        expected = _answer_scenario(ref_loop)
-    finally:
-        ref_loop.close()
+    expected = _answer_scenario(lf.reference())
     assert seen == expected
     assert seen == [b"0", b"1", b"2", b"3", b"4", "paused", "resume", b"5", b"6", b"7", b"8", b"9"]
 
 
-def test_datagram_error_between_datagrams_as_asyncio(io_loop):
+def test_datagram_error_between_datagrams_as_asyncio(io_loop, lf):
     """Datagrams queued on a connected socket and an ICMP error (its peer
     gone) after them: datagram_received and error_received in the order
     asyncio reports them, nothing lost."""
-    from conftest import make_loop
 
     def scenario(loop):
         events = []
@@ -879,11 +866,7 @@ def test_datagram_error_between_datagrams_as_asyncio(io_loop):
         return events
 
     seen = scenario(io_loop)
-    ref_loop = make_loop("asyncio")
-    try:
-        expected = scenario(ref_loop)
-    finally:
-        ref_loop.close()
+    expected = scenario(lf.reference())
     assert seen == expected
     assert [e for e in seen if isinstance(e, bytes)] == [b"%d" % i for i in range(5)]
 
