@@ -1385,6 +1385,11 @@ SYSCALL_EVENTS = (
     "syscalls:sys_enter_setsockopt",
     "syscalls:sys_enter_accept4",
     "syscalls:sys_enter_close",
+    "syscalls:sys_enter_brk",
+    "syscalls:sys_enter_mmap",
+    "syscalls:sys_enter_munmap",
+    "syscalls:sys_enter_madvise",
+    "page-faults",
 )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import logging
+import weakref
 
 import pytest
 from conftest import make_loop, normalise, run_bounded, run_passes
@@ -56,6 +58,54 @@ def test_cancel_and_cancelled(loop):
     loop.call_later(0.02, loop.stop)
     run_bounded(loop)
     assert ran == []
+
+
+def test_handles_made_after_many_were_freed_start_fresh(loop):
+    """ferroloop makes new handles from the objects of freed ones. One made
+    that way must be like a new one: tracked by the collector (so a cycle
+    through it is collected, as with asyncio's handles), without weak
+    references, not cancelled, with its own callback, arguments and context.
+    """
+    ran = []
+    dead = []
+    for i in range(300):
+        h = loop.call_soon(ran.append, i)
+        if i % 3 == 0:
+            h.cancel()
+        dead.append(weakref.ref(h))
+        del h
+    run_passes(loop, 1)
+    assert ran == [i for i in range(300) if i % 3]
+    assert all(r() is None for r in dead)
+
+    token = var.set("second round")
+    try:
+        again = [loop.call_soon(lambda i: ran.append((i, var.get())), i) for i in range(300)]
+    finally:
+        var.reset(token)
+    for h in again:
+        assert gc.is_tracked(h)
+        assert weakref.getweakrefcount(h) == 0
+        assert not h.cancelled()
+    del again
+    ran.clear()
+    run_passes(loop, 1)
+    assert ran == [(i, "second round") for i in range(300)]
+
+    class Holder:
+        def cb(self):
+            ran.append("held")
+
+    holders = []
+    for _ in range(50):
+        o = Holder()
+        o.h = loop.call_soon(o.cb)
+        holders.append(weakref.ref(o))
+        del o
+    run_passes(loop, 1)
+    gc.collect()
+    assert ran.count("held") == 50
+    assert all(r() is None for r in holders)
 
 
 def test_cancel_after_run_marks_cancelled(loop):

@@ -170,7 +170,7 @@ impl Handle {
             None,
             None,
         )?;
-        Py::new(py, h)
+        crate::freelist::new_handle(py, h)
     }
 
     /// A new handle with this one's callback, arguments and context, to run
@@ -190,7 +190,7 @@ impl Handle {
             None,
             None,
         )?;
-        Py::new(py, h).map(Some)
+        crate::freelist::new_handle(py, h).map(Some)
     }
 
     pub fn cancel_bound(slf: &Bound<'_, Self>) -> PyResult<()> {

@@ -7,6 +7,7 @@
 mod cell;
 mod errors;
 mod fastcall;
+mod freelist;
 mod handle;
 mod link;
 mod loop_core;
@@ -68,6 +69,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sock_ops::install(&m.py().get_type::<sock_ops::SockCall>())?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    freelist::install(m.py())?;
     m.add_class::<stream::StreamCore>()?;
     m.add_class::<proactor::stream::RingStreamCore>()?;
     m.add_class::<datagram::DatagramCore>()?;

@@ -444,7 +444,7 @@ impl LoopCore {
             core.debug(py).then_some(8),
             None,
         )?;
-        let h = Py::new(py, h)?;
+        let h = crate::freelist::new_handle(py, h)?;
         let mut st = core.st.borrow_mut(py);
         let hide = st.hide_queued;
         st.sched.call_soon(Item::fresh(h.clone_ref(py), hide));
@@ -1349,7 +1349,7 @@ impl LoopCore {
         let py = slf.py();
         let core = slf.get();
         core.check_closed()?;
-        let h = Py::new(
+        let h = crate::freelist::new_handle(
             py,
             Handle::new(
                 py,
