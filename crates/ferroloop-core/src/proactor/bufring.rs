@@ -9,6 +9,14 @@
 //! names the buffer it filled (`IORING_CQE_F_BUFFER`); the buffer is the
 //! caller's until it is handed back with [`recycle`](BufRing::recycle),
 //! which puts it at the ring's tail for the kernel to pick again.
+//!
+//! The kernel takes buffers from the ring's head in order, so every buffer
+//! in the ring is written in turn, even by one connection: a pool of 256
+//! buffers had every one of its pages resident after 256 reads. So a ring
+//! starts with only some of its buffers in it, and [`grow`](BufRing::grow)
+//! adds more (doubling) when the ones in it are all lent, which the caller
+//! learns from `ENOBUFS`: what stays resident follows the reads a pass has
+//! in flight at once, not the pool's size.
 
 use std::io;
 use std::ptr::NonNull;
@@ -69,6 +77,9 @@ pub struct BufRing {
     tail: u16,
     /// Buffers currently handed out to the caller (for tests and stats).
     lent: usize,
+    /// Buffers ever put in the ring (the first `posted` ids); the rest
+    /// wait for [`grow`](BufRing::grow).
+    posted: u16,
 }
 
 impl std::fmt::Debug for BufRing {
@@ -78,6 +89,7 @@ impl std::fmt::Debug for BufRing {
             .field("count", &self.count)
             .field("size", &self.size)
             .field("lent", &self.lent)
+            .field("posted", &self.posted)
             .finish()
     }
 }
@@ -100,9 +112,11 @@ fn page_round(n: usize) -> usize {
 
 impl BufRing {
     /// Map a pool of `count` (a power of two, at most 32768) buffers of
-    /// `size` bytes, every buffer in the ring. Not registered yet.
-    pub(super) fn new(group: u16, count: u16, size: u32) -> io::Result<BufRing> {
-        if !count.is_power_of_two() || count > 32768 || size == 0 {
+    /// `size` bytes, the first `initial` (at least one, at most `count`) in
+    /// the ring. Not registered yet.
+    pub(super) fn new(group: u16, count: u16, initial: u16, size: u32) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || count > 32768 || size == 0 || initial == 0 || initial > count
+        {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         let ring = Mapping::new(page_round(count as usize * std::mem::size_of::<RawBuf>()))?;
@@ -114,13 +128,37 @@ impl BufRing {
             size,
             group,
             tail: 0,
-            lent: count as usize,
+            lent: 0,
+            posted: 0,
         };
-        for bid in 0..count {
-            r.put(bid);
-        }
-        r.publish();
+        r.post_more(initial);
         Ok(r)
+    }
+
+    /// Put the next `n` buffers never in the ring yet into it.
+    fn post_more(&mut self, n: u16) {
+        for bid in self.posted..self.posted + n {
+            self.lent += 1; // `put` counts a buffer coming back
+            self.put(bid);
+        }
+        self.posted += n;
+        self.publish();
+    }
+
+    /// Put more of the pool's buffers in the ring: as many as are in it
+    /// already, or all that are left. False when none are left.
+    pub fn grow(&mut self) -> bool {
+        let n = self.posted.min(self.count - self.posted);
+        if n == 0 {
+            return false;
+        }
+        self.post_more(n);
+        true
+    }
+
+    /// Buffers ever put in the ring.
+    pub fn posted(&self) -> u16 {
+        self.posted
     }
 
     /// The ring's address, for `IORING_REGISTER_PBUF_RING`.
@@ -152,7 +190,7 @@ impl BufRing {
     /// recycled; `len` as its completion reported).
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
         assert!(
-            bid < self.count && len <= self.size as usize,
+            bid < self.posted && len <= self.size as usize,
             "no such buffer"
         );
         // SAFETY: buffer `bid` lies within the mapping; the kernel does not
@@ -170,7 +208,7 @@ impl BufRing {
 
     /// Hand buffer `bid` back to the kernel.
     pub fn recycle(&mut self, bid: u16) {
-        assert!(bid < self.count, "no such buffer");
+        assert!(bid < self.posted, "no such buffer");
         self.put(bid);
         self.publish();
     }

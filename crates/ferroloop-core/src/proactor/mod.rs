@@ -427,15 +427,22 @@ impl<T> Proactor<T> {
     // Provided-buffer rings.
 
     /// Register a pool of `count` buffers (a power of two, at most 32768)
-    /// of `size` bytes each for [`Op::RecvMulti`]; returns its group id.
-    /// Fails where the kernel has no buffer rings (before Linux 5.19).
+    /// of `size` bytes each for [`Op::RecvMulti`], every one in the ring;
+    /// returns its group id. Fails where the kernel has no buffer rings
+    /// (before Linux 5.19).
     pub fn add_buf_ring(&mut self, count: u16, size: u32) -> io::Result<u16> {
+        self.add_growing_buf_ring(count, count, size)
+    }
+
+    /// [`add_buf_ring`](Self::add_buf_ring) with only `initial` buffers in
+    /// the ring at first; [`grow_buf_ring`](Self::grow_buf_ring) adds more.
+    pub fn add_growing_buf_ring(&mut self, count: u16, initial: u16, size: u32) -> io::Result<u16> {
         if self.foreign() {
             return Err(Self::forked_error());
         }
         let group = u16::try_from(self.buf_rings.len())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let r = BufRing::new(group, count, size)?;
+        let r = BufRing::new(group, count, initial, size)?;
         // SAFETY: the ring mapping lives in `buf_rings` until it is
         // unregistered (in Drop) or deliberately leaked.
         unsafe {
@@ -456,6 +463,17 @@ impl<T> Proactor<T> {
     /// multishot recv and not yet recycled.
     pub fn buffer(&self, group: u16, bid: u16, len: usize) -> &[u8] {
         self.buf_rings[group as usize].get(bid, len)
+    }
+
+    /// Put more of pool `group`'s buffers in its ring (see
+    /// [`BufRing::grow`]); false when none are left (or after a fork).
+    pub fn grow_buf_ring(&mut self, group: u16) -> bool {
+        if self.foreign() {
+            return false;
+        }
+        self.buf_rings
+            .get_mut(group as usize)
+            .is_some_and(BufRing::grow)
     }
 
     /// Hand buffer `bid` of ring `group` back to the kernel.

@@ -765,3 +765,55 @@ fn multishot_accept_reports_each_connection_until_cancelled() {
         Some(libc::ECANCELED)
     );
 }
+
+#[test]
+fn a_growing_buffer_ring_fills_only_the_buffers_put_in_it_until_it_grows() {
+    let Some(mut p) = ring() else { return };
+    if !p.features().recv_multishot {
+        eprintln!("skipped: the kernel has no multishot recv");
+        return;
+    }
+    let group = p
+        .add_growing_buf_ring(8, 2, 16)
+        .expect("a buffer ring registers");
+    assert_eq!(p.buf_ring(group).unwrap().posted(), 2);
+    let (a, b) = socketpair();
+    let want: Vec<u8> = (0..8u8).flat_map(|i| [i; 16]).collect();
+    write_all(&b, &want);
+    let mut got: Vec<u8> = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    let mut dry = 0;
+    arm_multishot(&mut p, a.as_raw_fd(), group);
+    while got.len() < want.len() {
+        // Keep every buffer: only growing gives the kernel more.
+        let (mut ev, mut done, mut shots) = (Vec::new(), Vec::new(), Vec::new());
+        let mut w = p.prepare_wait();
+        w.wait(Some(1.0)).unwrap();
+        p.finish_wait(w, &mut ev, &mut done, &mut shots);
+        for s in &shots {
+            let bid = s.buffer().unwrap();
+            used.insert(bid);
+            got.extend_from_slice(p.buffer(group, bid, *s.result.as_ref().unwrap()));
+        }
+        if let Some(c) = done.pop() {
+            if let Some(bid) = c.buffer() {
+                used.insert(bid);
+                got.extend_from_slice(p.buffer(group, bid, *c.result.as_ref().unwrap()));
+            }
+            if c.result.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::ENOBUFS) {
+                // Every buffer in the ring is held: it grows, by doubling.
+                let r = p.buf_ring(group).unwrap();
+                assert_eq!(r.lent(), r.posted() as usize);
+                assert!(used.iter().all(|&bid| bid < r.posted()));
+                dry += 1;
+                assert!(p.grow_buf_ring(group));
+                arm_multishot(&mut p, a.as_raw_fd(), group);
+            }
+        }
+    }
+    assert_eq!(got, want, "no byte lost or reordered");
+    // 2, then 4, then 8: two growths, each after the ring ran dry.
+    assert_eq!(dry, 2);
+    assert_eq!(p.buf_ring(group).unwrap().posted(), 8);
+    assert!(!p.grow_buf_ring(group), "the whole pool is in the ring");
+}

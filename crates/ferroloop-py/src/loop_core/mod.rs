@@ -373,6 +373,12 @@ fn concat_bytes<'py, 'a>(
 /// transport's next read to a buffer of its own. 4 MiB a loop at most,
 /// touched as it is used.
 const RECV_POOL_COUNT: u16 = 256;
+/// Buffers in the pool's ring at first. The kernel writes every buffer in
+/// the ring in turn, so this bounds what one connection makes resident
+/// (1 MiB at most); each `ENOBUFS` doubles it (`ring_pool_ran_dry`). 16
+/// made the rings of 50 busy connections grow in steps, each step a burst
+/// of reads into buffers of their own, and left the peak higher than 64.
+const RECV_POOL_FIRST: u16 = 64;
 pub(crate) const RECV_POOL_SIZE: u32 = 16 * 1024;
 
 /// Submission-ring size: room for a pass's ops on a few hundred busy
@@ -1247,7 +1253,9 @@ impl LoopCore {
         };
         let wanted = ring.features().recv_multishot
             && std::env::var_os("FERROLOOP_RECV_MULTISHOT").is_none_or(|v| v != "0");
-        st.recv_pool = match wanted.then(|| ring.add_buf_ring(RECV_POOL_COUNT, RECV_POOL_SIZE)) {
+        st.recv_pool = match wanted
+            .then(|| ring.add_growing_buf_ring(RECV_POOL_COUNT, RECV_POOL_FIRST, RECV_POOL_SIZE))
+        {
             Some(Ok(g)) => RecvPool::Ready(g),
             _ => RecvPool::None,
         };
@@ -1304,12 +1312,17 @@ impl LoopCore {
         }
     }
 
-    /// Pool `group` has buffers the kernel can fill.
-    pub(crate) fn ring_pool_has_free(&self, py: Python<'_>, group: u16) -> bool {
-        match &self.st.borrow(py).io {
-            Io::Ring(ring) => ring
-                .buf_ring(group)
-                .is_some_and(|r| r.lent() < r.count() as usize),
+    /// Pool `group` ran dry (`ENOBUFS`): the reads of a pass wanted more
+    /// buffers than its ring had, so put more of the pool in it while some
+    /// are left. True when the kernel has buffers to fill now.
+    pub(crate) fn ring_pool_ran_dry(&self, py: Python<'_>, group: u16) -> bool {
+        match &mut self.st.borrow_mut(py).io {
+            Io::Ring(ring) => {
+                let grew = ring.grow_buf_ring(group);
+                grew || ring
+                    .buf_ring(group)
+                    .is_some_and(|r| r.lent() < r.posted() as usize)
+            }
             _ => false,
         }
     }

@@ -736,14 +736,16 @@ impl RingStreamCore {
             Err(e) => match e.raw_os_error() {
                 Some(libc::ECANCELED) | Some(libc::EINTR) => Self::submit_recv(slf),
                 Some(libc::ENOBUFS) => {
-                    // The pool ran dry. Transports served earlier in this
-                    // pass have usually handed their buffers back by now:
-                    // then arm again (an own buffer for every connection
-                    // of a burst would stay resident). If not, buffers are
-                    // held (paused transports): one read into a buffer of
-                    // our own, then back to the pool, so nobody spins.
+                    // The pool's ring ran dry: it gets more of the pool's
+                    // buffers while some are left. Else transports served
+                    // earlier in this pass have usually handed theirs back
+                    // by now: then arm again (an own buffer for every
+                    // connection of a burst would stay resident). If not,
+                    // buffers are held (paused transports): one read into a
+                    // buffer of our own, then back to the pool, so nobody
+                    // spins.
                     let free = match (me.io.borrow(py).group, me.link.lp(py)) {
-                        (Some(g), Some(lp)) => lp.get().ring_pool_has_free(py, g),
+                        (Some(g), Some(lp)) => lp.get().ring_pool_ran_dry(py, g),
                         _ => false,
                     };
                     if !free {
