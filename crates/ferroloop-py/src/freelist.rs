@@ -80,26 +80,40 @@ pub fn new_handle(py: Python<'_>, h: Handle) -> PyResult<Py<Handle>> {
     if offset > PYO3_ONLY {
         // SAFETY: `py` proves the GIL is held; the borrow ends in this block.
         let list = unsafe { &mut (*LISTS.0.get())[0] };
-        if list.len > 0 {
+        let ty = list.ty;
+        let obj = if list.len > 0 {
             list.len -= 1;
             let obj = list.items[list.len];
             // SAFETY: `obj` is a freed `Handle` object (see `alloc`), of
-            // `tp_basicsize` bytes. `install` checked that an object pyo3
-            // makes is all zeroes but for its header and its value at
-            // `offset`: so zeroing the object, `PyObject_Init`, moving the
-            // value in at `offset` and tracking it leave what `Py::new`
-            // leaves. The value is moved, never dropped here.
+            // `tp_basicsize` bytes: zeroing it, `PyObject_Init` and
+            // tracking it leave it as `PyType_GenericAlloc` leaves a new
+            // one.
             unsafe {
-                let ty = list.ty;
-                let size = (*ty).tp_basicsize as usize;
-                ptr::write_bytes(obj.cast::<u8>(), 0, size);
+                ptr::write_bytes(obj.cast::<u8>(), 0, (*ty).tp_basicsize as usize);
                 ffi::PyObject_Init(obj, ty);
-                ptr::write(obj.cast::<u8>().add(offset).cast::<Handle>(), h);
                 ffi::PyObject_GC_Track(obj.cast());
-                return Ok(Bound::from_owned_ptr(py, obj)
-                    .cast_into_unchecked()
-                    .unbind());
             }
+            obj
+        } else {
+            // SAFETY: `ty` is `Handle`'s type (set by `install`, which ran
+            // before `VALUE_OFFSET` could be set); the GIL is held.
+            let obj = unsafe { ffi::PyType_GenericAlloc(ty, 0) };
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            obj
+        };
+        // SAFETY: `obj` is a zeroed, initialised `Handle` object, as pyo3's
+        // `tp_alloc` call gives it to its initialiser; `value_offset`
+        // checked that an object pyo3 made is all zeroes but for its header
+        // and its value at `offset`, so moving the value in there leaves
+        // what `Py::new` leaves. No code runs between the allocation and
+        // the write, so the collector never sees the object unfilled.
+        unsafe {
+            ptr::write(obj.cast::<u8>().add(offset).cast::<Handle>(), h);
+            return Ok(Bound::from_owned_ptr(py, obj)
+                .cast_into_unchecked()
+                .unbind());
         }
     }
     let made = Bound::new(py, h)?;
