@@ -355,5 +355,6 @@ def _ring_features() -> _RingFeatures:
 def _test_panic(site: Literal["pass", "wait", "timers"] | None = None) -> None:
     """Tests only: the next pass of a loop panics once at ``site``."""
 
-def _accept_nonblocking(fd: int) -> tuple[int, Any]:
-    """``listener._accept()``, the new descriptor non-blocking from the start."""
+def _accept_nonblocking(fd: int) -> tuple[int, Any] | None:
+    """``listener._accept()``, the new descriptor non-blocking from the start;
+    None where it would raise BlockingIOError or ConnectionAbortedError."""

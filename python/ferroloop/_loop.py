@@ -325,7 +325,16 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             listener, type_ = sock.fileno(), type_ | socket.SOCK_NONBLOCK
         for _ in range(backlog):
             try:
-                fd, addr = _accept_nonblocking(listener) if native else sock._accept()
+                if native:
+                    # None: nothing more to accept in this pass (the socket
+                    # module would raise BlockingIOError or
+                    # ConnectionAbortedError, caught below).
+                    accepted = _accept_nonblocking(listener)
+                    if accepted is None:
+                        return None
+                    fd, addr = accepted
+                else:
+                    fd, addr = sock._accept()
                 try:
                     conn = socket.socket(family, type_, proto, fileno=fd)
                 except BaseException:
