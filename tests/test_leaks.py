@@ -268,6 +268,52 @@ def test_handle_context_cycle(loop):
     assert ref() is None
 
 
+@pytest.mark.parametrize("how", ["soon", "later"])
+def test_context_copy_cycle_of_a_handle_queued_among_many(loop, how):
+    # obj -> handle -> its own context copy -> a variable's value -> obj,
+    # made while the loop runs with hundreds of callbacks or timers queued
+    # (where ferroloop hides a new handle's context copy from the collector
+    # with the handle): once the loop lets go of the handle, the cycle is
+    # collected. The handle's context is also shown to other hands tracked.
+    var = contextvars.ContextVar("queued-cycle")
+    refs = []
+    seen = []
+    ran = []
+
+    class Holder:
+        def cb(self):
+            ran.append(1)
+
+    def make():
+        for _ in range(400):
+            if how == "soon":
+                loop.call_soon(ran.append, 0)
+            else:
+                loop.call_later(0.001, ran.append, 0)
+        holder = Holder()
+        token = var.set(holder)
+        if how == "soon":
+            holder.h = loop.call_soon(holder.cb)
+        else:
+            holder.h = loop.call_later(0.001, holder.cb)
+        var.reset(token)
+        refs.append(weakref.ref(holder))
+        other = loop.call_soon(ran.append, 2)
+        ctx = other._context
+        seen.append((gc.is_tracked(ctx), ctx.get(var) is None))
+        loop.call_later(0.05, check)
+
+    def check():
+        collect()
+        seen.append(refs[0]() is None)
+        loop.stop()
+
+    loop.call_soon(make)
+    run_bounded(loop)
+    assert ran.count(1) == 1 and ran.count(2) == 1
+    assert seen == [(True, True), True]
+
+
 # Regression test for a bug this suite found (fixed in 5d4e9a9). Before the fix:
 # crates/ferroloop-core/src/timers.rs TimerQueue::purge_cancelled drops the cancelled entries it
 # pops (head purge and compaction) while crates/ferroloop-py/src/loop_core.rs run_once_impl holds

@@ -36,6 +36,8 @@ pub struct Handle {
     context: ManuallyDrop<Py<PyAny>>,
     loop_: ManuallyDrop<Py<LoopCore>>,
     cancelled: AtomicBool,
+    /// `hide_context` took the context out of the collector's sight.
+    context_hidden: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
     repr: GilCell<Option<Py<PyAny>>>,
     pub(crate) timer: Option<TimerData>,
@@ -60,6 +62,8 @@ impl Drop for Handle {
         if let Some(r) = self.repr.get_mut().take() {
             r.drop_ref(py);
         }
+        // CPython frees a context expecting the collector to track it.
+        self.show_context();
         // SAFETY: each field is taken once, here, and never used again.
         unsafe {
             ManuallyDrop::take(&mut self.context).drop_ref(py);
@@ -95,6 +99,56 @@ pub fn extract_stack(py: Python<'_>, limit: usize) -> PyResult<Py<PyAny>> {
 }
 
 impl Handle {
+    /// Hide the handle's context from the collector along with the handle
+    /// (the loop's queue hides it): only a `contextvars.Context` this
+    /// handle alone holds, the copy made for it. Every way the context can
+    /// reach other hands shows it first ([`show_context`](Self::show_context)):
+    /// the `get_context()` and `_context` getters, `copy`, a run after
+    /// which something kept it, the loop letting go of a handle held
+    /// elsewhere, and the handle's own drop, since CPython frees a context
+    /// expecting it tracked. While hidden, the loop's `__traverse__` visits
+    /// it for the handle, as it does the handle's other references.
+    pub(crate) fn hide_context(&self) {
+        let ctx = self.context.as_ptr();
+        // SAFETY: the GIL is held (the caller queues the handle with the
+        // loop's state borrowed); `ctx` is live (the handle owns a
+        // reference); the reads are of its refcount, type and GC link.
+        unsafe {
+            if ffi::Py_REFCNT(ctx) == 1
+                && ffi::PyContext_CheckExact(ctx) != 0
+                && ffi::PyObject_GC_IsTracked(ctx) != 0
+            {
+                ffi::PyObject_GC_UnTrack(ctx.cast());
+                self.context_hidden.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Track the handle's context again if [`hide_context`](Self::hide_context)
+    /// hid it.
+    #[inline]
+    pub(crate) fn show_context(&self) {
+        if !self.context_hidden.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let ctx = self.context.as_ptr();
+        // SAFETY: called with the GIL held (every caller holds a `Python`
+        // token or is the handle's drop, which runs attached); `ctx` is
+        // live; the check keeps `PyObject_GC_Track` (fatal on a tracked
+        // object) safe should anything else have tracked it.
+        unsafe {
+            if ffi::PyObject_GC_IsTracked(ctx) == 0 {
+                ffi::PyObject_GC_Track(ctx.cast());
+            }
+        }
+    }
+
+    /// The context, shown to the collector first, for other hands.
+    fn shared_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.show_context();
+        self.context.clone_ref(py)
+    }
+
     /// What the handle refers to, for a collector's visit: its own
     /// `__traverse__`, and the loop's for the handles it queued untracked.
     pub(crate) fn visit_contents(
@@ -143,6 +197,7 @@ impl Handle {
             context: ManuallyDrop::new(context),
             loop_: ManuallyDrop::new(loop_),
             cancelled: AtomicBool::new(false),
+            context_hidden: AtomicBool::new(false),
             source_traceback,
             repr: GilCell::new(None),
             timer: timer.map(|(when, when_obj)| TimerData {
@@ -185,7 +240,7 @@ impl Handle {
             py,
             callback,
             args,
-            Some(self.context.clone_ref(py)),
+            Some(self.shared_context(py)),
             self.loop_.clone_ref(py),
             None,
             None,
@@ -281,6 +336,11 @@ impl Handle {
             // SAFETY: we entered `ctx` above and leave it exactly once; while
             // an exception may be pending, PyContext_Exit does not touch it.
             let exit_failed = unsafe { ffi::PyContext_Exit(ctx) } != 0;
+            // SAFETY: `ctx` is live (the handle holds it); a refcount read.
+            if unsafe { ffi::Py_REFCNT(ctx) } > 1 {
+                // Something the callback ran kept the context.
+                h.show_context();
+            }
             if res.is_null() {
                 Err(PyErr::fetch(py))
             } else {
@@ -386,7 +446,7 @@ impl Handle {
 
     /// The `contextvars.Context` the callback runs in.
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.shared_context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -410,7 +470,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.shared_context(py)
     }
 
     #[getter]

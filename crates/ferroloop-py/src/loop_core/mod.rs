@@ -67,17 +67,26 @@ const EVENT_WRITE: u32 = 2;
 /// with its callbacks is collected too.
 pub struct Item(ManuallyDrop<Py<Handle>>);
 
+/// Queued handles and timers from which a new handle's context copy is
+/// hidden with it ([`Handle::hide_context`]): below this, collections find
+/// few to walk, and hiding and showing it again would cost more.
+const CROWDED: usize = 256;
+
 impl Item {
     /// Queue a handle the loop has just made, out of the collector's sight
-    /// when `hide` (the loop is running).
+    /// when `hide` (the loop is running); its context copy too when
+    /// `crowded` (many are queued).
     #[inline]
-    fn fresh(h: Py<Handle>, hide: bool) -> Self {
+    fn fresh(h: Py<Handle>, hide: bool, crowded: bool) -> Self {
         if hide {
             // SAFETY: the caller holds the GIL (it made the handle with a
             // `Python` token) and `h` is a live object of a GC type (pyo3
             // gives every pyclass with `__traverse__` Py_TPFLAGS_HAVE_GC);
             // `PyObject_GC_UnTrack` accepts tracked and untracked objects.
             unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr().cast()) };
+            if crowded {
+                h.get().hide_context();
+            }
         }
         Item::new(h)
     }
@@ -100,6 +109,7 @@ impl Item {
         unsafe {
             if ffi::Py_REFCNT(p) > 1 && ffi::PyObject_GC_IsTracked(p) == 0 {
                 ffi::PyObject_GC_Track(p.cast());
+                self.0.get().show_context();
             }
         }
     }
@@ -453,7 +463,9 @@ impl LoopCore {
         let h = crate::freelist::new_handle(py, h)?;
         let mut st = core.st.borrow_mut(py);
         let hide = st.hide_queued;
-        st.sched.call_soon(Item::fresh(h.clone_ref(py), hide));
+        let crowded = st.sched.ready_len() + st.sched.timers().len() >= CROWDED;
+        st.sched
+            .call_soon(Item::fresh(h.clone_ref(py), hide, crowded));
         Ok(h)
     }
 
@@ -561,7 +573,8 @@ impl LoopCore {
         let base: Py<Handle> = th.clone().into_super().unbind();
         let mut st = core.st.borrow_mut(py);
         let hide = st.hide_queued;
-        st.sched.call_at(when, Item::fresh(base, hide));
+        let crowded = st.sched.ready_len() + st.sched.timers().len() >= CROWDED;
+        st.sched.call_at(when, Item::fresh(base, hide, crowded));
         Ok(th.unbind())
     }
 }
