@@ -139,7 +139,7 @@ def test_native_accept_writes_ipv4_peers_as_the_socket_module(peer):
         return c
 
     try:
-        fd, addr, addr2, c1, c2 = accept_both(listener, connect)
+        fd, addr, addr2, c1, _c2 = accept_both(listener, connect)
         os.close(fd)
         assert addr == c1.getsockname()
         assert addr[0] == addr2[0] == peer
