@@ -85,6 +85,10 @@ async def main():
             EchoDatagram, local_addr=("127.0.0.1", 0))
         with open(path, "w") as f:  # the client reads the port from here
             f.write(str(transport.get_extra_info("sockname")[1]))
+    elif server == "churn":
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        with open(path, "w") as f:  # the client reads the port from here
+            f.write(str(srv.sockets[0].getsockname()[1]))
     elif server == "streams":
         await asyncio.start_unix_server(echo_stream, path)
     elif server == "sock":
@@ -116,6 +120,9 @@ def drive(path: str, n: int, conns: int, size: int, server: str = "protocol") ->
     datagram is lost while the client's receive buffers have room, which
     one datagram in flight per socket keeps."""
     msg = b"x" * size
+    if server == "churn":
+        churn(path, n, msg)
+        return
     socks = []
     for _ in range(conns):
         if server == "udp":
@@ -153,6 +160,25 @@ def drive(path: str, n: int, conns: int, size: int, server: str = "protocol") ->
     for s in socks:
         s.close()
     ep.close()
+
+
+def churn(path: str, n: int, msg: bytes) -> None:
+    """*n* TCP connections one after another: connect, send *msg*, read it
+    back, close; bounded by CLIENT_TIMEOUT_S."""
+    with open(path, encoding="utf-8") as f:
+        port = int(f.read())
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    for i in range(n):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{i} of {n} connections made")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(msg)
+            got = 0
+            while got < len(msg):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed before echoing")
+                got += len(chunk)
 
 
 def instructions(loop: str, n: int, conns: int, size: int, tmp: str, kind: str) -> int:
@@ -194,7 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", default="asyncio,uvloop,ferroloop")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--server", choices=("protocol", "streams", "sock", "udp"), default="protocol")
+    ap.add_argument(
+        "--server",
+        choices=("protocol", "streams", "sock", "udp", "churn"),
+        default="protocol",
+        help="churn: a TCP protocol echo server, one connection per message "
+        "(connect, echo, close), --conns ignored; its count is per connection",
+    )
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=20000)
     ap.add_argument(
@@ -203,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the callgrind output files (cg.LOOP.N) in DIR, for callgrind_annotate",
     )
     args = ap.parse_args(argv)
-    socks = "UDP sockets" if args.server == "udp" else "connections"
-    what = f"{args.server} echo, {args.size} B, {args.conns} {socks}"
-    print(f"| loop | instructions per message ({what}) |")
+    if args.server == "churn":
+        what = f"churn echo, {args.size} B, one connection after another"
+        unit = "connection"
+    else:
+        socks = "UDP sockets" if args.server == "udp" else "connections"
+        what = f"{args.server} echo, {args.size} B, {args.conns} {socks}"
+        unit = "message"
+    print(f"| loop | instructions per {unit} ({what}) |")
     print("|---|---:|")
     with tempfile.TemporaryDirectory(prefix="ferroloop-cg-") as tmp:
         if args.keep:
