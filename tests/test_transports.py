@@ -383,6 +383,42 @@ def test_closed_transport_is_freed_and_leaks_no_fd(io_loop, kind):
     assert fd_count() == before
 
 
+@pytest.mark.parametrize("makefile", [False, True])
+def test_closing_a_transport_closes_its_socket_as_socket_close(io_loop, makefile):
+    """The transport closes its socket as ``socket.socket.close()`` does
+    (ferroloop does it natively for a plain socket): marked closed, and the
+    descriptor closed unless a ``makefile()`` object still uses it."""
+
+    async def main():
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        f = a.makefile("rb") if makefile else None
+        t, p = await io_loop.create_connection(lambda: Proto(io_loop), sock=a)
+        fd = a.fileno()
+        t.close()
+        await p.lost
+        state = (a._closed, a.fileno() == -1, _fd_open(fd))
+        if f is not None:
+            f.close()  # the last user: now the descriptor goes
+            state += (a.fileno() == -1, _fd_open(fd))
+        b.close()
+        return state
+
+    got = run_coro(io_loop, main())
+    if makefile:
+        assert got == (True, False, True, True, False)
+    else:
+        assert got == (True, True, False)
+
+
+def _fd_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def test_reused_descriptor_never_reaches_the_old_transport(io_loop):
     """The old transport's descriptor number is taken by a new socket in the
     same pass that closes it; data for the new socket must only reach the

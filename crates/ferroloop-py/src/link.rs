@@ -543,10 +543,7 @@ pub fn set_limits(flow: &mut Flow, high: Option<i64>, low: Option<i64>) -> PyRes
 /// `obj.close()` on a socket or pipe object taken from a transport.
 pub fn close_object(py: Python<'_>, obj: Option<Py<PyAny>>) -> PyResult<()> {
     match obj {
-        Some(o) => o
-            .bind(py)
-            .call_method0(pyo3::intern!(py, "close"))
-            .map(drop),
+        Some(o) => crate::plain_sock::close(py, o.bind(py)),
         None => Ok(()),
     }
 }

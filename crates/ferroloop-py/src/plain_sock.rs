@@ -34,6 +34,8 @@ pub(crate) struct PlainSocket {
     methods: [Py<PyAny>; 3],
     fileno: Py<PyAny>,
     gettimeout: Py<PyAny>,
+    /// `_socket.socket.close`, what `socket.socket._real_close` calls.
+    real_close: Py<PyAny>,
     tag: u32,
 }
 
@@ -63,12 +65,18 @@ impl PlainSocket {
             let methods = [a?.unbind(), b?.unbind(), c?.unbind()];
             let fileno = ty.getattr("fileno")?.unbind();
             let gettimeout = ty.getattr("gettimeout")?.unbind();
+            let real_close = py
+                .import("_socket")?
+                .getattr("socket")?
+                .getattr("close")?
+                .unbind();
             let tag = Self::tag_of(&ty);
             Ok(PlainSocket {
                 ty: ty.unbind(),
                 methods,
                 fileno,
                 gettimeout,
+                real_close,
                 tag,
             })
         })
@@ -195,6 +203,26 @@ impl PlainSocket {
         })?;
         Ok(sent.map_or(Native::WouldBlock, Native::Count))
     }
+}
+
+/// `sock.close()`. For exactly a `socket.socket` whose type is unchanged,
+/// what its Python `close` does, without its two frames: mark it closed,
+/// and close the descriptor unless `makefile()` objects still use it. Any
+/// other object's own `close` is called.
+pub(crate) fn close(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let plain = PlainSocket::get(py)?;
+    if plain.is_exact(py, sock) {
+        sock.setattr(pyo3::intern!(py, "_closed"), true)?;
+        let io_refs = sock.getattr(pyo3::intern!(py, "_io_refs"))?;
+        if io_refs.is_exact_instance_of::<PyInt>() {
+            if io_refs.extract::<i64>().is_ok_and(|n| n > 0) {
+                return Ok(());
+            }
+            return call(py, &plain.real_close, &[sock]).map(drop);
+        }
+        // Not an int: let the method compare it (and raise as it would).
+    }
+    sock.call_method0(pyo3::intern!(py, "close")).map(drop)
 }
 
 /// True when `sock`'s type is `socket.socket` itself (not a subclass or a

@@ -296,6 +296,18 @@ impl SockTransport for RingStreamCore {
         // the close comes after the ops that name this descriptor.
         self.end_reading(py).ok();
         self.end_writing(py).ok();
+        let in_use = sock
+            .bind(py)
+            .getattr(pyo3::intern!(py, "_io_refs"))
+            .ok()
+            .and_then(|n| n.extract::<i64>().ok())
+            .is_some_and(|n| n > 0);
+        if in_use {
+            // A `makefile()` object still uses the descriptor: close the
+            // socket as `socket.close()` does, which leaves the descriptor
+            // to that object, as asyncio's transports leave it.
+            return Some(sock);
+        }
         let fd = match sock.bind(py).call_method0(pyo3::intern!(py, "detach")) {
             Ok(fd) => fd.extract::<RawFd>().unwrap_or(-1),
             Err(_) => return Some(sock), // not a real socket: close it
