@@ -411,6 +411,59 @@ def test_closing_a_transport_closes_its_socket_as_socket_close(io_loop, makefile
         assert got == (True, True, False)
 
 
+def test_transports_registry_holds_transports_weakly(io_loop):
+    """``loop._transports`` maps a transport's descriptor to it weakly, as
+    asyncio's ``WeakValueDictionary`` does (ferroloop fills it natively)."""
+
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        fd = t.get_extra_info("socket").fileno()
+        reg = io_loop._transports
+        ref = reg.data[fd]
+        state = (type(reg).__name__, reg[fd] is t, type(ref).__name__, ref.key == fd)
+        t.close()
+        await p.lost
+        peer.close()
+        del t, p
+        return state, fd
+
+    state, fd = run_coro(io_loop, main())
+    gc.collect()
+    assert state == ("WeakValueDictionary", True, "KeyedRef", True)
+    assert fd not in io_loop._transports
+
+
+def test_register_transport_is_a_weak_value_dictionarys_setitem():
+    from ferroloop._ferroloop import _register_transport
+
+    class T:
+        pass
+
+    d = weakref.WeakValueDictionary()
+    a, b = T(), T()
+    _register_transport(d, 5, a)
+    _register_transport(d, 6, b)
+    assert d[5] is a and d.data[5].key == 5 and isinstance(d.data[5], weakref.KeyedRef)
+    # With removals pending (left by iteration), the dictionary's own
+    # __setitem__ is taken, which commits them first.
+    d._pending_removals.append(99)
+    c = T()
+    _register_transport(d, 7, c)
+    assert not d._pending_removals and d[7] is c and d[6] is b
+
+    class Recording(weakref.WeakValueDictionary):
+        def __setitem__(self, key, value):
+            calls.append(key)
+            super().__setitem__(key, value)
+
+    calls = []
+    r = Recording()
+    _register_transport(r, 3, c)
+    plain = {}
+    _register_transport(plain, 1, c)
+    assert calls == [3] and r[3] is c and plain == {1: c}
+
+
 def _fd_open(fd):
     try:
         os.fstat(fd)

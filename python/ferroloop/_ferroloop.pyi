@@ -4,7 +4,7 @@
 import asyncio
 import socket
 from asyncio import _CoroutineLike, base_events
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable, MutableMapping
 from contextvars import Context
 from typing import (
     Any,
@@ -37,6 +37,7 @@ __all__ = [
     "WritePipeCore",
     "__version__",
     "_accept_nonblocking",
+    "_register_transport",
     "_ring_features",
     "_test_panic",
 ]
@@ -354,6 +355,9 @@ def _ring_features() -> _RingFeatures:
 
 def _test_panic(site: Literal["pass", "wait", "timers"] | None = None) -> None:
     """Tests only: the next pass of a loop panics once at ``site``."""
+
+def _register_transport(mapping: MutableMapping[int, Any], fd: int, transport: Any) -> None:
+    """``mapping[fd] = transport``, natively for a ``weakref.WeakValueDictionary``."""
 
 def _accept_nonblocking(fd: int) -> tuple[int, Any] | None:
     """``listener._accept()``, the new descriptor non-blocking from the start;

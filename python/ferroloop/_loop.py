@@ -372,12 +372,14 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                 return None
             else:
                 contextvars.copy_context().run(
-                    self._ff_accepted, protocol_factory, conn, addr, server
+                    self._ff_accept_into,
+                    self._ff_stream_transport,
+                    protocol_factory,
+                    conn,
+                    addr,
+                    server,
                 )
         return None
-
-    def _ff_accepted(self, protocol_factory, conn, addr, server):
-        self._ff_accept_into(self._ff_stream_transport, protocol_factory, conn, addr, server)
 
     def _ff_accept_into(self, transport_class, protocol_factory, conn, addr, server):
         protocol = transport = None

@@ -26,7 +26,14 @@ import stat
 import warnings
 from asyncio import base_events, constants, transports, trsock
 
-from ._ferroloop import DatagramCore, ReadPipeCore, RingStreamCore, StreamCore, WritePipeCore
+from ._ferroloop import (
+    DatagramCore,
+    ReadPipeCore,
+    RingStreamCore,
+    StreamCore,
+    WritePipeCore,
+    _register_transport,
+)
 
 __all__ = (
     "DatagramTransport",
@@ -56,10 +63,12 @@ _EVENT_WRITE = 2
 
 
 def _init_socket_extra(transport, sock, extra):
-    # Only BaseTransport's part of __init__: the flow-control state is the
-    # core's. Then what asyncio's socket transports put in `extra`.
-    transports.BaseTransport.__init__(transport, extra)
-    extra = transport._extra
+    # Only BaseTransport's part of __init__ (the flow-control state is the
+    # core's), written out: `_extra` is `extra`, or a new dict. Then what
+    # asyncio's socket transports put in `extra`.
+    if extra is None:
+        extra = {}
+    transport._extra = extra
     extra["socket"] = trsock.TransportSocket(sock)
     try:
         extra["sockname"] = sock.getsockname()
@@ -218,7 +227,7 @@ class SocketTransport(
         self.is_closing = core.is_closing
         if server is not None:
             server._attach()
-        loop._transports[self._sock_fd] = self
+        _register_transport(loop._transports, self._sock_fd, self)
         # Nagle off, as asyncio's _set_nodelay, on the raw ints (asyncio's
         # own helper for objects that only look like sockets).
         if not issubclass(type(sock), _socket.socket):  # mocks pass isinstance
@@ -281,7 +290,7 @@ class DatagramTransport(
         self._core = core
         self._sock_fd = core.fd
         self.sendto = core.sendto
-        loop._transports[self._sock_fd] = self
+        _register_transport(loop._transports, self._sock_fd, self)
         core._start(waiter)
 
     def __repr__(self):

@@ -79,5 +79,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_ring_features, m)?)?;
     m.add_function(wrap_pyfunction!(_test_panic, m)?)?;
     m.add_function(wrap_pyfunction!(sockaddr::_accept_nonblocking, m)?)?;
+    m.add_function(wrap_pyfunction!(link::_register_transport, m)?)?;
     Ok(())
 }

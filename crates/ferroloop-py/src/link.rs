@@ -561,3 +561,41 @@ pub fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
         data.get_type().name()?
     )))
 }
+
+/// `weakref.WeakValueDictionary`, `weakref.KeyedRef` and `weakref.ref.__new__`.
+static WEAK_VALUES: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
+
+/// `loop._transports[fd] = transport`. For exactly a
+/// `weakref.WeakValueDictionary` with no removals pending, what its
+/// `__setitem__` does, without its three Python frames (`__setitem__`,
+/// `KeyedRef.__new__` and `KeyedRef.__init__`, which only checks its
+/// arguments again): a `KeyedRef` to the transport, with the dictionary's
+/// removal callback and `fd` as its key, stored in the dictionary's `data`.
+/// Any other mapping gets its own `__setitem__`.
+#[pyfunction]
+pub fn _register_transport(
+    mapping: &Bound<'_, PyAny>,
+    fd: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = mapping.py();
+    let [wvd, keyed_ref, ref_new] = WEAK_VALUES.get_or_try_init(py, || {
+        let weakref = py.import("weakref")?;
+        Ok::<_, PyErr>([
+            weakref.getattr("WeakValueDictionary")?.unbind(),
+            weakref.getattr("KeyedRef")?.unbind(),
+            weakref.getattr("ref")?.getattr("__new__")?.unbind(),
+        ])
+    })?;
+    if mapping.get_type().is(wvd.bind(py))
+        && !mapping
+            .getattr(pyo3::intern!(py, "_pending_removals"))?
+            .is_truthy()?
+    {
+        let remove = mapping.getattr(pyo3::intern!(py, "_remove"))?;
+        let r = ref_new.bind(py).call1((keyed_ref, transport, remove))?;
+        r.setattr(pyo3::intern!(py, "key"), fd)?;
+        return mapping.getattr(pyo3::intern!(py, "data"))?.set_item(fd, r);
+    }
+    mapping.set_item(fd, transport)
+}
