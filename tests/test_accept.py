@@ -149,6 +149,54 @@ def test_native_accept_writes_ipv4_peers_as_the_socket_module(peer):
             c.close()
 
 
+def test_native_sockname_is_the_socket_modules(tmp_path):
+    # Transports take `extra['sockname']` from ferroloop's own getsockname
+    # for plain sockets: the same value as the socket module's, for every
+    # family and shape; a closed socket and a subclass go to the method.
+    from ferroloop._ferroloop import _sockname
+
+    socks = []
+
+    def make(family, kind=socket.SOCK_STREAM, bind=None):
+        s = socket.socket(family, kind)
+        socks.append(s)
+        if bind is not None:
+            s.bind(bind)
+        return s
+
+    make(socket.AF_INET, bind=("127.0.0.1", 0))
+    make(socket.AF_INET, socket.SOCK_DGRAM, bind=("127.0.0.1", 0))
+    make(socket.AF_INET)  # unbound: 0.0.0.0
+    make(socket.AF_UNIX, bind=str(tmp_path / "named"))
+    make(socket.AF_UNIX)  # unnamed
+    make(socket.AF_UNIX, bind="\0ferroloop-sockname-test")  # abstract
+    a, b = socket.socketpair()
+    socks += [a, b]
+    if HAS_IPV6:
+        make(socket.AF_INET6, bind=("::1", 0))
+
+    class Sub(socket.socket):
+        def getsockname(self):
+            return "from the subclass"
+
+    sub = Sub(socket.AF_INET)
+    socks.append(sub)
+    try:
+        for s in socks[:-1]:
+            assert _sockname(s) == s.getsockname(), s
+        assert _sockname(sub) == "from the subclass"
+        closed = socket.socket()
+        closed.close()
+        with pytest.raises(OSError) as native:
+            _sockname(closed)
+        with pytest.raises(OSError) as module:
+            closed.getsockname()
+        assert native.value.errno == module.value.errno
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_native_accept_raises_what_the_socket_module_raises(tmp_path):
     listener = tcp_listener(socket.AF_INET, "127.0.0.1")
     listener.setblocking(False)

@@ -39,6 +39,7 @@ __all__ = [
     "_accept_nonblocking",
     "_register_transport",
     "_ring_features",
+    "_sockname",
     "_test_panic",
 ]
 
@@ -358,6 +359,9 @@ def _test_panic(site: Literal["pass", "wait", "timers"] | None = None) -> None:
 
 def _register_transport(mapping: MutableMapping[int, Any], fd: int, transport: Any) -> None:
     """``mapping[fd] = transport``, natively for a ``weakref.WeakValueDictionary``."""
+
+def _sockname(sock: socket.socket) -> Any:
+    """``sock.getsockname()``, natively for a plain socket."""
 
 def _accept_nonblocking(fd: int) -> tuple[int, Any] | None:
     """``listener._accept()``, the new descriptor non-blocking from the start;

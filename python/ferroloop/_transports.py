@@ -33,6 +33,7 @@ from ._ferroloop import (
     StreamCore,
     WritePipeCore,
     _register_transport,
+    _sockname,
 )
 
 __all__ = (
@@ -71,7 +72,7 @@ def _init_socket_extra(transport, sock, extra):
     transport._extra = extra
     extra["socket"] = trsock.TransportSocket(sock)
     try:
-        extra["sockname"] = sock.getsockname()
+        extra["sockname"] = _sockname(sock)  # sock.getsockname()
     except OSError:
         extra["sockname"] = None
     if "peername" not in extra:

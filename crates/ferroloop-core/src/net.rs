@@ -112,6 +112,25 @@ pub fn accept_nonblocking(fd: RawFd) -> io::Result<(OwnedFd, SockAddr)> {
     Ok((unsafe { OwnedFd::from_raw_fd(new) }, addr))
 }
 
+/// The local address of socket `fd` (`getsockname`).
+pub fn local_address(fd: RawFd) -> io::Result<SockAddr> {
+    let mut addr = SockAddr::zeroed();
+    // SAFETY: `addr.storage` is writable for `addr.len` bytes, which
+    // getsockname updates to the address's length; a bad descriptor fails
+    // with EBADF or ENOTSOCK.
+    let r = unsafe {
+        libc::getsockname(
+            fd,
+            &mut addr.storage as *mut _ as *mut libc::sockaddr,
+            &mut addr.len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr)
+}
+
 /// Datagrams taken per [`RecvBatch::recv`] at most.
 pub const RECV_BATCH: usize = 16;
 

@@ -80,5 +80,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_test_panic, m)?)?;
     m.add_function(wrap_pyfunction!(sockaddr::_accept_nonblocking, m)?)?;
     m.add_function(wrap_pyfunction!(link::_register_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(sockaddr::_sockname, m)?)?;
     Ok(())
 }
