@@ -10,10 +10,11 @@
 //! by the collector, as `PyType_GenericAlloc` leaves a new one. pyo3 then
 //! writes the contents as it does into fresh memory.
 //!
-//! A kept `Handle` is handed out by [`new_handle`] without pyo3's general
-//! initialiser: the value is written where pyo3 keeps it, found once from
-//! an object pyo3 made (`install` checks that nothing else in the object
-//! needs setting, and keeps to pyo3's way otherwise).
+//! The loop makes its `Handle`s with [`new_handle`], without pyo3's general
+//! initialiser: the object comes from the list (or `PyType_GenericAlloc`)
+//! and the value is written where pyo3 keeps it, found once from the first
+//! handle pyo3 made, after checking that nothing else in that object needed
+//! setting (pyo3's way is kept otherwise).
 //!
 //! pyo3's own `#[pyclass(freelist = N)]` is not used: it hands objects out
 //! untracked by the collector, which would lose asyncio's guarantee that a
