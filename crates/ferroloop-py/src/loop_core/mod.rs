@@ -74,17 +74,17 @@ const CROWDED: usize = 256;
 
 impl Item {
     /// Queue a handle the loop has just made, out of the collector's sight
-    /// when `hide` (the loop is running); its context copy too when
-    /// `crowded` (many are queued).
+    /// while the loop runs (`st.hide_queued`); its context copy too when
+    /// [`CROWDED`] or more callbacks and timers are queued.
     #[inline]
-    fn fresh(h: Py<Handle>, hide: bool, crowded: bool) -> Self {
-        if hide {
+    fn fresh(h: Py<Handle>, st: &State) -> Self {
+        if st.hide_queued {
             // SAFETY: the caller holds the GIL (it made the handle with a
             // `Python` token) and `h` is a live object of a GC type (pyo3
             // gives every pyclass with `__traverse__` Py_TPFLAGS_HAVE_GC);
             // `PyObject_GC_UnTrack` accepts tracked and untracked objects.
             unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr().cast()) };
-            if crowded {
+            if st.sched.ready_len() + st.sched.timers().len() >= CROWDED {
                 h.get().hide_context();
             }
         }
@@ -462,10 +462,8 @@ impl LoopCore {
         )?;
         let h = crate::freelist::new_handle(py, h)?;
         let mut st = core.st.borrow_mut(py);
-        let hide = st.hide_queued;
-        let crowded = st.sched.ready_len() + st.sched.timers().len() >= CROWDED;
-        st.sched
-            .call_soon(Item::fresh(h.clone_ref(py), hide, crowded));
+        let item = Item::fresh(h.clone_ref(py), &st);
+        st.sched.call_soon(item);
         Ok(h)
     }
 
@@ -572,9 +570,8 @@ impl LoopCore {
         let th = Bound::new(py, init)?;
         let base: Py<Handle> = th.clone().into_super().unbind();
         let mut st = core.st.borrow_mut(py);
-        let hide = st.hide_queued;
-        let crowded = st.sched.ready_len() + st.sched.timers().len() >= CROWDED;
-        st.sched.call_at(when, Item::fresh(base, hide, crowded));
+        let item = Item::fresh(base, &st);
+        st.sched.call_at(when, item);
         Ok(th.unbind())
     }
 }
