@@ -48,6 +48,35 @@ struct List {
     items: [*mut ffi::PyObject; CAPACITY],
 }
 
+impl List {
+    /// A kept object, made as `PyType_GenericAlloc` makes a new one of the
+    /// list's type; None when the list is empty.
+    ///
+    /// # Safety
+    /// The GIL must be held, and `ty` set (`install` ran).
+    #[inline]
+    unsafe fn reuse(&mut self) -> Option<*mut ffi::PyObject> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        let obj = self.items[self.len];
+        // SAFETY: `obj` was an object of exactly `self.ty`, given back by
+        // `free` after pyo3 dropped its contents and the collector stopped
+        // tracking it: its memory (header before it included) is still
+        // allocated and `tp_basicsize` bytes long. Zeroing it, then
+        // `PyObject_Init` (type, reference count, a reference to the heap
+        // type) and tracking it leave it as `PyType_GenericAlloc` leaves a
+        // new object.
+        unsafe {
+            ptr::write_bytes(obj.cast::<u8>(), 0, (*self.ty).tp_basicsize as usize);
+            ffi::PyObject_Init(obj, self.ty);
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+        Some(obj)
+    }
+}
+
 /// One list per type, reached only with the GIL held.
 struct Lists(UnsafeCell<[List; 2]>);
 
@@ -82,27 +111,18 @@ pub fn new_handle(py: Python<'_>, h: Handle) -> PyResult<Py<Handle>> {
         // SAFETY: `py` proves the GIL is held; the borrow ends in this block.
         let list = unsafe { &mut (*LISTS.0.get())[0] };
         let ty = list.ty;
-        let obj = if list.len > 0 {
-            list.len -= 1;
-            let obj = list.items[list.len];
-            // SAFETY: `obj` is a freed `Handle` object (see `alloc`), of
-            // `tp_basicsize` bytes: zeroing it, `PyObject_Init` and
-            // tracking it leave it as `PyType_GenericAlloc` leaves a new
-            // one.
-            unsafe {
-                ptr::write_bytes(obj.cast::<u8>(), 0, (*ty).tp_basicsize as usize);
-                ffi::PyObject_Init(obj, ty);
-                ffi::PyObject_GC_Track(obj.cast());
+        // SAFETY: the list is `Handle`'s (set by `install`, which ran
+        // before `VALUE_OFFSET` could be set) and the GIL is held.
+        let obj = match unsafe { list.reuse() } {
+            Some(obj) => obj,
+            None => {
+                // SAFETY: `ty` is `Handle`'s type; the GIL is held.
+                let obj = unsafe { ffi::PyType_GenericAlloc(ty, 0) };
+                if obj.is_null() {
+                    return Err(PyErr::fetch(py));
+                }
+                obj
             }
-            obj
-        } else {
-            // SAFETY: `ty` is `Handle`'s type (set by `install`, which ran
-            // before `VALUE_OFFSET` could be set); the GIL is held.
-            let obj = unsafe { ffi::PyType_GenericAlloc(ty, 0) };
-            if obj.is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            obj
         };
         // SAFETY: `obj` is a zeroed, initialised `Handle` object, as pyo3's
         // `tp_alloc` call gives it to its initialiser; `value_offset`
@@ -169,26 +189,10 @@ unsafe extern "C" fn alloc(
 ) -> *mut ffi::PyObject {
     if nitems == 0 {
         // SAFETY: the interpreter calls `tp_alloc` with the GIL held; the
-        // borrow ends before anything else runs.
-        if let Some(list) = unsafe { list_for(subtype) } {
-            if list.len > 0 {
-                list.len -= 1;
-                let obj = list.items[list.len];
-                // SAFETY: `obj` was an object of exactly `subtype`, given
-                // back by `free` after pyo3 dropped its contents and the
-                // collector stopped tracking it: its memory (header before
-                // it included) is still allocated and `tp_basicsize` bytes
-                // long. Zeroing it, then `PyObject_Init` (type, reference
-                // count, a reference to the heap type) and tracking it leave
-                // it as `PyType_GenericAlloc` leaves a new object.
-                unsafe {
-                    let size = (*subtype).tp_basicsize as usize;
-                    ptr::write_bytes(obj.cast::<u8>(), 0, size);
-                    ffi::PyObject_Init(obj, subtype);
-                    ffi::PyObject_GC_Track(obj.cast());
-                }
-                return obj;
-            }
+        // borrow ends before anything else runs; `list_for` gives the list
+        // of exactly `subtype`, whose type `install` set.
+        if let Some(obj) = unsafe { list_for(subtype).and_then(|l| l.reuse()) } {
+            return obj;
         }
     }
     // SAFETY: what the interpreter would call for this type without us.
