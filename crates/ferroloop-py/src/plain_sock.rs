@@ -112,15 +112,25 @@ impl PlainSocket {
         call(py, &self.methods[op as usize], &[sock, arg])
     }
 
+    /// The descriptor of `sock` (a socket [`Self::is_exact`] accepted) when
+    /// it is open; None once it is closed.
+    pub(crate) fn open_fd(
+        &self,
+        py: Python<'_>,
+        sock: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<RawFd>> {
+        let fd = call(py, &self.fileno, &[sock])?;
+        Ok(fd
+            .cast::<PyInt>()
+            .ok()
+            .and_then(|n| n.extract::<RawFd>().ok())
+            .filter(|&fd| fd >= 0))
+    }
+
     /// The descriptor of `sock` when it is open and non-blocking
     /// (`gettimeout()` is 0.0); None otherwise.
     fn nonblocking_fd(&self, py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
-        let fd = call(py, &self.fileno, &[sock])?;
-        let fd = fd
-            .cast::<PyInt>()
-            .ok()
-            .and_then(|n| n.extract::<RawFd>().ok());
-        let Some(fd) = fd.filter(|&fd| fd >= 0) else {
+        let Some(fd) = self.open_fd(py, sock)? else {
             return Ok(None);
         };
         let timeout = call(py, &self.gettimeout, &[sock])?;
@@ -213,16 +223,27 @@ pub(crate) fn close(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let plain = PlainSocket::get(py)?;
     if plain.is_exact(py, sock) {
         sock.setattr(pyo3::intern!(py, "_closed"), true)?;
-        let io_refs = sock.getattr(pyo3::intern!(py, "_io_refs"))?;
-        if io_refs.is_exact_instance_of::<PyInt>() {
-            if io_refs.extract::<i64>().is_ok_and(|n| n > 0) {
-                return Ok(());
-            }
-            return call(py, &plain.real_close, &[sock]).map(drop);
+        match makefile_users(sock) {
+            Some(true) => return Ok(()),
+            Some(false) => return call(py, &plain.real_close, &[sock]).map(drop),
+            // Not a plain int: let the method compare it (and raise as it
+            // would).
+            None => {}
         }
-        // Not an int: let the method compare it (and raise as it would).
     }
     sock.call_method0(pyo3::intern!(py, "close")).map(drop)
+}
+
+/// Whether `makefile()` objects still use `sock`'s descriptor (its
+/// `_io_refs` is above zero, which makes `socket.close()` leave the
+/// descriptor open); None when `_io_refs` is missing, not an `int`, or
+/// out of range.
+pub(crate) fn makefile_users(sock: &Bound<'_, PyAny>) -> Option<bool> {
+    let n = sock.getattr(pyo3::intern!(sock.py(), "_io_refs")).ok()?;
+    if !n.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    n.extract::<i64>().ok().map(|n| n > 0)
 }
 
 /// True when `sock`'s type is `socket.socket` itself (not a subclass or a

@@ -53,9 +53,9 @@ pub fn _accept_nonblocking(py: Python<'_>, fd: i32) -> PyResult<Option<(i32, Py<
 #[pyfunction]
 pub fn _sockname(sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let py = sock.py();
-    if crate::plain_sock::PlainSocket::get(py)?.is_exact(py, sock) {
-        let fd: i32 = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
-        if fd >= 0 {
+    let plain = crate::plain_sock::PlainSocket::get(py)?;
+    if plain.is_exact(py, sock) {
+        if let Some(fd) = plain.open_fd(py, sock)? {
             match local_address(fd) {
                 Ok(addr)
                     if matches!(

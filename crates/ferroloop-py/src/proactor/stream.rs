@@ -296,13 +296,7 @@ impl SockTransport for RingStreamCore {
         // the close comes after the ops that name this descriptor.
         self.end_reading(py).ok();
         self.end_writing(py).ok();
-        let in_use = sock
-            .bind(py)
-            .getattr(pyo3::intern!(py, "_io_refs"))
-            .ok()
-            .and_then(|n| n.extract::<i64>().ok())
-            .is_some_and(|n| n > 0);
-        if in_use {
+        if crate::plain_sock::makefile_users(sock.bind(py)) == Some(true) {
             // A `makefile()` object still uses the descriptor: close the
             // socket as `socket.close()` does, which leaves the descriptor
             // to that object, as asyncio's transports leave it.
