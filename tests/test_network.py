@@ -313,6 +313,92 @@ def test_udp_echo(io_loop, host):
     assert s_proto.errors == c_proto.errors == []
 
 
+class _DatagramChecker(asyncio.DatagramProtocol):
+    """Acks each datagram; records whether its `bytes` hashes as a new copy
+    of itself does, and keeps every third one as it is."""
+
+    def __init__(self):
+        self.fresh_hash = []
+        self.kept = []
+        self.count = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.fresh_hash.append(hash(data) == hash(data[:1] + data[1:]))
+        if self.count % 3 == 0:
+            self.kept.append(data)
+        self.count += 1
+        self.transport.sendto(b"k", addr)
+
+
+def test_udp_bytes_handed_to_datagram_received_are_each_their_own(io_loop):
+    # As test_transports' stream test: one size, one datagram at a time.
+    msgs = [bytes([i % 251]) * 300 + i.to_bytes(4, "big") for i in range(45)]
+
+    async def main():
+        tr, proto = await io_loop.create_datagram_endpoint(
+            _DatagramChecker, local_addr=("127.0.0.1", 0)
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.setblocking(False)
+            peer.connect(tr.get_extra_info("sockname"))
+            for m in msgs:
+                await io_loop.sock_sendall(peer, m)
+                async with asyncio.timeout(5):
+                    assert await io_loop.sock_recv(peer, 1) == b"k"
+        tr.close()
+        return proto
+
+    p = run_coro(io_loop, main())
+    assert p.count == len(msgs)
+    assert p.fresh_hash == [True] * len(msgs)
+    assert p.kept == msgs[::3]
+
+
+def test_udp_sendto_and_is_closing_in_every_call_shape(io_loop):
+    # Positional, keyword, explicit None address on a connected transport,
+    # through the class; and a wrong call is a TypeError, as on asyncio.
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
+            tr, _ = await io_loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=peer.getsockname()
+            )
+            cls = type(tr)
+            tr.sendto(b"one")
+            tr.sendto(b"two", None)
+            tr.sendto(data=b"three")
+            tr.sendto(b"four", addr=None)
+            cls.sendto(tr, b"five")
+            errors = []
+            for bad in ((), (b"x", None, 1)):
+                try:
+                    tr.sendto(*bad)
+                except TypeError:
+                    errors.append("TypeError")
+            try:
+                tr.sendto(b"x", bogus=1)
+            except TypeError:
+                errors.append("TypeError")
+            got = []
+            async with asyncio.timeout(5):
+                while len(got) < 5:
+                    got.append(await io_loop.sock_recv(peer, 100))
+            states = [cls.is_closing(tr), tr.is_closing()]
+            tr.close()
+            states += [cls.is_closing(tr), tr.is_closing()]
+            await asyncio.sleep(0)
+            return got, errors, states
+
+    got, errors, states = run_coro(io_loop, main())
+    assert got == [b"one", b"two", b"three", b"four", b"five"]
+    assert errors == ["TypeError"] * 3
+    assert states == [False, False, True, True]
+
+
 def test_udp_error_received_on_refused_port(io_loop):
     # A connected UDP socket gets ECONNREFUSED after sending to a closed
     # port on loopback (ICMP port unreachable): error_received.

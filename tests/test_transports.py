@@ -1191,3 +1191,107 @@ def test_protocol_swapped_for_a_buffered_one_between_large_reads(io_loop):
     assert data == payload
     assert len(swaps) == 1
     assert events == ["eof", ("lost", None)]
+
+
+class _Checker(asyncio.Protocol):
+    """Acks each message with one byte; records, per message, whether the
+    `bytes` it got hashes as a new copy of itself does, and keeps every
+    third one as it is."""
+
+    def __init__(self):
+        self.fresh_hash = []
+        self.kept = []
+        self.count = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        # hash() caches the hash in the object; a copy computes it anew.
+        self.fresh_hash.append(hash(data) == hash(data[:1] + data[1:]))
+        if self.count % 3 == 0:
+            self.kept.append(data)
+        self.count += 1
+        self.transport.write(b"k")
+
+
+def test_bytes_handed_to_data_received_are_each_their_own(io_loop):
+    # Messages of one size, one at a time (each read is one message): every
+    # `bytes` data_received gets has that message's content and hash, and
+    # one the protocol kept is never changed by later reads. (ferroloop
+    # refills a `bytes` no one else holds for the next read of its size;
+    # this is what must hold when it does.)
+    msgs = [bytes([i % 251]) * 700 + i.to_bytes(4, "big") for i in range(60)]
+
+    async def main():
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        t, p = await io_loop.create_connection(_Checker, sock=a)
+        for m in msgs:
+            await io_loop.sock_sendall(b, m)
+            assert await io_loop.sock_recv(b, 1) == b"k"
+        t.close()
+        b.close()
+        return p
+
+    p = run_coro(io_loop, main())
+    assert p.count == len(msgs)
+    assert p.fresh_hash == [True] * len(msgs)
+    assert p.kept == msgs[::3]
+
+
+def test_a_transport_left_open_warns_and_closes_its_socket(io_loop):
+    # asyncio's socket transports warn from __del__ and close the socket.
+    async def main():
+        a, b = socket.socketpair()
+        t, _ = await io_loop.create_connection(asyncio.Protocol, sock=a)
+        t.pause_reading()  # the loop holds no reference to it now
+        return weakref.ref(t), b
+
+    ref, peer = run_coro(io_loop, main())
+    with pytest.warns(ResourceWarning, match="unclosed transport"):
+        gc.collect()
+    assert ref() is None
+    peer.setblocking(False)
+    assert peer.recv(10) == b""  # the transport's end was closed
+    peer.close()
+
+
+def test_write_and_is_closing_are_methods_of_the_transport_class(io_loop):
+    # Called through the class, as any method may be, with asyncio's result.
+    async def main():
+        t, p, peer = await _connected(io_loop, lambda: Proto(io_loop))
+        cls = type(t)
+        cls.write(t, b"via-class")
+        states = [cls.is_closing(t), t.is_closing()]
+        t.close()
+        states += [cls.is_closing(t), t.is_closing()]
+        got = await _recv_all(io_loop, peer)
+        await p.lost
+        peer.close()
+        return states, got
+
+    assert run_coro(io_loop, main()) == ([False, False, True, True], b"via-class")
+
+
+@pytest.mark.parametrize(
+    ("cls_name", "send"),
+    [
+        ("SocketTransport", "write"),
+        ("RingSocketTransport", "write"),
+        ("DatagramTransport", "sendto"),
+    ],
+)
+def test_an_uninitialised_transport_raises_instead_of_crashing(cls_name, send):
+    # ferroloop only: its C write/sendto/is_closing read the core from a
+    # slot that __init__ fills; before that they raise as a missing
+    # attribute would.
+    from ferroloop import _transports
+
+    cls = getattr(_transports, cls_name)
+    t = cls.__new__(cls)
+    with pytest.raises(AttributeError, match="_core"):
+        getattr(t, send)(b"x")
+    with pytest.raises(AttributeError, match="_core"):
+        t.is_closing()
+    assert "uninitialized" in repr(t)

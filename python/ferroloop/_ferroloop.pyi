@@ -37,6 +37,7 @@ __all__ = [
     "WritePipeCore",
     "__version__",
     "_accept_nonblocking",
+    "_install_transport_methods",
     "_register_transport",
     "_ring_features",
     "_sockname",
@@ -356,6 +357,9 @@ def _ring_features() -> _RingFeatures:
 
 def _test_panic(site: Literal["pass", "wait", "timers"] | None = None) -> None:
     """Tests only: the next pass of a loop panics once at ``site``."""
+
+def _install_transport_methods(classes: list[type], datagram: bool = False) -> None:
+    """Give transport classes ``write`` (``sendto`` with ``datagram``) and ``is_closing`` as C methods reading their ``_core`` slot."""
 
 def _register_transport(mapping: MutableMapping[int, Any], fd: int, transport: Any) -> None:
     """``mapping[fd] = transport``, natively for a ``weakref.WeakValueDictionary``."""

@@ -12,8 +12,9 @@ the sendfile fallback, accept it) whose state and work live in a native
 tried at once and buffered in Rust, and flow control, EOF and the close /
 abort ordering follow asyncio's `_SelectorSocketTransport`. This class only
 builds the `extra` mapping, registers the transport with its loop and server,
-and forwards; the hot methods (`write`, `is_closing`) are the core's own bound
-methods, set on the instance, so calling them costs no Python frame.
+and forwards; the hot methods (`write`, `is_closing`) are C methods of the
+class that reach the core through its `_core` slot, so calling them costs no
+Python frame and CPython can specialise their lookup.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ._ferroloop import (
     RingStreamCore,
     StreamCore,
     WritePipeCore,
+    _install_transport_methods,
     _register_transport,
     _sockname,
 )
@@ -163,7 +165,7 @@ class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
     asyncio's socket attributes, over the core."""
 
     def __del__(self, _warn=warnings.warn):
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and core.sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._close_sock()
@@ -185,7 +187,7 @@ class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
         return loop._ff_watch_mask(core.fd)
 
     def _repr_info(self, name):
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is None:
             return f"<{name} uninitialized>"
         info = [name]
@@ -216,6 +218,10 @@ class SocketTransport(
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     max_size = 256 * 1024
 
+    # The core, in a slot: the C `write` and `is_closing` installed below
+    # read it at a fixed place.
+    __slots__ = ("_core",)
+
     _core_class = StreamCore
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
@@ -223,9 +229,6 @@ class SocketTransport(
         core = self._core_class(loop, sock, protocol, self, server)
         self._core = core
         self._sock_fd = core.fd
-        # The hot methods, without a Python frame in between.
-        self.write = core.write
-        self.is_closing = core.is_closing
         if server is not None:
             server._attach()
         _register_transport(loop._transports, self._sock_fd, self)
@@ -272,6 +275,9 @@ class RingSocketTransport(SocketTransport):
         return (_EVENT_READ if reading else 0) | (_EVENT_WRITE if writing else 0)
 
 
+_install_transport_methods([SocketTransport, RingSocketTransport])
+
+
 class DatagramTransport(
     _SocketTransportMixin, _WriteBufferMixin, transports._FlowControlMixin, transports.Transport
 ):
@@ -282,6 +288,9 @@ class DatagramTransport(
     uses asyncio's class name.
     """
 
+    # As SocketTransport's: `sendto` and `is_closing` read the core here.
+    __slots__ = ("_core",)
+
     max_size = 256 * 1024
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
@@ -290,15 +299,14 @@ class DatagramTransport(
         core = DatagramCore(loop, sock, protocol, self, address, bool(self._extra["peername"]))
         self._core = core
         self._sock_fd = core.fd
-        self.sendto = core.sendto
         _register_transport(loop._transports, self._sock_fd, self)
         core._start(waiter)
 
     def __repr__(self):
         return self._repr_info("_SelectorDatagramTransport")
 
-    def sendto(self, data, addr=None):
-        self._core.sendto(data, addr)
+
+_install_transport_methods([DatagramTransport], datagram=True)
 
 
 def _pipe_mode(fileno):

@@ -16,7 +16,10 @@
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use crate::selector::sel::SockTransport;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
@@ -24,6 +27,7 @@ use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::loop_core::LoopCore;
 use crate::proactor::stream::RingStreamCore;
+use crate::selector::datagram::DatagramCore;
 use crate::selector::stream::StreamCore;
 use crate::sock_ops::{Op, SockCall};
 
@@ -396,6 +400,14 @@ const METHODS: [(&CStr, FastFn, &CStr); 7] = [
     ),
 ];
 
+/// `write`'s parameters, as asyncio's `_SelectorSocketTransport.write`
+/// (whose argument errors a wrong call gets).
+const WRITE_SHAPE: Shape = Shape {
+    qualname: "_SelectorSocketTransport.write",
+    names: &["data"],
+    varargs: false,
+};
+
 /// `write(data)` of a transport's core, with asyncio's argument errors
 /// (its transports' `write` is a Python method of `_SelectorSocketTransport`).
 macro_rules! core_write {
@@ -406,11 +418,6 @@ macro_rules! core_write {
             nargsf: ffi::Py_ssize_t,
             kwnames: *mut ffi::PyObject,
         ) -> *mut ffi::PyObject {
-            const SHAPE: Shape = Shape {
-                qualname: "_SelectorSocketTransport.write",
-                names: &["data"],
-                varargs: false,
-            };
             entry(|py| {
                 // SAFETY: CPython calls this through the method descriptor
                 // made for the core's type in `install_cores`, which checks
@@ -419,7 +426,7 @@ macro_rules! core_write {
                 let (me, p) = unsafe {
                     (
                         Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<$core>(),
-                        parse(py, &SHAPE, args, nargsf, kwnames)?,
+                        parse(py, &WRITE_SHAPE, args, nargsf, kwnames)?,
                     )
                 };
                 let [Some(data), _] = p.fixed else {
@@ -434,6 +441,223 @@ macro_rules! core_write {
 
 core_write!(stream_write, StreamCore);
 core_write!(ring_stream_write, RingStreamCore);
+
+/// Where the stream transport classes keep their core (their `_core`
+/// slot), in bytes from the start of the object; 0 until
+/// [`_install_transport_methods`] has read it off the slot's descriptor.
+static STREAM_SLOT: AtomicIsize = AtomicIsize::new(0);
+/// The same for the datagram transport class.
+static DGRAM_SLOT: AtomicIsize = AtomicIsize::new(0);
+
+fn slot_of(datagram: bool) -> &'static AtomicIsize {
+    if datagram {
+        &DGRAM_SLOT
+    } else {
+        &STREAM_SLOT
+    }
+}
+
+/// The core in a transport's `_core` slot, or the `AttributeError` a
+/// missing attribute gets when it has none yet.
+///
+/// # Safety
+/// `slf` is an instance of a class [`_install_transport_methods`] was given
+/// for this `datagram` kind (or of a subclass, which keeps the slot where
+/// it is), as the method descriptors made there check before they call.
+unsafe fn core_in_slot<'py>(
+    py: Python<'py>,
+    slf: *mut ffi::PyObject,
+    datagram: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let off = slot_of(datagram).load(Ordering::Relaxed);
+    // SAFETY: `off` is the offset of an object slot of `slf`'s class (the
+    // caller's contract; it is set before any descriptor that calls this
+    // exists), so a pointer-sized, aligned field of the live object.
+    let core = unsafe { *slf.cast::<u8>().offset(off).cast::<*mut ffi::PyObject>() };
+    if core.is_null() {
+        // SAFETY: `slf` is a live object.
+        let ty = unsafe { Bound::from_borrowed_ptr(py, slf) }.get_type();
+        return Err(PyAttributeError::new_err(format!(
+            "'{}' object has no attribute '_core'",
+            ty.name()?
+        )));
+    }
+    // SAFETY: a non-null object slot holds a strong reference, which the
+    // object keeps for the length of this call.
+    Ok(unsafe { Bound::from_borrowed_ptr(py, core) })
+}
+
+/// A stream transport's `write(data)`: its core's, straight from the slot.
+unsafe extern "C" fn transport_write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        // SAFETY: called through a descriptor `_install_transport_methods`
+        // made for stream transports, which checks `slf`'s class, with the
+        // call's arguments laid out as `parse` expects.
+        let (core, p) = unsafe {
+            (
+                core_in_slot(py, slf, false)?,
+                parse(py, &WRITE_SHAPE, args, nargsf, kwnames)?,
+            )
+        };
+        let [Some(data), _] = p.fixed else {
+            unreachable!("parse checked it")
+        };
+        if let Ok(c) = core.cast::<StreamCore>() {
+            StreamCore::write(c, &data)?;
+        } else if let Ok(c) = core.cast::<RingStreamCore>() {
+            RingStreamCore::write(c, &data)?;
+        } else {
+            core.call_method1(pyo3::intern!(py, "write"), (data,))?;
+        }
+        Ok(py.None())
+    })
+}
+
+/// A datagram transport's `sendto(data, addr=None)`: its core's, straight
+/// from the slot. Calls of another shape go to the core's own method, and
+/// so get its argument errors, as before.
+unsafe extern "C" fn transport_sendto(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        // SAFETY: called through a descriptor `_install_transport_methods`
+        // made for datagram transports, which checks `slf`'s class.
+        let core = unsafe { core_in_slot(py, slf, true)? };
+        // SAFETY: `nargsf` is the count CPython passed, with its flag bit.
+        let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+        if let (true, 1..=2, Ok(c)) = (kwnames.is_null(), nargs, core.cast::<DatagramCore>()) {
+            // SAFETY: CPython passes `nargs` live objects at `args`.
+            let (data, addr) = unsafe {
+                (
+                    Bound::from_borrowed_ptr(py, *args),
+                    (nargs == 2).then(|| Bound::from_borrowed_ptr(py, *args.add(1))),
+                )
+            };
+            DatagramCore::sendto(c, &data, addr.filter(|a| !a.is_none()))?;
+            return Ok(py.None());
+        }
+        let method = core.getattr(pyo3::intern!(py, "sendto"))?;
+        // SAFETY: the call's own arguments, passed on unchanged; the result
+        // is a new reference or NULL with an error set.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyObject_Vectorcall(method.as_ptr(), args, nargsf as usize, kwnames),
+            )
+        }
+        .map(Bound::unbind)
+    })
+}
+
+/// A transport's `is_closing()`: its core's, straight from the slot.
+unsafe extern "C" fn transport_is_closing<const DATAGRAM: bool>(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        // SAFETY: called through a descriptor `_install_transport_methods`
+        // made for this kind of transport, which checks `slf`'s class.
+        let core = unsafe { core_in_slot(py, slf, DATAGRAM)? };
+        let closing = if let Ok(c) = core.cast::<StreamCore>() {
+            SockTransport::sel(c.get()).borrow(py).closing
+        } else if let Ok(c) = core.cast::<RingStreamCore>() {
+            SockTransport::sel(c.get()).borrow(py).closing
+        } else if let Ok(c) = core.cast::<DatagramCore>() {
+            SockTransport::sel(c.get()).borrow(py).closing
+        } else {
+            return Ok(core.call_method0(pyo3::intern!(py, "is_closing"))?.unbind());
+        };
+        Ok(pyo3::types::PyBool::new(py, closing)
+            .to_owned()
+            .into_any()
+            .unbind())
+    })
+}
+
+/// Give transport classes their hot methods as C methods that reach the
+/// core through the class's `_core` slot: `write` and `is_closing` for
+/// stream transports, `sendto` and `is_closing` with `datagram`.
+///
+/// A bound method of the core set on each instance (what the transports
+/// did before) costs no Python frame, but an instance attribute that
+/// shadows a class attribute keeps CPython from specialising the
+/// `transport.write` lookup: every call paid its generic attribute search,
+/// about 200 instructions. A method of the class itself takes the
+/// specialised path. Every class given for one kind must have the same
+/// `_core` slot (a subclass inherits its base's).
+#[pyfunction]
+#[pyo3(signature = (classes, datagram = false))]
+pub fn _install_transport_methods(classes: Vec<Bound<'_, PyType>>, datagram: bool) -> PyResult<()> {
+    for cls in classes {
+        let py = cls.py();
+        // The class attribute is the slot's descriptor, its own or a base's.
+        let slot = cls.getattr("_core")?;
+        let member_type = py.import("types")?.getattr("MemberDescriptorType")?;
+        if !slot.get_type().is(&member_type) {
+            return Err(PyTypeError::new_err("the class has no _core slot"));
+        }
+        // SAFETY: `slot` is a member descriptor (checked above), whose
+        // definition lives as long as its class.
+        let (off, kind) = unsafe {
+            let def = (*slot.as_ptr().cast::<ffi::PyMemberDescrObject>()).d_member;
+            ((*def).offset, (*def).type_code)
+        };
+        if kind != ffi::Py_T_OBJECT_EX || off <= 0 {
+            return Err(PyTypeError::new_err("_core is not an object slot"));
+        }
+        let known = slot_of(datagram).load(Ordering::Relaxed);
+        if known != 0 && known != off {
+            return Err(PyTypeError::new_err(
+                "the classes keep _core in different places",
+            ));
+        }
+        slot_of(datagram).store(off, Ordering::Relaxed);
+        if datagram {
+            put(
+                &cls,
+                c"sendto",
+                ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: transport_sendto,
+                },
+                ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                c"sendto($self, data, addr=None)\n--\n\nSend one datagram, or buffer it.",
+            )?;
+        } else {
+            put(
+                &cls,
+                c"write",
+                ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: transport_write,
+                },
+                ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                c"write($self, data)\n--\n\nWrite the bytes, or buffer what the socket does not take now.",
+            )?;
+        }
+        let is_closing = if datagram {
+            transport_is_closing::<true>
+        } else {
+            transport_is_closing::<false>
+        };
+        put(
+            &cls,
+            c"is_closing",
+            ffi::PyMethodDefPointer {
+                PyCFunction: is_closing,
+            },
+            ffi::METH_NOARGS,
+            c"is_closing($self)\n--\n\nWhether the transport is closing or closed.",
+        )?;
+    }
+    Ok(())
+}
 
 /// `StreamCore._read_ready()`, the reader callback of a selector stream
 /// transport: called for every readiness, so without pyo3's wrapper.

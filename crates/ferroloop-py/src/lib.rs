@@ -81,5 +81,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sockaddr::_accept_nonblocking, m)?)?;
     m.add_function(wrap_pyfunction!(link::_register_transport, m)?)?;
     m.add_function(wrap_pyfunction!(sockaddr::_sockname, m)?)?;
+    m.add_function(wrap_pyfunction!(fastcall::_install_transport_methods, m)?)?;
     Ok(())
 }

@@ -38,6 +38,65 @@ thread_local! {
     pub static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_READ].into_boxed_slice());
 }
 
+thread_local! {
+    /// A `bytes` object a protocol callback handed back untouched, kept to
+    /// carry the next read of its length (see [`recycle`]).
+    static SPARE: std::cell::Cell<Option<Py<PyBytes>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keep `data` for the next read of its length if no one but the caller
+/// holds it any more: a protocol's `data_received` that copied the bytes
+/// (a parser, `bytearray.extend`, a `write` sent at once) leaves it so.
+/// Nothing outside can see the object again, so filling it anew is as good
+/// as a new one, without the `malloc` and `free` of one per read.
+pub fn recycle(data: Bound<'_, PyBytes>) {
+    // SAFETY: `data` is a live object.
+    let sole = unsafe { ffi::Py_REFCNT(data.as_ptr()) } == 1;
+    if sole && data.is_exact_instance_of::<PyBytes>() && (2..=MAX_READ).contains(&ffi_size(&data)) {
+        // The old spare, if any, is freed here with the GIL held.
+        let _gone_at_thread_exit = SPARE.try_with(|s| s.set(Some(data.unbind())));
+    }
+}
+
+/// The spare `bytes` if it has `len` bytes, its cached hash forgotten.
+fn take_spare(py: Python<'_>, len: usize) -> Option<Bound<'_, PyBytes>> {
+    let spare = SPARE.try_with(|s| s.take()).ok().flatten()?.into_bound(py);
+    if ffi_size(&spare) != len {
+        let _gone_at_thread_exit = SPARE.try_with(|s| s.set(Some(spare.unbind())));
+        return None;
+    }
+    // SAFETY: the spare is an exact `bytes` only this thread's caller
+    // holds (checked in `recycle`, and the slot gave up its reference);
+    // its hash field is plain data, -1 meaning "not computed".
+    #[allow(deprecated)]
+    unsafe {
+        (*spare.as_ptr().cast::<ffi::PyBytesObject>()).ob_shash = -1;
+    }
+    Some(spare)
+}
+
+fn ffi_size(b: &Bound<'_, PyBytes>) -> usize {
+    // SAFETY: `b` is a live `bytes`, a variable-size object.
+    unsafe { ffi::Py_SIZE(b.as_ptr()) as usize }
+}
+
+/// A `bytes` holding a copy of `data`: the spare object when it has that
+/// length, else a new one.
+pub fn bytes_from<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    match take_spare(py, data.len()) {
+        Some(b) => {
+            // SAFETY: `b` is unshared (see `take_spare`) and its buffer
+            // holds exactly `data.len()` bytes, which cannot overlap `data`.
+            unsafe {
+                let dst = ffi::PyBytes_AS_STRING(b.as_ptr()).cast::<u8>().cast_mut();
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+            }
+            b
+        }
+        None => PyBytes::new(py, data),
+    }
+}
+
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -443,7 +502,7 @@ pub fn read_bytes<'py>(
         let len = s.len();
         let n = read(fd, s.as_mut_ptr(), len)?;
         big.store(n >= BIG_READ, Ordering::Relaxed);
-        Ok(PyBytes::new(py, &s[..n]))
+        Ok(bytes_from(py, &s[..n]))
     })
 }
 
@@ -497,6 +556,17 @@ impl UninitBytes {
     /// [`Self::new`], with CPython's `MemoryError` when there is no room.
     pub fn try_new(py: Python<'_>, cap: usize) -> PyResult<Self> {
         debug_assert!(cap > 0 && cap <= isize::MAX as usize);
+        if let Some(b) = take_spare(py, cap) {
+            // SAFETY: the spare is unshared, with room for `cap` bytes.
+            let ptr = unsafe { ffi::PyBytes_AS_STRING(b.as_ptr()) }
+                .cast::<u8>()
+                .cast_mut();
+            return Ok(UninitBytes {
+                obj: b.unbind(),
+                ptr,
+                cap,
+            });
+        }
         // SAFETY: a null source asks CPython for an uninitialised `bytes`
         // of `cap` bytes; we hold the GIL.
         let raw =

@@ -123,7 +123,8 @@ pub fn data_received<T: SockTransport>(
     protocol: &Bound<'_, PyAny>,
     data: Bound<'_, pyo3::types::PyBytes>,
 ) -> PyResult<()> {
-    let res = protocol.call_method1(pyo3::intern!(slf.py(), "data_received"), (data,));
+    let res = protocol.call_method1(pyo3::intern!(slf.py(), "data_received"), (&data,));
+    crate::link::recycle(data);
     after_callback(
         slf,
         res,

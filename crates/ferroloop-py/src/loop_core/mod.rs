@@ -1288,7 +1288,7 @@ impl LoopCore {
             return Err(closed_error());
         };
         let data = match chunks {
-            &[(bid, n)] => Ok(pyo3::types::PyBytes::new(
+            &[(bid, n)] => Ok(crate::link::bytes_from(
                 py,
                 ring.buffer(group, bid, n as usize),
             )),

@@ -1021,7 +1021,7 @@ impl RingStreamCore {
         }
         let data = match buf {
             RecvBuf::Own(b) => {
-                let data = PyBytes::new(py, &b[..n]);
+                let data = crate::link::bytes_from(py, &b[..n]);
                 me.io.borrow_mut(py).spare_read = Some(b);
                 data
             }

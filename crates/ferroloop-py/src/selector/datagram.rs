@@ -328,7 +328,10 @@ impl DatagramCore {
             let protocol = self.link.protocol_obj(py);
             let res = protocol
                 .bind(py)
-                .call_method1(pyo3::intern!(py, "datagram_received"), (data, addr));
+                .call_method1(pyo3::intern!(py, "datagram_received"), (&data, addr));
+            if let Ok(data) = data.into_bound(py).cast_into::<PyBytes>() {
+                crate::link::recycle(data);
+            }
             if let Err(e) = res {
                 self.schedule_pending(slf)?;
                 return Err(e);
@@ -361,7 +364,7 @@ impl DatagramCore {
                     let mut st = me.st.borrow_mut(py);
                     (0..*n).try_for_each(|i| {
                         let (data, sa) = batch.get(i);
-                        let data = PyBytes::new(py, data).into_any().unbind();
+                        let data = crate::link::bytes_from(py, data).into_any().unbind();
                         let addr = st.peer_obj(py, sa)?;
                         st.pending.push_back((data, addr, *sa));
                         Ok::<_, PyErr>(())
@@ -480,7 +483,7 @@ impl DatagramCore {
     }
 
     #[pyo3(signature = (data, addr = None))]
-    fn sendto(
+    pub(crate) fn sendto(
         slf: &Bound<'_, Self>,
         data: &Bound<'_, PyAny>,
         addr: Option<Bound<'_, PyAny>>,
