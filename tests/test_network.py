@@ -399,6 +399,31 @@ def test_udp_sendto_and_is_closing_in_every_call_shape(io_loop):
     assert states == [False, False, True, True]
 
 
+def test_udp_transport_left_open_warns_and_closes_its_socket(io_loop):
+    # asyncio's datagram transport warns from __del__ and closes the socket.
+    import gc
+    import weakref
+
+    async def main():
+        tr, _ = await io_loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        tr.pause_reading()  # the loop holds no reference to it now
+        return [tr]
+
+    held = run_coro(io_loop, main())
+    ref, sock = weakref.ref(held[0]), held[0].get_extra_info("socket")
+
+    def drop():
+        held.clear()
+        gc.collect()
+
+    with pytest.warns(ResourceWarning, match="unclosed transport"):
+        drop()
+    assert ref() is None
+    assert sock.fileno() == -1  # closed
+
+
 def test_udp_error_received_on_refused_port(io_loop):
     # A connected UDP socket gets ECONNREFUSED after sending to a closed
     # port on loopback (ICMP port unreachable): error_received.

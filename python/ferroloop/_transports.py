@@ -164,11 +164,8 @@ class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
     """What the stream and datagram transports share: the finalizer and
     asyncio's socket attributes, over the core."""
 
-    def __del__(self, _warn=warnings.warn):
-        core = getattr(self, "_core", None)
-        if core is not None and core.sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core._close_sock()
+    # __del__ (warn and close the socket if left open) is a C method of
+    # each class, installed with `write`/`sendto` below.
 
     _sock = _core_attr("sock")
 

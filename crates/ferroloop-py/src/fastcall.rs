@@ -16,7 +16,9 @@
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyResourceWarning, PyTypeError, PyValueError};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use crate::selector::sel::SockTransport;
@@ -582,6 +584,74 @@ unsafe extern "C" fn transport_is_closing<const DATAGRAM: bool>(
     })
 }
 
+/// `warnings.warn`, taken when the methods are installed: a transport may
+/// be finalised while the interpreter shuts down, when importing no
+/// longer works (the Python `__del__` this replaces bound it as a default
+/// argument for the same reason).
+static WARN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A transport's `__del__`, as asyncio's socket transports have it: one
+/// still holding its socket warns (`ResourceWarning`, with the transport
+/// as the source) and closes the socket. Without a Python frame, as every
+/// connection's transport ends here.
+unsafe extern "C" fn transport_del<const DATAGRAM: bool>(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        let off = slot_of(DATAGRAM).load(Ordering::Relaxed);
+        // SAFETY: as in `core_in_slot`: called through a descriptor made
+        // for this kind of transport, whose `_core` slot is at `off`.
+        let core = unsafe { *slf.cast::<u8>().offset(off).cast::<*mut ffi::PyObject>() };
+        if core.is_null() {
+            return Ok(py.None()); // never initialised
+        }
+        // SAFETY: a non-null object slot holds a strong reference, and
+        // `slf` is a live object for the length of the call.
+        let (me, core) = unsafe {
+            (
+                Bound::from_borrowed_ptr(py, slf),
+                Bound::from_borrowed_ptr(py, core),
+            )
+        };
+        if let Ok(c) = core.cast::<StreamCore>() {
+            finalize(&me, c.get())?;
+        } else if let Ok(c) = core.cast::<RingStreamCore>() {
+            finalize(&me, c.get())?;
+        } else if let Ok(c) = core.cast::<DatagramCore>() {
+            finalize(&me, c.get())?;
+        }
+        Ok(py.None())
+    })
+}
+
+fn finalize<T: SockTransport>(transport: &Bound<'_, PyAny>, core: &T) -> PyResult<()> {
+    let py = transport.py();
+    if core.sel().borrow(py).sock.is_none() {
+        return Ok(());
+    }
+    unclosed_warning(transport)?;
+    crate::selector::sel::close_sock(core, py)
+}
+
+#[cold]
+fn unclosed_warning(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let Some(warn) = WARN.get(py) else {
+        return Ok(());
+    };
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("source", transport)?;
+    warn.bind(py).call(
+        (
+            format!("unclosed transport {}", transport.repr()?),
+            py.get_type::<PyResourceWarning>(),
+        ),
+        Some(&kwargs),
+    )?;
+    Ok(())
+}
+
 /// Give transport classes their hot methods as C methods that reach the
 /// core through the class's `_core` slot: `write` and `is_closing` for
 /// stream transports, `sendto` and `is_closing` with `datagram`.
@@ -641,6 +711,21 @@ pub fn _install_transport_methods(classes: Vec<Bound<'_, PyType>>, datagram: boo
                 c"write($self, data)\n--\n\nWrite the bytes, or buffer what the socket does not take now.",
             )?;
         }
+        WARN.get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("warnings")?.getattr("warn")?.unbind())
+        })?;
+        let del = if datagram {
+            transport_del::<true>
+        } else {
+            transport_del::<false>
+        };
+        put(
+            &cls,
+            c"__del__",
+            ffi::PyMethodDefPointer { PyCFunction: del },
+            ffi::METH_NOARGS,
+            c"__del__($self)\n--\n\nWarn and close the socket if the transport was left open.",
+        )?;
         let is_closing = if datagram {
             transport_is_closing::<true>
         } else {
