@@ -16,7 +16,7 @@ import struct
 import uuid
 
 import pytest
-from conftest import make_loop, normalise, run_coro
+from conftest import BytesRecorder, make_loop, normalise, run_coro
 
 HAS_IPV6 = False
 if socket.has_ipv6:
@@ -313,23 +313,14 @@ def test_udp_echo(io_loop, host):
     assert s_proto.errors == c_proto.errors == []
 
 
-class _DatagramChecker(asyncio.DatagramProtocol):
-    """Acks each datagram; records whether its `bytes` hashes as a new copy
-    of itself does, and keeps every third one as it is."""
-
-    def __init__(self):
-        self.fresh_hash = []
-        self.kept = []
-        self.count = 0
+class _DatagramChecker(asyncio.DatagramProtocol, BytesRecorder):
+    """Records each datagram (see BytesRecorder) and acks it."""
 
     def connection_made(self, transport):
         self.transport = transport
 
     def datagram_received(self, data, addr):
-        self.fresh_hash.append(hash(data) == hash(data[:1] + data[1:]))
-        if self.count % 3 == 0:
-            self.kept.append(data)
-        self.count += 1
+        self.record(data)
         self.transport.sendto(b"k", addr)
 
 

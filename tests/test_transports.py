@@ -16,7 +16,7 @@ import socket
 import weakref
 
 import pytest
-from conftest import fd_count, run_coro
+from conftest import BytesRecorder, fd_count, run_coro
 
 BIG = 4 * 1024 * 1024
 
@@ -1193,25 +1193,14 @@ def test_protocol_swapped_for_a_buffered_one_between_large_reads(io_loop):
     assert events == ["eof", ("lost", None)]
 
 
-class _Checker(asyncio.Protocol):
-    """Acks each message with one byte; records, per message, whether the
-    `bytes` it got hashes as a new copy of itself does, and keeps every
-    third one as it is."""
-
-    def __init__(self):
-        self.fresh_hash = []
-        self.kept = []
-        self.count = 0
+class _Checker(asyncio.Protocol, BytesRecorder):
+    """Records each message (see BytesRecorder) and acks it with one byte."""
 
     def connection_made(self, transport):
         self.transport = transport
 
     def data_received(self, data):
-        # hash() caches the hash in the object; a copy computes it anew.
-        self.fresh_hash.append(hash(data) == hash(data[:1] + data[1:]))
-        if self.count % 3 == 0:
-            self.kept.append(data)
-        self.count += 1
+        self.record(data)
         self.transport.write(b"k")
 
 

@@ -410,39 +410,58 @@ const WRITE_SHAPE: Shape = Shape {
     varargs: false,
 };
 
-/// `write(data)` of a transport's core, with asyncio's argument errors
-/// (its transports' `write` is a Python method of `_SelectorSocketTransport`).
-macro_rules! core_write {
-    ($fn_name:ident, $core:ty) => {
-        unsafe extern "C" fn $fn_name(
-            slf: *mut ffi::PyObject,
-            args: *const *mut ffi::PyObject,
-            nargsf: ffi::Py_ssize_t,
-            kwnames: *mut ffi::PyObject,
-        ) -> *mut ffi::PyObject {
-            entry(|py| {
-                // SAFETY: CPython calls this through the method descriptor
-                // made for the core's type in `install_cores`, which checks
-                // `slf`'s type, with the call's arguments laid out as
-                // `parse` expects.
-                let (me, p) = unsafe {
-                    (
-                        Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<$core>(),
-                        parse(py, &WRITE_SHAPE, args, nargsf, kwnames)?,
-                    )
-                };
-                let [Some(data), _] = p.fixed else {
-                    unreachable!("parse checked it")
-                };
-                <$core>::write(&me, &data)?;
-                Ok(py.None())
-            })
-        }
+/// `write(data)` with asyncio's argument errors (its transports' `write` is
+/// a Python method of `_SelectorSocketTransport`), on a stream core; a core
+/// of another type (a test's stand-in) gets its own `write` called.
+///
+/// # Safety
+/// `args`, `nargsf` and `kwnames` are a vectorcall's, as CPython passed them.
+#[inline(always)]
+unsafe fn write_on(
+    py: Python<'_>,
+    core: &Bound<'_, PyAny>,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Py<PyAny>> {
+    // SAFETY: the caller's contract: the call's arguments as `parse`
+    // expects them.
+    let p = unsafe { parse(py, &WRITE_SHAPE, args, nargsf, kwnames)? };
+    let [Some(data), _] = p.fixed else {
+        unreachable!("parse checked it")
     };
+    if let Ok(c) = core.cast::<StreamCore>() {
+        StreamCore::write(c, &data)?;
+    } else if let Ok(c) = core.cast::<RingStreamCore>() {
+        RingStreamCore::write(c, &data)?;
+    } else {
+        core.call_method1(pyo3::intern!(py, "write"), (data,))?;
+    }
+    Ok(py.None())
 }
 
-core_write!(stream_write, StreamCore);
-core_write!(ring_stream_write, RingStreamCore);
+/// `write(data)` of a stream core (`StreamCore` or `RingStreamCore`).
+unsafe extern "C" fn core_write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        // SAFETY: CPython calls this through the method descriptors made
+        // in `install_cores`, with `slf` a live core and the call's
+        // arguments as it passes them.
+        unsafe {
+            write_on(
+                py,
+                &Bound::from_borrowed_ptr(py, slf),
+                args,
+                nargsf,
+                kwnames,
+            )
+        }
+    })
+}
 
 /// Where the stream transport classes keep their core (their `_core`
 /// slot), in bytes from the start of the object; 0 until
@@ -499,25 +518,33 @@ unsafe extern "C" fn transport_write(
     entry(|py| {
         // SAFETY: called through a descriptor `_install_transport_methods`
         // made for stream transports, which checks `slf`'s class, with the
-        // call's arguments laid out as `parse` expects.
-        let (core, p) = unsafe {
-            (
-                core_in_slot(py, slf, false)?,
-                parse(py, &WRITE_SHAPE, args, nargsf, kwnames)?,
-            )
-        };
-        let [Some(data), _] = p.fixed else {
-            unreachable!("parse checked it")
-        };
-        if let Ok(c) = core.cast::<StreamCore>() {
-            StreamCore::write(c, &data)?;
-        } else if let Ok(c) = core.cast::<RingStreamCore>() {
-            RingStreamCore::write(c, &data)?;
-        } else {
-            core.call_method1(pyo3::intern!(py, "write"), (data,))?;
-        }
-        Ok(py.None())
+        // call's arguments as CPython passes them.
+        unsafe { write_on(py, &core_in_slot(py, slf, false)?, args, nargsf, kwnames) }
     })
+}
+
+/// `obj.name(...)` with a vectorcall's arguments.
+///
+/// # Safety
+/// `args`, `nargsf` and `kwnames` are a vectorcall's, as CPython passed them.
+unsafe fn call_method(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Py<PyAny>> {
+    let method = obj.getattr(name)?;
+    // SAFETY: the caller's contract; the result is a new reference or NULL
+    // with an error set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(method.as_ptr(), args, nargsf as usize, kwnames),
+        )
+    }
+    .map(Bound::unbind)
 }
 
 /// A datagram transport's `sendto(data, addr=None)`: its core's, straight
@@ -546,16 +573,17 @@ unsafe extern "C" fn transport_sendto(
             DatagramCore::sendto(c, &data, addr.filter(|a| !a.is_none()))?;
             return Ok(py.None());
         }
-        let method = core.getattr(pyo3::intern!(py, "sendto"))?;
-        // SAFETY: the call's own arguments, passed on unchanged; the result
-        // is a new reference or NULL with an error set.
+        // SAFETY: the call's own arguments, passed on unchanged.
         unsafe {
-            Bound::from_owned_ptr_or_err(
+            call_method(
                 py,
-                ffi::PyObject_Vectorcall(method.as_ptr(), args, nargsf as usize, kwnames),
+                &core,
+                pyo3::intern!(py, "sendto"),
+                args,
+                nargsf,
+                kwnames,
             )
         }
-        .map(Bound::unbind)
     })
 }
 
@@ -771,14 +799,14 @@ pub fn install_cores(py: Python<'_>) -> PyResult<()> {
     put(
         &py.get_type::<StreamCore>(),
         c"write",
-        fast(stream_write),
+        fast(core_write),
         kw,
         write_doc,
     )?;
     put(
         &py.get_type::<RingStreamCore>(),
         c"write",
-        fast(ring_stream_write),
+        fast(core_write),
         kw,
         write_doc,
     )?;
@@ -793,6 +821,9 @@ pub fn install_cores(py: Python<'_>) -> PyResult<()> {
     )
 }
 
+/// The method definitions [`put`] made, by address.
+static DEFS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
 /// Put a C function on `ty` as the method `name`.
 fn put(
     ty: &Bound<'_, PyType>,
@@ -804,13 +835,19 @@ fn put(
     let py = ty.py();
     // The descriptor keeps a pointer to its definition for as long as it
     // lives, which is the life of the type: leak one per method, once per
-    // process (the module is initialised once).
+    // process (the module and `_transports` are initialised once). The
+    // addresses are kept in `DEFS`, so a Python class freed as the
+    // interpreter exits does not leave them unreachable (what memcheck
+    // would count as lost).
     let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
         ml_name: name.as_ptr(),
         ml_meth: meth,
         ml_flags: flags,
         ml_doc: doc.as_ptr(),
     }));
+    DEFS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(std::ptr::from_mut(def) as usize);
     // SAFETY: `ty` is a live type object and `def` lives for ever;
     // PyDescr_NewMethod returns a new reference or NULL with an error set.
     let descr =
