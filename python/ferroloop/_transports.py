@@ -161,8 +161,9 @@ class _ReadingMixin:
 
 
 class _SocketTransportMixin(_CoreForwardingMixin, _ReadingMixin):
-    """What the stream and datagram transports share: the finalizer and
-    asyncio's socket attributes, over the core."""
+    """What the stream and datagram transports share: asyncio's socket
+    attributes, over the core (their finalizer is a C method of each class,
+    see `_install_transport_methods`)."""
 
     # __del__ (warn and close the socket if left open) is a C method of
     # each class, installed with `write`/`sendto` below.

@@ -478,34 +478,48 @@ fn slot_of(datagram: bool) -> &'static AtomicIsize {
     }
 }
 
-/// The core in a transport's `_core` slot, or the `AttributeError` a
-/// missing attribute gets when it has none yet.
+/// The core in a transport's `_core` slot, None while the slot is empty
+/// (before `__init__` filled it).
 ///
 /// # Safety
 /// `slf` is an instance of a class [`_install_transport_methods`] was given
 /// for this `datagram` kind (or of a subclass, which keeps the slot where
 /// it is), as the method descriptors made there check before they call.
-unsafe fn core_in_slot<'py>(
+unsafe fn slot_core<'py>(
     py: Python<'py>,
     slf: *mut ffi::PyObject,
     datagram: bool,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Option<Bound<'py, PyAny>> {
     let off = slot_of(datagram).load(Ordering::Relaxed);
     // SAFETY: `off` is the offset of an object slot of `slf`'s class (the
     // caller's contract; it is set before any descriptor that calls this
     // exists), so a pointer-sized, aligned field of the live object.
     let core = unsafe { *slf.cast::<u8>().offset(off).cast::<*mut ffi::PyObject>() };
-    if core.is_null() {
-        // SAFETY: `slf` is a live object.
-        let ty = unsafe { Bound::from_borrowed_ptr(py, slf) }.get_type();
-        return Err(PyAttributeError::new_err(format!(
-            "'{}' object has no attribute '_core'",
-            ty.name()?
-        )));
-    }
     // SAFETY: a non-null object slot holds a strong reference, which the
     // object keeps for the length of this call.
-    Ok(unsafe { Bound::from_borrowed_ptr(py, core) })
+    (!core.is_null()).then(|| unsafe { Bound::from_borrowed_ptr(py, core) })
+}
+
+/// [`slot_core`], with the `AttributeError` a missing attribute gets when
+/// the slot is empty.
+///
+/// # Safety
+/// As for [`slot_core`].
+unsafe fn core_in_slot<'py>(
+    py: Python<'py>,
+    slf: *mut ffi::PyObject,
+    datagram: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: the caller's contract, passed on.
+    if let Some(core) = unsafe { slot_core(py, slf, datagram) } {
+        return Ok(core);
+    }
+    // SAFETY: `slf` is a live object.
+    let ty = unsafe { Bound::from_borrowed_ptr(py, slf) }.get_type();
+    Err(PyAttributeError::new_err(format!(
+        "'{}' object has no attribute '_core'",
+        ty.name()?
+    )))
 }
 
 /// A stream transport's `write(data)`: its core's, straight from the slot.
@@ -627,21 +641,13 @@ unsafe extern "C" fn transport_del<const DATAGRAM: bool>(
     _unused: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     entry(|py| {
-        let off = slot_of(DATAGRAM).load(Ordering::Relaxed);
-        // SAFETY: as in `core_in_slot`: called through a descriptor made
-        // for this kind of transport, whose `_core` slot is at `off`.
-        let core = unsafe { *slf.cast::<u8>().offset(off).cast::<*mut ffi::PyObject>() };
-        if core.is_null() {
+        // SAFETY: called through a descriptor `_install_transport_methods`
+        // made for this kind of transport, which checks `slf`'s class.
+        let Some(core) = (unsafe { slot_core(py, slf, DATAGRAM) }) else {
             return Ok(py.None()); // never initialised
-        }
-        // SAFETY: a non-null object slot holds a strong reference, and
-        // `slf` is a live object for the length of the call.
-        let (me, core) = unsafe {
-            (
-                Bound::from_borrowed_ptr(py, slf),
-                Bound::from_borrowed_ptr(py, core),
-            )
         };
+        // SAFETY: `slf` is a live object for the length of the call.
+        let me = unsafe { Bound::from_borrowed_ptr(py, slf) };
         if let Ok(c) = core.cast::<StreamCore>() {
             finalize(&me, c.get())?;
         } else if let Ok(c) = core.cast::<RingStreamCore>() {
