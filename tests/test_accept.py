@@ -276,3 +276,68 @@ def test_servers_see_the_peer_as_the_client_sees_itself(kind, family, tmp_path):
         loop.close()
     assert [peer for peer, _ in seen] == names
     assert all(timeout == 0.0 for _, timeout in seen)
+
+
+FERRO_KINDS = [k for k in KINDS if k.startswith("ferroloop")]
+
+
+# ferroloop only: asyncio takes every waiting connection each time the
+# listener is ready, so it has no one-at-a-time mode to check.
+@pytest.mark.parametrize("kind", FERRO_KINDS)
+def test_listener_takes_one_at_a_time_until_more_wait(kind):
+    """A listener whose last readiness held one connection takes one per
+    readiness (no failing accept after it); ready again at the very next
+    look for I/O, it takes every connection waiting, in that one look.
+    Which pass took each connection is read from the loop's statistics when
+    the protocol factory is called; every pass here looks for I/O (the
+    listener is watched)."""
+    loop = make_loop(kind)
+    taken_at = []
+
+    def factory():
+        taken_at.append(loop.stats().passes)
+        return asyncio.Protocol()
+
+    clients = []
+
+    def connect(port, n):
+        # Blocking connects on loopback: each is in the listener's queue
+        # when connect returns, before the loop looks again.
+        for _ in range(n):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+
+    async def served(n):
+        for _ in range(1000):
+            if len(taken_at) >= n:
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"{len(taken_at)} of {n} connections taken")
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connect(port, 1)  # alone: taken, then accept fails: one at a time
+        await served(1)
+        await asyncio.sleep(0.01)
+        connect(port, 2)  # two at once: one, then the other a look later
+        await served(3)
+        await asyncio.sleep(0.01)
+        connect(port, 4)  # one, then the other three in the next look
+        await served(7)
+        await asyncio.sleep(0.01)
+        connect(port, 3)  # the last readiness held three: all at once
+        await served(10)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        for c in clients:
+            c.close()
+        loop.close()
+    first, pair, four, three = taken_at[:1], taken_at[1:3], taken_at[3:7], taken_at[7:]
+    assert pair[1] == pair[0] + 1, taken_at
+    assert four[1] == four[0] + 1 and four[1] == four[2] == four[3], taken_at
+    assert three[0] == three[1] == three[2], taken_at
+    assert first[0] < pair[0] < four[0] < three[0]

@@ -37,9 +37,12 @@ __all__ = [
     "WritePipeCore",
     "__version__",
     "_accept_nonblocking",
+    "_init_socket_extra",
     "_install_transport_methods",
     "_register_transport",
     "_ring_features",
+    "_server_attach",
+    "_socket_from_fd",
     "_sockname",
     "_test_panic",
 ]
@@ -366,6 +369,16 @@ def _register_transport(mapping: MutableMapping[int, Any], fd: int, transport: A
 
 def _sockname(sock: socket.socket) -> Any:
     """``sock.getsockname()``, natively for a plain socket."""
+
+def _socket_from_fd(family: int, type_: int, proto: int, fd: int) -> socket.socket:
+    """``socket.socket(family, type_, proto, fileno=fd)``, natively for the standard class."""
+
+def _init_socket_extra(transport: Any, sock: socket.socket, extra: Any | None) -> None:
+    """Set ``transport._extra`` to ``extra`` (or a new dict) with the socket (as a
+    ``TransportSocket``), its sockname and, unless given, its peername."""
+
+def _server_attach(server: Any) -> None:
+    """``server._attach()``, natively for ``asyncio.base_events.Server``."""
 
 def _accept_nonblocking(fd: int) -> tuple[int, Any] | None:
     """``listener._accept()``, the new descriptor non-blocking from the start;

@@ -40,7 +40,7 @@ from asyncio import (
 from asyncio.log import logger
 from typing import NamedTuple
 
-from ._ferroloop import Handle, LoopCore, SockCall, _accept_nonblocking
+from ._ferroloop import Handle, LoopCore, SockCall, _socket_from_fd
 from ._transports import (
     DatagramTransport,
     ReadPipeTransport,
@@ -323,20 +323,22 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         native = family in _NATIVE_ACCEPT
         if native:
             listener, type_ = sock.fileno(), type_ | socket.SOCK_NONBLOCK
-        for _ in range(backlog):
+        for taken in range(backlog):
             try:
                 if native:
                     # None: nothing more to accept in this pass (the socket
                     # module would raise BlockingIOError or
-                    # ConnectionAbortedError, caught below).
-                    accepted = _accept_nonblocking(listener)
+                    # ConnectionAbortedError, caught below), or, for a
+                    # listener whose clients come one at a time, its one
+                    # taken (LoopCore._ff_accept).
+                    accepted = self._ff_accept(listener, taken)
                     if accepted is None:
                         return None
                     fd, addr = accepted
                 else:
                     fd, addr = sock._accept()
                 try:
-                    conn = socket.socket(family, type_, proto, fileno=fd)
+                    conn = _socket_from_fd(family, type_, proto, fd)
                 except BaseException:
                     os.close(fd)
                     raise

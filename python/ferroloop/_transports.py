@@ -25,7 +25,7 @@ import os
 import socket
 import stat
 import warnings
-from asyncio import base_events, constants, transports, trsock
+from asyncio import base_events, constants, transports
 
 from ._ferroloop import (
     DatagramCore,
@@ -33,9 +33,10 @@ from ._ferroloop import (
     RingStreamCore,
     StreamCore,
     WritePipeCore,
+    _init_socket_extra,
     _install_transport_methods,
     _register_transport,
-    _sockname,
+    _server_attach,
 )
 
 __all__ = (
@@ -63,25 +64,6 @@ _raw_type = _socket.socket.type.__get__
 _raw_proto = _socket.socket.proto.__get__
 _EVENT_READ = 1
 _EVENT_WRITE = 2
-
-
-def _init_socket_extra(transport, sock, extra):
-    # Only BaseTransport's part of __init__ (the flow-control state is the
-    # core's), written out: `_extra` is `extra`, or a new dict. Then what
-    # asyncio's socket transports put in `extra`.
-    if extra is None:
-        extra = {}
-    transport._extra = extra
-    extra["socket"] = trsock.TransportSocket(sock)
-    try:
-        extra["sockname"] = _sockname(sock)  # sock.getsockname()
-    except OSError:
-        extra["sockname"] = None
-    if "peername" not in extra:
-        try:
-            extra["peername"] = sock.getpeername()
-        except OSError:
-            extra["peername"] = None
 
 
 class _WriteBufferMixin:
@@ -228,7 +210,7 @@ class SocketTransport(
         self._core = core
         self._sock_fd = core.fd
         if server is not None:
-            server._attach()
+            _server_attach(server)
         _register_transport(loop._transports, self._sock_fd, self)
         # Nagle off, as asyncio's _set_nodelay, on the raw ints (asyncio's
         # own helper for objects that only look like sockets).

@@ -4,6 +4,7 @@
 //! passes; `Handle` and `TimerHandle` are what the scheduling methods return.
 //! The public classes live in the Python package `ferroloop`.
 
+mod accepted;
 mod cell;
 mod errors;
 mod fastcall;
@@ -81,6 +82,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sockaddr::_accept_nonblocking, m)?)?;
     m.add_function(wrap_pyfunction!(link::_register_transport, m)?)?;
     m.add_function(wrap_pyfunction!(sockaddr::_sockname, m)?)?;
+    m.add_function(wrap_pyfunction!(accepted::_socket_from_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(accepted::_init_socket_extra, m)?)?;
+    m.add_function(wrap_pyfunction!(accepted::_server_attach, m)?)?;
     m.add_function(wrap_pyfunction!(fastcall::_install_transport_methods, m)?)?;
     Ok(())
 }

@@ -197,6 +197,13 @@ struct State {
     /// Nothing else watches them.
     parked: FdSet,
     events: Vec<Event>,
+    /// How many times the loop has looked for I/O.
+    polls: u64,
+    /// Listeners taking one connection per readiness, with the look for
+    /// I/O at which each last took one (see `_ff_accept`). Never pruned:
+    /// one entry per descriptor number at most, and one left by a closed
+    /// listener only starts its number's next listener one at a time.
+    single_accept: FdMap<RawFd, u64>,
     completions: Vec<Completion<Owner>>,
     shots: Vec<Shot>,
     /// The ring's buffer pool for multishot recvs, made on first use.
@@ -322,6 +329,8 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         next_sweep: 0.0,
         parked: FdSet::default(),
         events: Vec::new(),
+        polls: 0,
+        single_accept: FdMap::default(),
         completions: Vec::new(),
         shots: Vec::new(),
         recv_pool: RecvPool::Untried,
@@ -996,6 +1005,47 @@ impl LoopCore {
                 st.sched.iter().for_each(Item::show);
             },
         )
+    }
+
+    /// The next connection of listening socket `fd` (of family `AF_INET`,
+    /// `AF_INET6` or `AF_UNIX`), as `_accept_nonblocking`, for an accept
+    /// callback that has taken `taken` in this readiness already.
+    ///
+    /// Taking connections until `accept` fails costs a failing system call
+    /// per readiness, for nothing when clients come one at a time. So a
+    /// listener whose last readiness held just one takes one and then
+    /// stops (`None` without a system call), as uvloop's does: the
+    /// listener stays ready while more wait (level-triggered), and ready
+    /// again at the very next look for I/O, it had more: then it takes
+    /// until `accept` fails again, and goes back to one at a time once a
+    /// readiness holds only one.
+    fn _ff_accept(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        taken: usize,
+    ) -> PyResult<Option<(i32, Py<PyAny>)>> {
+        if taken > 0 {
+            let mut st = self.st.borrow_mut(py);
+            let polls = st.polls;
+            if let Some(at) = st.single_accept.get_mut(&fd) {
+                if polls > *at + 1 {
+                    *at = polls;
+                    return Ok(None);
+                }
+            }
+        }
+        let got = crate::sockaddr::_accept_nonblocking(py, fd)?;
+        if got.is_none() {
+            let mut st = self.st.borrow_mut(py);
+            if taken == 1 {
+                let polls = st.polls;
+                st.single_accept.insert(fd, polls);
+            } else {
+                st.single_accept.remove(&fd);
+            }
+        }
+        Ok(got)
     }
 
     /// The loop's statistics, for `ferroloop.Loop.stats()`: passes,

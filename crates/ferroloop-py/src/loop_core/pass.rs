@@ -109,6 +109,7 @@ impl LoopCore {
                 Io::Python(sel) => Wait::Python(sel.clone_ref(py)),
                 Io::Closed => Wait::Skip,
             };
+            st.polls += u64::from(!matches!(wait, Wait::Skip));
             (wait, timeout)
         };
         // Cancelled timers leave the queue here; dropping them may run Python

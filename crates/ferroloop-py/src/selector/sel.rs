@@ -203,10 +203,7 @@ pub fn connection_lost<T: SockTransport>(
         .connection_lost(py, exc, connected, || me.take_sock(py));
     let server = me.sel().borrow_mut(py).server.take();
     let detached = match server {
-        Some(s) => s
-            .bind(py)
-            .call_method0(pyo3::intern!(py, "_detach"))
-            .map(drop),
+        Some(s) => crate::accepted::server_detach(s.bind(py)),
         None => Ok(()),
     };
     lost?;

@@ -1,0 +1,238 @@
+//! What a new socket transport is built from, made natively: the
+//! `socket.socket` of an accepted descriptor, the transport's `extra`
+//! (with its `TransportSocket`), and the server's count of attached
+//! transports.
+//!
+//! asyncio builds these with small Python functions (`socket.socket`'s
+//! `__init__`, `TransportSocket.__init__`, `Server._attach` and
+//! `_detach`), a Python frame each for every connection. Each is done
+//! here the way the function does it, for exactly the standard class with
+//! its type unchanged since it was looked at (a class whose attributes
+//! were replaced gets a new version tag, or none); anything else gets the
+//! Python function itself.
+
+use pyo3::exceptions::{PyAssertionError, PyOSError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+
+/// A class and its version tag when it was looked up.
+struct Pinned {
+    ty: Py<PyType>,
+    tag: u32,
+}
+
+impl Pinned {
+    fn new(ty: Bound<'_, PyType>) -> Pinned {
+        let tag = tag_of(&ty);
+        Pinned {
+            ty: ty.unbind(),
+            tag,
+        }
+    }
+
+    /// `obj` is exactly of this class, and the class is unchanged.
+    fn holds(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> bool {
+        let ty = self.ty.bind(py);
+        obj.get_type().is(ty) && self.unchanged(py)
+    }
+
+    fn unchanged(&self, py: Python<'_>) -> bool {
+        self.tag != 0 && tag_of(self.ty.bind(py)) == self.tag
+    }
+}
+
+fn tag_of(ty: &Bound<'_, PyType>) -> u32 {
+    // SAFETY: `ty` is a live type object; its version tag is a plain field
+    // read under the GIL.
+    unsafe { (*ty.as_type_ptr()).tp_version_tag }
+}
+
+/// `socket.socket`, `asyncio.trsock.TransportSocket` and
+/// `asyncio.base_events.Server`.
+struct Classes {
+    socket: Pinned,
+    transport_socket: Pinned,
+    server: Pinned,
+}
+
+static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
+
+fn classes(py: Python<'_>) -> PyResult<&Classes> {
+    CLASSES.get_or_try_init(py, || {
+        let class = |module: &str, name: &str| -> PyResult<Pinned> {
+            let ty = py.import(module)?.getattr(name)?.cast_into::<PyType>()?;
+            // A lookup on the class gives it a valid version tag.
+            ty.getattr("__init__")?;
+            Ok(Pinned::new(ty))
+        };
+        Ok(Classes {
+            socket: class("socket", "socket")?,
+            transport_socket: class("asyncio.trsock", "TransportSocket")?,
+            server: class("asyncio.base_events", "Server")?,
+        })
+    })
+}
+
+/// A new instance of `ty` from its `tp_new`, without `__init__`.
+fn new_instance<'py>(
+    py: Python<'py>,
+    ty: &Bound<'py, PyType>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `ty` is a live type object; every class reaching here has a
+    // `tp_new` (inherited from `object` or `_socket.socket`), called with
+    // a live tuple and no keywords, and returning a new reference or NULL
+    // with an error set.
+    unsafe {
+        let new = (*ty.as_type_ptr())
+            .tp_new
+            .ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("no tp_new"))?;
+        Bound::from_owned_ptr_or_err(
+            py,
+            new(ty.as_type_ptr(), args.as_ptr(), std::ptr::null_mut()),
+        )
+    }
+}
+
+/// `socket.socket(family, type, proto, fileno=fd)`. For the standard
+/// class, what its `__init__` does without its frame: `_socket.socket`'s
+/// own initialisation (which checks the descriptor is a socket), then
+/// `_io_refs = 0` and `_closed = False`.
+#[pyfunction]
+pub fn _socket_from_fd<'py>(
+    py: Python<'py>,
+    family: &Bound<'py, PyAny>,
+    type_: &Bound<'py, PyAny>,
+    proto: &Bound<'py, PyAny>,
+    fd: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let c = classes(py)?;
+    let ty = c.socket.ty.bind(py);
+    if !c.socket.unchanged(py) {
+        return ty.call1((family, type_, proto, fd));
+    }
+    let args = PyTuple::new(py, [family, type_, proto, fd])?;
+    let sock = new_instance(py, ty, &args)?;
+    // SAFETY: `socket.socket`'s base is `_socket.socket`, a static type
+    // whose `tp_init` takes (family, type, proto, fileno) as a tuple; `sock`
+    // is a fresh instance of the subclass, and the call returns 0 or -1
+    // with an error set.
+    let failed = unsafe {
+        let base = (*ty.as_type_ptr()).tp_base;
+        match (*base).tp_init {
+            Some(init) => init(sock.as_ptr(), args.as_ptr(), std::ptr::null_mut()) < 0,
+            None => false,
+        }
+    };
+    if failed {
+        return Err(PyErr::fetch(py));
+    }
+    sock.setattr(pyo3::intern!(py, "_io_refs"), 0)?;
+    sock.setattr(pyo3::intern!(py, "_closed"), false)?;
+    Ok(sock)
+}
+
+/// `trsock.TransportSocket(sock)`: for the standard class, a new instance
+/// with its one slot, `_sock`, set, as its `__init__` sets it.
+fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    let c = classes(py)?;
+    let ty = c.transport_socket.ty.bind(py);
+    if !c.transport_socket.unchanged(py) {
+        return ty.call1((sock,));
+    }
+    let t = new_instance(py, ty, &PyTuple::empty(py))?;
+    t.setattr(pyo3::intern!(py, "_sock"), sock)?;
+    Ok(t)
+}
+
+/// What asyncio's socket transports put in `extra`, and `BaseTransport`'s
+/// part of `__init__` (the flow-control state is the core's): the
+/// transport's `_extra` is `extra`, or a new dict, holding the socket (as
+/// a `TransportSocket`), its `sockname` and, unless given, its `peername`,
+/// each None where the system call fails.
+#[pyfunction]
+pub fn _init_socket_extra(
+    transport: &Bound<'_, PyAny>,
+    sock: &Bound<'_, PyAny>,
+    extra: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let py = transport.py();
+    let extra = extra.unwrap_or_else(|| PyDict::new(py).into_any());
+    transport.setattr(pyo3::intern!(py, "_extra"), &extra)?;
+    extra.set_item(pyo3::intern!(py, "socket"), transport_socket(sock)?)?;
+    let name = match crate::sockaddr::_sockname(sock) {
+        Ok(n) => n.into_bound(py),
+        Err(e) if e.is_instance_of::<PyOSError>(py) => py.None().into_bound(py),
+        Err(e) => return Err(e),
+    };
+    extra.set_item(pyo3::intern!(py, "sockname"), name)?;
+    let peername = pyo3::intern!(py, "peername");
+    if !extra.contains(peername)? {
+        let peer = match sock.call_method0(pyo3::intern!(py, "getpeername")) {
+            Ok(p) => p,
+            Err(e) if e.is_instance_of::<PyOSError>(py) => py.None().into_bound(py),
+            Err(e) => return Err(e),
+        };
+        extra.set_item(peername, peer)?;
+    }
+    Ok(())
+}
+
+/// The standard `Server`, with neither method replaced on the instance.
+fn plain_server(server: &Bound<'_, PyAny>, method: &Bound<'_, pyo3::types::PyString>) -> bool {
+    let py = server.py();
+    let Ok(c) = classes(py) else {
+        return false;
+    };
+    if !c.server.holds(py, server) {
+        return false;
+    }
+    match server.getattr(pyo3::intern!(py, "__dict__")) {
+        Ok(d) => d
+            .cast::<PyDict>()
+            .is_ok_and(|d| !d.contains(method).unwrap_or(true)),
+        Err(_) => false,
+    }
+}
+
+/// `server._attach()`: for the standard `Server`, what it does, one more
+/// transport counted (after asserting the server still has its sockets).
+#[pyfunction]
+pub fn _server_attach(server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    let method = pyo3::intern!(py, "_attach");
+    if !plain_server(server, method) {
+        return server.call_method0(method).map(drop);
+    }
+    if server.getattr(pyo3::intern!(py, "_sockets"))?.is_none() {
+        return Err(PyAssertionError::new_err(()));
+    }
+    let count = pyo3::intern!(py, "_active_count");
+    let n = server.getattr(count)?.add(1)?;
+    server.setattr(count, n)
+}
+
+/// `server._detach()`: for the standard `Server`, what it does, one
+/// transport fewer counted, and the server's waiters woken when that was
+/// the last one of a server that stopped serving.
+pub fn server_detach(server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    let method = pyo3::intern!(py, "_detach");
+    if !plain_server(server, method) {
+        return server.call_method0(method).map(drop);
+    }
+    let count = pyo3::intern!(py, "_active_count");
+    let n = server.getattr(count)?;
+    if !n.gt(0)? {
+        return Err(PyAssertionError::new_err(()));
+    }
+    let n = n.sub(1)?;
+    let last = n.eq(0)?;
+    server.setattr(count, n)?;
+    if last && server.getattr(pyo3::intern!(py, "_sockets"))?.is_none() {
+        server.call_method0(pyo3::intern!(py, "_wakeup"))?;
+    }
+    Ok(())
+}

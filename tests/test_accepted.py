@@ -1,0 +1,224 @@
+"""What an accepted connection's transport is built from, made natively
+(`ferroloop._ferroloop._socket_from_fd`, `_init_socket_extra`,
+`_server_attach` and the core's detach): the same socket object, extra
+info and server bookkeeping as asyncio's Python functions give, the same
+errors, and the Python function itself wherever a class or an instance was
+changed."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from asyncio import base_events, trsock
+
+import pytest
+from conftest import LOOP_KINDS, make_loop, run_coro
+from ferroloop._ferroloop import _socket_from_fd
+
+
+def _pair_fd():
+    a, b = socket.socketpair()
+    fd = os.dup(a.fileno())
+    a.close()
+    return fd, b
+
+
+def test_socket_from_fd_is_the_socket_modules_socket():
+    fd, peer = _pair_fd()
+    fd2 = os.dup(fd)
+    try:
+        ours = _socket_from_fd(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, 0, fd)
+        theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, 0, fd2)
+        assert type(ours) is socket.socket
+        for attr in ("family", "type", "proto", "_io_refs", "_closed"):
+            assert getattr(ours, attr) == getattr(theirs, attr), attr
+        assert ours.fileno() == fd
+        assert ours.gettimeout() == theirs.gettimeout() == 0.0
+        assert ours.getsockname() == theirs.getsockname()
+        peer.sendall(b"x")
+        assert ours.recv(1) == b"x"
+        # A makefile() user keeps its descriptor open, as the module's.
+        f = ours.makefile("rb")
+        ours.close()
+        assert ours._closed and ours.fileno() == fd
+        os.fstat(fd)
+        f.close()
+        assert ours.fileno() == -1
+        with pytest.raises(OSError) as e:
+            os.fstat(fd)
+        assert e.value.errno == errno.EBADF
+        theirs.close()
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("what", ["file", "closed"])
+def test_socket_from_fd_raises_what_the_socket_module_raises(what, tmp_path):
+    def make():
+        if what == "file":
+            return os.open(tmp_path / "f", os.O_CREAT | os.O_RDWR)
+        fd = os.open(tmp_path / "g", os.O_CREAT | os.O_RDWR)
+        os.close(fd)
+        return fd
+
+    fd = make()
+    try:
+        with pytest.raises(OSError) as theirs:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    finally:
+        if what == "file":
+            os.close(fd)
+    fd = make()
+    try:
+        with pytest.raises(OSError) as ours:
+            _socket_from_fd(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+        if what == "file":
+            os.fstat(fd)  # left open for the caller to close, as the module's
+    finally:
+        if what == "file":
+            os.close(fd)
+    assert type(ours.value) is type(theirs.value)
+    assert ours.value.errno == theirs.value.errno
+
+
+def test_socket_from_fd_calls_a_replaced_init(monkeypatch):
+    calls = []
+    original = socket.socket.__init__
+
+    def init(self, *args, **kwargs):
+        calls.append(args)
+        original(self, *args, **kwargs)
+
+    fd, peer = _pair_fd()
+    monkeypatch.setattr(socket.socket, "__init__", init)
+    try:
+        s = _socket_from_fd(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+        s.close()
+    finally:
+        peer.close()
+    assert calls == [(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)]
+
+
+async def _serve(loop, clients, on_made=None):
+    made = []
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    server = await loop.create_server(Proto, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(clients)]
+    for _ in range(500):
+        if len(made) == clients:
+            break
+        await asyncio.sleep(0.002)
+    return server, socks, made
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_accepted_transports_extra_info(kind):
+    loop = make_loop(kind)
+
+    async def main():
+        server, socks, made = await _serve(loop, 2)
+        try:
+            got = []
+            for t, c in zip(made, socks):
+                s = t.get_extra_info("socket")
+                got.append(
+                    (
+                        type(s),
+                        s.fileno() == t._sock.fileno(),
+                        t.get_extra_info("sockname") == c.getpeername(),
+                        t.get_extra_info("peername") == c.getsockname(),
+                        sorted(t._extra),
+                    )
+                )
+            return got
+        finally:
+            for c in socks:
+                c.close()
+            server.close()
+            await server.wait_closed()
+
+    try:
+        got = run_coro(loop, main())
+    finally:
+        loop.close()
+    want = (trsock.TransportSocket, True, True, True, ["peername", "socket", "sockname"])
+    assert got == [want, want]
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_server_counts_its_transports_and_wakes_when_the_last_goes(kind):
+    loop = make_loop(kind)
+
+    async def main():
+        server, socks, made = await _serve(loop, 3)
+        counts = [server._active_count]
+        server.close()
+        # (Python 3.11's wait_closed returns at once after close(); the
+        # waiters list is what the last transport's detach empties.)
+        waiters = [server._waiters is not None]
+        for t in made[:2]:
+            t.close()
+        await asyncio.sleep(0.01)
+        counts.append(server._active_count)
+        waiters.append(server._waiters is not None)
+        made[2].close()
+        await asyncio.sleep(0.01)
+        counts.append(server._active_count)
+        waiters.append(server._waiters is not None)
+        for c in socks:
+            c.close()
+        return counts, waiters
+
+    try:
+        counts, waiters = run_coro(loop, main())
+    finally:
+        loop.close()
+    assert counts == [3, 1, 0]
+    assert waiters == [True, True, False]
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_server_methods_replaced_on_the_instance_or_a_subclass_are_called(kind, monkeypatch):
+    loop = make_loop(kind)
+    log = []
+
+    class MyServer(base_events.Server):
+        def _attach(self):
+            log.append("attach")
+            super()._attach()
+
+    async def main():
+        server, socks, made = await _serve(loop, 1)
+        real = server._detach
+
+        def detach():
+            log.append("detach")
+            real()
+
+        server._detach = detach
+        made[0].close()
+        await asyncio.sleep(0.01)
+        # A subclass (its class differs from asyncio's Server).
+        server.__class__ = MyServer
+        socks.append(socket.create_connection(server.sockets[0].getsockname()))
+        for _ in range(500):
+            if "attach" in log:
+                break
+            await asyncio.sleep(0.002)
+        for c in socks:
+            c.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        run_coro(loop, main())
+    finally:
+        loop.close()
+    assert log[:2] == ["detach", "attach"]
