@@ -222,3 +222,36 @@ def test_server_methods_replaced_on_the_instance_or_a_subclass_are_called(kind, 
     finally:
         loop.close()
     assert log[:2] == ["detach", "attach"]
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_failing_protocol_factory_is_reported_in_debug_mode(kind):
+    loop = make_loop(kind)
+    loop.set_debug(True)
+    contexts = []
+    loop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
+    error = ZeroDivisionError("no protocol")
+
+    def factory():
+        raise error
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        _, w = await asyncio.open_connection(*addr)
+        w.close()
+        await w.wait_closed()
+        for _ in range(500):
+            if contexts:
+                break
+            await asyncio.sleep(0.002)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        run_coro(loop, main())
+    finally:
+        loop.close()
+    assert [(c["message"], c["exception"], sorted(c)) for c in contexts] == [
+        ("Error on transport creation for incoming connection", error, ["exception", "message"])
+    ]

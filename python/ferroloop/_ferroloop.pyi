@@ -36,6 +36,7 @@ __all__ = [
     "TimerHandle",
     "WritePipeCore",
     "__version__",
+    "_accept_into",
     "_accept_nonblocking",
     "_init_socket_extra",
     "_install_transport_methods",
@@ -369,6 +370,17 @@ def _register_transport(mapping: MutableMapping[int, Any], fd: int, transport: A
 
 def _sockname(sock: socket.socket) -> Any:
     """``sock.getsockname()``, natively for a plain socket."""
+
+def _accept_into(
+    loop: Any,
+    transport_class: Any,
+    protocol_factory: Any,
+    conn: socket.socket,
+    addr: Any,
+    server: Any,
+) -> None:
+    """An accepted connection's protocol and transport, made in a copy of the context;
+    errors closed over and reported in debug mode only, as asyncio's accept task."""
 
 def _socket_from_fd(family: int, type_: int, proto: int, fd: int) -> socket.socket:
     """``socket.socket(family, type_, proto, fileno=fd)``, natively for the standard class."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import _socket
 import collections.abc
-import contextvars
 import errno
 import functools
 import os
@@ -40,7 +39,7 @@ from asyncio import (
 from asyncio.log import logger
 from typing import NamedTuple
 
-from ._ferroloop import Handle, LoopCore, SockCall, _socket_from_fd
+from ._ferroloop import Handle, LoopCore, SockCall, _accept_into, _socket_from_fd
 from ._transports import (
     DatagramTransport,
     ReadPipeTransport,
@@ -334,9 +333,10 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                     accepted = self._ff_accept(listener, taken)
                     if accepted is None:
                         return None
-                    fd, addr = accepted
+                    fd, addr, last = accepted
                 else:
                     fd, addr = sock._accept()
+                    last = False
                 try:
                     conn = _socket_from_fd(family, type_, proto, fd)
                 except BaseException:
@@ -373,36 +373,13 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                 )
                 return None
             else:
-                contextvars.copy_context().run(
-                    self._ff_accept_into,
-                    self._ff_stream_transport,
-                    protocol_factory,
-                    conn,
-                    addr,
-                    server,
-                )
+                # The protocol and the transport, in a copy of the context
+                # as a task would have it; an error is reported in debug
+                # mode only, as asyncio's accept task reports it.
+                _accept_into(self, self._ff_stream_transport, protocol_factory, conn, addr, server)
+                if last:
+                    return None
         return None
-
-    def _ff_accept_into(self, transport_class, protocol_factory, conn, addr, server):
-        protocol = transport = None
-        try:
-            protocol = protocol_factory()
-            transport = transport_class(self, conn, protocol, None, {"peername": addr}, server)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # noqa: BLE001 -- as asyncio: logged in debug mode only
-            if transport is None:
-                conn.close()
-            if self._debug:
-                context = {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-                if protocol is not None:
-                    context["protocol"] = protocol
-                if transport is not None:
-                    context["transport"] = transport
-                self.call_exception_handler(context)
 
     # Pipes (connect_read_pipe / connect_write_pipe and subprocess pipes).
 

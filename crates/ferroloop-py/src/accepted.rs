@@ -11,7 +11,8 @@
 //! were replaced gets a new version tag, or none); anything else gets the
 //! Python function itself.
 
-use pyo3::exceptions::{PyAssertionError, PyOSError};
+use pyo3::exceptions::{PyAssertionError, PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -233,6 +234,81 @@ pub fn server_detach(server: &Bound<'_, PyAny>) -> PyResult<()> {
     server.setattr(count, n)?;
     if last && server.getattr(pyo3::intern!(py, "_sockets"))?.is_none() {
         server.call_method0(pyo3::intern!(py, "_wakeup"))?;
+    }
+    Ok(())
+}
+
+/// asyncio runs each accepted connection's setup in a task, and so in a
+/// copy of the context; ferroloop runs it in the accept callback, in a copy
+/// made here: the protocol from `protocol_factory`, then the transport
+/// (`transport_class(loop, conn, protocol, None, {"peername": addr},
+/// server)`). An error other than `SystemExit` and `KeyboardInterrupt`
+/// closes `conn` if no transport took it, and is reported to the loop's
+/// exception handler in debug mode only, as asyncio's accept task reports
+/// it.
+#[pyfunction]
+pub fn _accept_into(
+    loop_: &Bound<'_, PyAny>,
+    transport_class: &Bound<'_, PyAny>,
+    protocol_factory: &Bound<'_, PyAny>,
+    conn: &Bound<'_, PyAny>,
+    addr: &Bound<'_, PyAny>,
+    server: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = loop_.py();
+    // SAFETY: with the thread attached, PyContext_CopyCurrent returns a
+    // new reference or NULL with an error set.
+    let ctx = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
+    // SAFETY: `ctx` is a live, fresh context object, entered in this
+    // thread and exited below before it is dropped.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let made = set_up(loop_, transport_class, protocol_factory, conn, addr, server);
+    // SAFETY: `ctx` is the context this thread entered above.
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    made
+}
+
+fn set_up(
+    loop_: &Bound<'_, PyAny>,
+    transport_class: &Bound<'_, PyAny>,
+    protocol_factory: &Bound<'_, PyAny>,
+    conn: &Bound<'_, PyAny>,
+    addr: &Bound<'_, PyAny>,
+    server: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = loop_.py();
+    let mut protocol = None;
+    let mut made = || -> PyResult<Bound<'_, PyAny>> {
+        let p = protocol_factory.call0()?;
+        protocol = Some(p.clone());
+        let extra = PyDict::new(py);
+        extra.set_item(pyo3::intern!(py, "peername"), addr)?;
+        transport_class.call1((loop_, conn, p, py.None(), extra, server))
+    };
+    let Err(exc) = made() else {
+        return Ok(());
+    };
+    if exc.is_instance_of::<PySystemExit>(py) || exc.is_instance_of::<PyKeyboardInterrupt>(py) {
+        return Err(exc);
+    }
+    // No transport was made (its constructor raised), so none took the
+    // socket.
+    conn.call_method0(pyo3::intern!(py, "close"))?;
+    if loop_.getattr(pyo3::intern!(py, "_debug"))?.is_truthy()? {
+        let context = PyDict::new(py);
+        context.set_item(
+            "message",
+            "Error on transport creation for incoming connection",
+        )?;
+        context.set_item("exception", exc.value(py))?;
+        if let Some(p) = protocol {
+            context.set_item("protocol", p)?;
+        }
+        loop_.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
     }
     Ok(())
 }

@@ -83,6 +83,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(link::_register_transport, m)?)?;
     m.add_function(wrap_pyfunction!(sockaddr::_sockname, m)?)?;
     m.add_function(wrap_pyfunction!(accepted::_socket_from_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(accepted::_accept_into, m)?)?;
     m.add_function(wrap_pyfunction!(accepted::_init_socket_extra, m)?)?;
     m.add_function(wrap_pyfunction!(accepted::_server_attach, m)?)?;
     m.add_function(wrap_pyfunction!(fastcall::_install_transport_methods, m)?)?;
