@@ -255,3 +255,92 @@ def test_failing_protocol_factory_is_reported_in_debug_mode(kind):
     assert [(c["message"], c["exception"], sorted(c)) for c in contexts] == [
         ("Error on transport creation for incoming connection", error, ["exception", "message"])
     ]
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_tcp_transports_turn_nagle_off(kind, tmp_path):
+    """Accepted and connected TCP transports have TCP_NODELAY set, as
+    asyncio's; a socket.socket subclass gets its own setsockopt called."""
+    loop = make_loop(kind)
+    calls = []
+
+    class MySock(socket.socket):
+        def setsockopt(self, *args):
+            calls.append(args)
+            super().setsockopt(*args)
+
+    async def main():
+        server, socks, made = await _serve(loop, 1)
+        accepted = made[0].get_extra_info("socket")
+        port = server.sockets[0].getsockname()[1]
+        client, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        connected = client.get_extra_info("socket")
+        flags = [
+            s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0 for s in (accepted, connected)
+        ]
+        raw = MySock(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        raw.setblocking(False)
+        await loop.sock_connect(raw, ("127.0.0.1", port))
+        t = loop._make_socket_transport(raw, asyncio.Protocol())
+        await asyncio.sleep(0)
+        mine = raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        for tr in (t, client, *made):
+            tr.close()
+        for c in socks:
+            c.close()
+        server.close()
+        await server.wait_closed()
+        return flags, mine
+
+    try:
+        flags, mine = run_coro(loop, main())
+    finally:
+        loop.close()
+    assert flags == [True, True]
+    assert mine and calls == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+@pytest.mark.parametrize("kind", ["ferroloop", "ferroloop-proactor"])
+def test_stream_transport_init_call_shapes(kind):
+    """The transports' C `__init__` takes the positional shape; keywords
+    for any parameter and wrong counts go through the Python signature."""
+    loop = make_loop(kind)
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    async def main():
+        cls = loop._ff_stream_transport
+        results = []
+        for how in ("positional", "keywords", "server-keyword"):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            waiter = loop.create_future()
+            if how == "positional":
+                t = cls(loop, a, P(), waiter, None, None)
+            elif how == "keywords":
+                t = cls(protocol=P(), sock=a, loop=loop, waiter=waiter)
+            else:
+                t = cls(loop, a, P(), waiter=waiter, extra={"x": 1}, server=None)
+            await asyncio.wait_for(waiter, 2)
+            b.sendall(b"")
+            results.append((type(t) is cls, t.get_extra_info("socket") is not None))
+            t.close()
+            b.close()
+        with pytest.raises(TypeError):
+            cls(loop, a)
+        with pytest.raises(TypeError):
+            cls(loop, a, P(), None, None, None, "extra")
+        with pytest.raises(TypeError):
+            cls(loop, a, P(), bogus=1)
+        await asyncio.sleep(0.01)
+        return results
+
+    try:
+        results = run_coro(loop, main())
+    finally:
+        loop.close()
+    assert results == [(True, True)] * 3
+    assert len(made) == 3

@@ -372,7 +372,7 @@ def _sockname(sock: socket.socket) -> Any:
     """``sock.getsockname()``, natively for a plain socket."""
 
 def _accept_into(
-    loop: Any,
+    loop_: Any,
     transport_class: Any,
     protocol_factory: Any,
     conn: socket.socket,

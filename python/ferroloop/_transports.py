@@ -22,10 +22,9 @@ from __future__ import annotations
 import _socket
 import operator
 import os
-import socket
 import stat
 import warnings
-from asyncio import base_events, constants, transports
+from asyncio import constants, transports
 
 from ._ferroloop import (
     DatagramCore,
@@ -36,7 +35,6 @@ from ._ferroloop import (
     _init_socket_extra,
     _install_transport_methods,
     _register_transport,
-    _server_attach,
 )
 
 __all__ = (
@@ -56,7 +54,6 @@ def _core_attr(name):
     return property(operator.attrgetter(f"_core.{name}"))
 
 
-_INET = (socket.AF_INET, socket.AF_INET6)
 # The C-level attributes of a socket object (plain ints; the socket.socket
 # properties convert them to enums on every read).
 _raw_family = _socket.socket.family.__get__
@@ -204,25 +201,14 @@ class SocketTransport(
 
     _core_class = StreamCore
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        _init_socket_extra(self, sock, extra)
-        core = self._core_class(loop, sock, protocol, self, server)
-        self._core = core
-        self._sock_fd = core.fd
-        if server is not None:
-            _server_attach(server)
-        _register_transport(loop._transports, self._sock_fd, self)
-        # Nagle off, as asyncio's _set_nodelay, on the raw ints (asyncio's
-        # own helper for objects that only look like sockets).
-        if not issubclass(type(sock), _socket.socket):  # mocks pass isinstance
-            base_events._set_nodelay(sock)
-        elif (
-            _raw_family(sock) in _INET
-            and _raw_type(sock) == socket.SOCK_STREAM
-            and _raw_proto(sock) == socket.IPPROTO_TCP
-        ):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        core._start(waiter)
+    # `__init__` is a C method of the class (`_install_transport_methods`
+    # below): the extra info, the core (of `_core_class`) in the `_core`
+    # slot, `_sock_fd`, the server's count, the `loop._transports` entry,
+    # Nagle off as asyncio turns it off, and the core started. Calls of
+    # another shape (keywords for the first three, too few or too many
+    # arguments) come here first, for Python's argument errors.
+    def _py_init(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        SocketTransport.__init__(self, loop, sock, protocol, waiter, extra, server)
 
     def __repr__(self):
         return self._repr_info(_REPR_NAME)

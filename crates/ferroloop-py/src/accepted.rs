@@ -312,3 +312,124 @@ fn set_up(
     }
     Ok(())
 }
+
+/// `_socket.socket`'s own `family`, `type` and `proto` (member descriptors
+/// reading the plain ints; `socket.socket`'s properties make enums).
+static RAW_SOCKET: PyOnceLock<(Py<PyType>, [Py<PyAny>; 3])> = PyOnceLock::new();
+
+/// `descr.__get__(obj)` for a member descriptor of `obj`'s base.
+fn raw_get<'py>(descr: &Bound<'py, PyAny>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    // SAFETY: `descr` is a live member descriptor, whose type has a
+    // `tp_descr_get`; it returns a new reference or NULL with an error set.
+    unsafe {
+        let get = (*ffi::Py_TYPE(descr.as_ptr()))
+            .tp_descr_get
+            .ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("not a descriptor"))?;
+        Bound::from_owned_ptr_or_err(
+            py,
+            get(
+                descr.as_ptr(),
+                obj.as_ptr(),
+                ffi::Py_TYPE(obj.as_ptr()).cast::<ffi::PyObject>(),
+            ),
+        )
+    }
+}
+
+/// Nagle's algorithm off, as asyncio's socket transports turn it off: on
+/// a TCP stream socket of family `AF_INET` or `AF_INET6` (asyncio's own
+/// helper for objects that only look like sockets). `fd` is the socket's
+/// descriptor, for a plain `socket.socket`.
+fn set_nodelay(sock: &Bound<'_, PyAny>, fd: Option<i32>) -> PyResult<()> {
+    let py = sock.py();
+    let (base, [family, type_, proto]) = RAW_SOCKET.get_or_try_init(py, || {
+        let base = py
+            .import("_socket")?
+            .getattr("socket")?
+            .cast_into::<PyType>()?;
+        let d = base.getattr("__dict__")?;
+        let get = |n: &str| d.get_item(n).map(Bound::unbind);
+        Ok::<_, PyErr>((
+            base.clone().unbind(),
+            [get("family")?, get("type")?, get("proto")?],
+        ))
+    })?;
+    // The class itself: a mock that claims `socket` as its `__class__`
+    // passes `isinstance`, and gets asyncio's helper instead.
+    if !sock.get_type().is_subclass(base.bind(py))? {
+        let helper = py
+            .import(pyo3::intern!(py, "asyncio.base_events"))?
+            .getattr(pyo3::intern!(py, "_set_nodelay"))?;
+        return helper.call1((sock,)).map(drop);
+    }
+    let int = |d: &Py<PyAny>| raw_get(d.bind(py), sock)?.extract::<i32>();
+    let tcp = matches!(int(family)?, libc::AF_INET | libc::AF_INET6)
+        && int(type_)? == libc::SOCK_STREAM
+        && int(proto)? == libc::IPPROTO_TCP;
+    if !tcp {
+        return Ok(());
+    }
+    let plain = crate::plain_sock::PlainSocket::get(py)?;
+    if let (true, Some(fd)) = (plain.is_exact(py, sock), fd) {
+        // What the socket module's `setsockopt` does with an int, less its
+        // argument parsing.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a live c_int for the length of the call, and its
+        // size is the length given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(crate::errors::io_err(std::io::Error::last_os_error()));
+        }
+        return Ok(());
+    }
+    sock.call_method1(
+        pyo3::intern!(py, "setsockopt"),
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+    )
+    .map(drop)
+}
+
+/// A stream socket transport's `__init__(loop, sock, protocol, waiter,
+/// extra, server)`: the extra info, the core (of the class's
+/// `_core_class`) in the `_core` slot, `_sock_fd`, the server's count, the
+/// `loop._transports` entry, Nagle off, and the core started (which
+/// schedules `connection_made`, the reading and the waiter).
+#[allow(clippy::too_many_arguments)]
+pub fn stream_transport_init(
+    transport: &Bound<'_, PyAny>,
+    loop_: &Bound<'_, PyAny>,
+    sock: &Bound<'_, PyAny>,
+    protocol: &Bound<'_, PyAny>,
+    waiter: &Bound<'_, PyAny>,
+    extra: Option<Bound<'_, PyAny>>,
+    server: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = transport.py();
+    _init_socket_extra(transport, sock, extra)?;
+    let core = transport
+        .getattr(pyo3::intern!(py, "_core_class"))?
+        .call1((loop_, sock, protocol, transport, server))?;
+    transport.setattr(pyo3::intern!(py, "_core"), &core)?;
+    let fd = core.getattr(pyo3::intern!(py, "fd"))?;
+    transport.setattr(pyo3::intern!(py, "_sock_fd"), &fd)?;
+    if !server.is_none() {
+        _server_attach(server)?;
+    }
+    crate::link::_register_transport(
+        &loop_.getattr(pyo3::intern!(py, "_transports"))?,
+        &fd,
+        transport,
+    )?;
+    set_nodelay(sock, fd.extract::<i32>().ok().filter(|&n| n >= 0))?;
+    core.call_method1(pyo3::intern!(py, "_start"), (waiter,))
+        .map(drop)
+}

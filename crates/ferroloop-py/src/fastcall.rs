@@ -601,6 +601,84 @@ unsafe extern "C" fn transport_sendto(
     })
 }
 
+/// A stream transport's `__init__(loop, sock, protocol, waiter=None,
+/// extra=None, server=None)` ([`crate::accepted::stream_transport_init`])
+/// without the Python frame every connection paid. Calls of another shape
+/// (other keywords, too few or too many arguments) go to the class's
+/// Python `_py_init`, and so get its argument errors.
+unsafe extern "C" fn transport_init(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(|py| {
+        // SAFETY: `slf` is a live object for the length of the call.
+        let me = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        // SAFETY: `nargsf` is the count CPython passed, with its flag bit.
+        let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+        // The keywords this fast path knows, after the positional ones.
+        const OPTIONAL: [&str; 3] = ["waiter", "extra", "server"];
+        let mut given: [Option<Bound<'_, PyAny>>; 6] = Default::default();
+        let mut shape_ok = (3..=6).contains(&nargs);
+        if shape_ok {
+            for (i, slot) in given.iter_mut().enumerate().take(nargs) {
+                // SAFETY: CPython passes `nargs` live objects at `args`.
+                *slot = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) });
+            }
+            if !kwnames.is_null() {
+                // SAFETY: `kwnames` is a live tuple of strings; their
+                // values follow the positional arguments in `args`.
+                let names = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
+                let names = names.cast::<PyTuple>()?;
+                for (k, name) in names.iter().enumerate() {
+                    let at = OPTIONAL
+                        .iter()
+                        .position(|o| name.cast::<PyString>().is_ok_and(|n| n == *o))
+                        .map(|p| p + 3);
+                    match at {
+                        Some(at) if given[at].is_none() => {
+                            // SAFETY: keyword values follow the positional
+                            // ones, one per name.
+                            given[at] =
+                                Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + k)) });
+                        }
+                        _ => shape_ok = false,
+                    }
+                }
+            }
+        }
+        if !shape_ok {
+            // SAFETY: the call's own arguments, passed on unchanged.
+            return unsafe {
+                call_method(
+                    py,
+                    &me,
+                    pyo3::intern!(py, "_py_init"),
+                    args,
+                    nargsf,
+                    kwnames,
+                )
+            };
+        }
+        let none = py.None().into_bound(py);
+        let [loop_, sock, protocol, waiter, extra, server] = given;
+        let (Some(loop_), Some(sock), Some(protocol)) = (loop_, sock, protocol) else {
+            unreachable!("three positional arguments at least")
+        };
+        crate::accepted::stream_transport_init(
+            &me,
+            &loop_,
+            &sock,
+            &protocol,
+            waiter.as_ref().unwrap_or(&none),
+            extra.filter(|e| !e.is_none()),
+            server.as_ref().unwrap_or(&none),
+        )?;
+        Ok(py.None())
+    })
+}
+
 /// A transport's `is_closing()`: its core's, straight from the slot.
 unsafe extern "C" fn transport_is_closing<const DATAGRAM: bool>(
     slf: *mut ffi::PyObject,
@@ -735,6 +813,15 @@ pub fn _install_transport_methods(classes: Vec<Bound<'_, PyType>>, datagram: boo
                 c"sendto($self, data, addr=None)\n--\n\nSend one datagram, or buffer it.",
             )?;
         } else {
+            put(
+                &cls,
+                c"__init__",
+                ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: transport_init,
+                },
+                ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                c"__init__($self, loop, sock, protocol, waiter=None, extra=None, server=None)\n--\n\nSet the transport up on its socket and start it.",
+            )?;
             put(
                 &cls,
                 c"write",
