@@ -292,7 +292,13 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     # servers keep asyncio's task, which awaits the handshake (and so do
     # listeners that are not real sockets, e.g. mocks in tests).
 
-    def _accept_connection(
+    # The listener's callback, as `_start_serving` registers it: for a
+    # real socket of a family the loop accepts natively and no TLS, all
+    # native (LoopCore._ff_accept_connection); otherwise, and for a
+    # backlog that is not an int, `_ff_accept_general` below.
+    _accept_connection = LoopCore._ff_accept_connection
+
+    def _ff_accept_general(
         self,
         protocol_factory,
         sock,
@@ -351,18 +357,8 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
             except OSError as exc:
                 if exc.errno not in _OUT_OF_RESOURCES:
                     raise  # reported by the loop's exception handler
-                # The listener stays readable: stop watching it for a while.
-                self.call_exception_handler(
-                    {
-                        "message": "socket.accept() out of system resource",
-                        "exception": exc,
-                        "socket": trsock.TransportSocket(sock),
-                    }
-                )
-                self._remove_reader(sock.fileno())
-                self.call_later(
-                    constants.ACCEPT_RETRY_DELAY,
-                    self._start_serving,
+                self._ff_accept_exhausted(
+                    exc,
                     protocol_factory,
                     sock,
                     sslcontext,
@@ -380,6 +376,21 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                 if last:
                     return None
         return None
+
+    def _ff_accept_exhausted(self, exc, protocol_factory, sock, *serving):
+        # Out of descriptors or memory: reported, and, as the listener stays
+        # readable, not watched for a while (as asyncio's accept loop).
+        self.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": exc,
+                "socket": trsock.TransportSocket(sock),
+            }
+        )
+        self._remove_reader(sock.fileno())
+        self.call_later(
+            constants.ACCEPT_RETRY_DELAY, self._start_serving, protocol_factory, sock, *serving
+        )
 
     # Pipes (connect_read_pipe / connect_write_pipe and subprocess pipes).
 

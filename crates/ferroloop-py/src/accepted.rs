@@ -433,3 +433,145 @@ pub fn stream_transport_init(
     core.call_method1(pyo3::intern!(py, "_start"), (waiter,))
         .map(drop)
 }
+
+/// `asyncio.log.logger.debug`, `_socket.socket` and its `fileno`.
+static ACCEPT_HELPERS: PyOnceLock<[Py<PyAny>; 2]> = PyOnceLock::new();
+
+/// The listener's readiness (`loop._accept_connection`, the callback
+/// asyncio's `_start_serving` registers), without a Python frame for the
+/// common case: no TLS, a real socket (by its class, not `isinstance`,
+/// which a mock passes) of a family the loop accepts natively. Each
+/// connection, as many as `LoopCore::_ff_accept` gives, becomes a
+/// `socket.socket` (`_socket_from_fd`), logged in debug mode, then a
+/// protocol and a transport (`_accept_into`). Errors end the readiness as
+/// asyncio's accept loop ends it: quietly for `BlockingIOError`,
+/// `InterruptedError` and `ConnectionAbortedError`, through
+/// `loop._ff_accept_exhausted` for the errors of running out of
+/// descriptors or memory, raised otherwise. Anything else is the Python
+/// `loop._ff_accept_general`.
+#[allow(clippy::too_many_arguments)]
+pub fn accept_connection(
+    core: &Bound<'_, crate::loop_core::LoopCore>,
+    protocol_factory: &Bound<'_, PyAny>,
+    sock: &Bound<'_, PyAny>,
+    sslcontext: &Bound<'_, PyAny>,
+    server: &Bound<'_, PyAny>,
+    backlog: &Bound<'_, PyAny>,
+    ssl_handshake_timeout: &Bound<'_, PyAny>,
+    ssl_shutdown_timeout: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = core.py();
+    let loop_ = core.as_any();
+    let args = (
+        protocol_factory,
+        sock,
+        sslcontext,
+        server,
+        backlog,
+        ssl_handshake_timeout,
+        ssl_shutdown_timeout,
+    );
+    let [debug_log, base] = ACCEPT_HELPERS.get_or_try_init(py, || {
+        Ok::<_, PyErr>([
+            py.import("asyncio.log")?
+                .getattr("logger")?
+                .getattr("debug")?
+                .unbind(),
+            py.import("_socket")?.getattr("socket")?.unbind(),
+        ])
+    })?;
+    let general = || {
+        loop_
+            .call_method1(pyo3::intern!(py, "_ff_accept_general"), args)
+            .map(drop)
+    };
+    let base = base.bind(py).cast::<PyType>()?;
+    if !sslcontext.is_none() || !sock.get_type().is_subclass(base)? {
+        return general();
+    }
+    let (_, [family_d, type_d, proto_d]) = RAW_SOCKET.get_or_try_init(py, || {
+        let d = base.getattr("__dict__")?;
+        let get = |n: &str| d.get_item(n).map(Bound::unbind);
+        Ok::<_, PyErr>((
+            base.clone().unbind(),
+            [get("family")?, get("type")?, get("proto")?],
+        ))
+    })?;
+    let family = raw_get(family_d.bind(py), sock)?;
+    let native = family
+        .extract::<i32>()
+        .is_ok_and(|f| matches!(f, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX));
+    let Ok(backlog_n) = backlog.extract::<usize>() else {
+        return general();
+    };
+    if !native {
+        return general();
+    }
+    let type_ = raw_get(type_d.bind(py), sock)?.extract::<i32>()? | libc::SOCK_NONBLOCK;
+    let type_ = type_.into_pyobject(py)?.into_any();
+    let proto = raw_get(proto_d.bind(py), sock)?;
+    let listener: i32 = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+    let debug = loop_.getattr(pyo3::intern!(py, "_debug"))?.is_truthy()?;
+    let stream_class = loop_.getattr(pyo3::intern!(py, "_ff_stream_transport"))?;
+    let ended = |e: PyErr| -> PyResult<()> {
+        if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+            || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+            || e.is_instance_of::<pyo3::exceptions::PyConnectionAbortedError>(py)
+        {
+            return Ok(());
+        }
+        let exhausted = e.is_instance_of::<PyOSError>(py)
+            && e.value(py)
+                .getattr("errno")
+                .and_then(|n| n.extract::<i32>())
+                .is_ok_and(|n| {
+                    matches!(
+                        n,
+                        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                    )
+                });
+        if !exhausted {
+            return Err(e);
+        }
+        let (a, b, c, d, f, g, h) = args;
+        loop_
+            .call_method1(
+                pyo3::intern!(py, "_ff_accept_exhausted"),
+                (e.value(py), a, b, c, d, f, g, h),
+            )
+            .map(drop)
+    };
+    for taken in 0..backlog_n {
+        let got = match core.get()._ff_accept(py, listener, taken) {
+            Ok(got) => got,
+            Err(e) => return ended(e),
+        };
+        let Some((fd, addr, last)) = got else {
+            return Ok(());
+        };
+        let fd_obj = fd.into_pyobject(py)?.into_any();
+        let conn = match _socket_from_fd(py, &family, &type_, &proto, &fd_obj) {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: `fd` is the descriptor just accepted, which no
+                // object took.
+                unsafe { libc::close(fd) };
+                return ended(e);
+            }
+        };
+        let addr = addr.into_bound(py);
+        if debug {
+            debug_log.bind(py).call1((
+                "%r got a new connection from %r: %r",
+                server,
+                &addr,
+                &conn,
+            ))?;
+        }
+        _accept_into(loop_, &stream_class, protocol_factory, &conn, &addr, server)?;
+        if last {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

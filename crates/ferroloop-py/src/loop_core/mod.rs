@@ -1020,7 +1020,7 @@ impl LoopCore {
     /// again at the very next look for I/O, it had more: then it takes
     /// until `accept` fails again, and goes back to one at a time once a
     /// readiness holds only one.
-    fn _ff_accept(
+    pub(crate) fn _ff_accept(
         &self,
         py: Python<'_>,
         fd: RawFd,
@@ -1052,6 +1052,67 @@ impl LoopCore {
                 Ok(None)
             }
         }
+    }
+
+    /// A listener's readiness: `crate::accepted::accept_connection`
+    /// (`Loop._accept_connection` is this method).
+    #[pyo3(signature = (
+        protocol_factory,
+        sock,
+        sslcontext = None,
+        server = None,
+        backlog = None,
+        ssl_handshake_timeout = None,
+        ssl_shutdown_timeout = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn _ff_accept_connection(
+        slf: &Bound<'_, Self>,
+        protocol_factory: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        sslcontext: Option<&Bound<'_, PyAny>>,
+        server: Option<&Bound<'_, PyAny>>,
+        backlog: Option<&Bound<'_, PyAny>>,
+        ssl_handshake_timeout: Option<&Bound<'_, PyAny>>,
+        ssl_shutdown_timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let none = py.None().into_bound(py);
+        let backlog_default;
+        let backlog = match backlog {
+            Some(b) => b,
+            None => {
+                backlog_default = 100i32.into_pyobject(py)?.into_any();
+                &backlog_default
+            }
+        };
+        let constants;
+        let (hs, sd);
+        let (hs, sd) = match (ssl_handshake_timeout, ssl_shutdown_timeout) {
+            (Some(a), Some(b)) => (a, b),
+            (a, b) => {
+                constants = py.import(pyo3::intern!(py, "asyncio.constants"))?;
+                hs = match a {
+                    Some(a) => a.clone(),
+                    None => constants.getattr("SSL_HANDSHAKE_TIMEOUT")?,
+                };
+                sd = match b {
+                    Some(b) => b.clone(),
+                    None => constants.getattr("SSL_SHUTDOWN_TIMEOUT")?,
+                };
+                (&hs, &sd)
+            }
+        };
+        crate::accepted::accept_connection(
+            slf,
+            protocol_factory,
+            sock,
+            sslcontext.unwrap_or(&none),
+            server.unwrap_or(&none),
+            backlog,
+            hs,
+            sd,
+        )
     }
 
     /// The loop's statistics, for `ferroloop.Loop.stats()`: passes,
