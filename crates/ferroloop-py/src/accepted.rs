@@ -113,20 +113,16 @@ pub fn _socket_from_fd<'py>(
     if !c.socket.unchanged(py) {
         return ty.call1((family, type_, proto, fd));
     }
+    // SAFETY: `socket.socket` is a live type whose base is `_socket.socket`.
+    let Some(init) = (unsafe { (*(*ty.as_type_ptr()).tp_base).tp_init }) else {
+        return ty.call1((family, type_, proto, fd));
+    };
     let args = PyTuple::new(py, [family, type_, proto, fd])?;
     let sock = new_instance(py, ty, &args)?;
-    // SAFETY: `socket.socket`'s base is `_socket.socket`, a static type
-    // whose `tp_init` takes (family, type, proto, fileno) as a tuple; `sock`
-    // is a fresh instance of the subclass, and the call returns 0 or -1
-    // with an error set.
-    let failed = unsafe {
-        let base = (*ty.as_type_ptr()).tp_base;
-        match (*base).tp_init {
-            Some(init) => init(sock.as_ptr(), args.as_ptr(), std::ptr::null_mut()) < 0,
-            None => false,
-        }
-    };
-    if failed {
+    // SAFETY: `init` is `_socket.socket`'s, which takes (family, type,
+    // proto, fileno) as a tuple; `sock` is a fresh instance of the
+    // subclass, and the call returns 0 or -1 with an error set.
+    if unsafe { init(sock.as_ptr(), args.as_ptr(), std::ptr::null_mut()) } < 0 {
         return Err(PyErr::fetch(py));
     }
     sock.setattr(pyo3::intern!(py, "_io_refs"), 0)?;
@@ -317,6 +313,22 @@ fn set_up(
 /// reading the plain ints; `socket.socket`'s properties make enums).
 static RAW_SOCKET: PyOnceLock<(Py<PyType>, [Py<PyAny>; 3])> = PyOnceLock::new();
 
+/// [`RAW_SOCKET`], looked up on first use.
+fn raw_socket(py: Python<'_>) -> PyResult<&(Py<PyType>, [Py<PyAny>; 3])> {
+    RAW_SOCKET.get_or_try_init(py, || {
+        let base = py
+            .import("_socket")?
+            .getattr("socket")?
+            .cast_into::<PyType>()?;
+        let d = base.getattr("__dict__")?;
+        let get = |n: &str| d.get_item(n).map(Bound::unbind);
+        Ok::<_, PyErr>((
+            base.clone().unbind(),
+            [get("family")?, get("type")?, get("proto")?],
+        ))
+    })
+}
+
 /// `descr.__get__(obj)` for a member descriptor of `obj`'s base.
 fn raw_get<'py>(descr: &Bound<'py, PyAny>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = obj.py();
@@ -343,18 +355,7 @@ fn raw_get<'py>(descr: &Bound<'py, PyAny>, obj: &Bound<'py, PyAny>) -> PyResult<
 /// descriptor, for a plain `socket.socket`.
 fn set_nodelay(sock: &Bound<'_, PyAny>, fd: Option<i32>) -> PyResult<()> {
     let py = sock.py();
-    let (base, [family, type_, proto]) = RAW_SOCKET.get_or_try_init(py, || {
-        let base = py
-            .import("_socket")?
-            .getattr("socket")?
-            .cast_into::<PyType>()?;
-        let d = base.getattr("__dict__")?;
-        let get = |n: &str| d.get_item(n).map(Bound::unbind);
-        Ok::<_, PyErr>((
-            base.clone().unbind(),
-            [get("family")?, get("type")?, get("proto")?],
-        ))
-    })?;
+    let (base, [family, type_, proto]) = raw_socket(py)?;
     // The class itself: a mock that claims `socket` as its `__class__`
     // passes `isinstance`, and gets asyncio's helper instead.
     if !sock.get_type().is_subclass(base.bind(py))? {
@@ -434,8 +435,8 @@ pub fn stream_transport_init(
         .map(drop)
 }
 
-/// `asyncio.log.logger.debug`, `_socket.socket` and its `fileno`.
-static ACCEPT_HELPERS: PyOnceLock<[Py<PyAny>; 2]> = PyOnceLock::new();
+/// `asyncio.log.logger.debug`.
+static DEBUG_LOG: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The listener's readiness (`loop._accept_connection`, the callback
 /// asyncio's `_start_serving` registers), without a Python frame for the
@@ -471,32 +472,23 @@ pub fn accept_connection(
         ssl_handshake_timeout,
         ssl_shutdown_timeout,
     );
-    let [debug_log, base] = ACCEPT_HELPERS.get_or_try_init(py, || {
-        Ok::<_, PyErr>([
+    let debug_log = DEBUG_LOG.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
             py.import("asyncio.log")?
                 .getattr("logger")?
                 .getattr("debug")?
                 .unbind(),
-            py.import("_socket")?.getattr("socket")?.unbind(),
-        ])
+        )
     })?;
+    let (base, [family_d, type_d, proto_d]) = raw_socket(py)?;
     let general = || {
         loop_
             .call_method1(pyo3::intern!(py, "_ff_accept_general"), args)
             .map(drop)
     };
-    let base = base.bind(py).cast::<PyType>()?;
-    if !sslcontext.is_none() || !sock.get_type().is_subclass(base)? {
+    if !sslcontext.is_none() || !sock.get_type().is_subclass(base.bind(py))? {
         return general();
     }
-    let (_, [family_d, type_d, proto_d]) = RAW_SOCKET.get_or_try_init(py, || {
-        let d = base.getattr("__dict__")?;
-        let get = |n: &str| d.get_item(n).map(Bound::unbind);
-        Ok::<_, PyErr>((
-            base.clone().unbind(),
-            [get("family")?, get("type")?, get("proto")?],
-        ))
-    })?;
     let family = raw_get(family_d.bind(py), sock)?;
     let native = family
         .extract::<i32>()
