@@ -101,7 +101,23 @@ def test_socket_from_fd_calls_a_replaced_init(monkeypatch):
     assert calls == [(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)]
 
 
-async def _serve(loop, clients, on_made=None):
+def _run(loop, coro):
+    """Run ``coro`` to its end (bounded), then close the loop."""
+    try:
+        return run_coro(loop, coro)
+    finally:
+        loop.close()
+
+
+async def _until(done):
+    """Let the loop run until ``done()`` (at most about a second)."""
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.002)
+
+
+async def _serve(loop, clients):
     made = []
 
     class Proto(asyncio.Protocol):
@@ -111,10 +127,7 @@ async def _serve(loop, clients, on_made=None):
     server = await loop.create_server(Proto, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(clients)]
-    for _ in range(500):
-        if len(made) == clients:
-            break
-        await asyncio.sleep(0.002)
+    await _until(lambda: len(made) == clients)
     return server, socks, made
 
 
@@ -144,10 +157,7 @@ def test_accepted_transports_extra_info(kind):
             server.close()
             await server.wait_closed()
 
-    try:
-        got = run_coro(loop, main())
-    finally:
-        loop.close()
+    got = _run(loop, main())
     want = (trsock.TransportSocket, True, True, True, ["peername", "socket", "sockname"])
     assert got == [want, want]
 
@@ -176,10 +186,7 @@ def test_server_counts_its_transports_and_wakes_when_the_last_goes(kind):
             c.close()
         return counts, waiters
 
-    try:
-        counts, waiters = run_coro(loop, main())
-    finally:
-        loop.close()
+    counts, waiters = _run(loop, main())
     assert counts == [3, 1, 0]
     assert waiters == [True, True, False]
 
@@ -208,19 +215,13 @@ def test_server_methods_replaced_on_the_instance_or_a_subclass_are_called(kind, 
         # A subclass (its class differs from asyncio's Server).
         server.__class__ = MyServer
         socks.append(socket.create_connection(server.sockets[0].getsockname()))
-        for _ in range(500):
-            if "attach" in log:
-                break
-            await asyncio.sleep(0.002)
+        await _until(lambda: "attach" in log)
         for c in socks:
             c.close()
         server.close()
         await server.wait_closed()
 
-    try:
-        run_coro(loop, main())
-    finally:
-        loop.close()
+    _run(loop, main())
     assert log[:2] == ["detach", "attach"]
 
 
@@ -241,17 +242,11 @@ def test_failing_protocol_factory_is_reported_in_debug_mode(kind):
         _, w = await asyncio.open_connection(*addr)
         w.close()
         await w.wait_closed()
-        for _ in range(500):
-            if contexts:
-                break
-            await asyncio.sleep(0.002)
+        await _until(lambda: contexts)
         server.close()
         await server.wait_closed()
 
-    try:
-        run_coro(loop, main())
-    finally:
-        loop.close()
+    _run(loop, main())
     assert [(c["message"], c["exception"], sorted(c)) for c in contexts] == [
         ("Error on transport creation for incoming connection", error, ["exception", "message"])
     ]
@@ -292,10 +287,7 @@ def test_tcp_transports_turn_nagle_off(kind, tmp_path):
         await server.wait_closed()
         return flags, mine
 
-    try:
-        flags, mine = run_coro(loop, main())
-    finally:
-        loop.close()
+    flags, mine = _run(loop, main())
     assert flags == [True, True]
     assert mine and calls == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
@@ -338,9 +330,6 @@ def test_stream_transport_init_call_shapes(kind):
         await asyncio.sleep(0.01)
         return results
 
-    try:
-        results = run_coro(loop, main())
-    finally:
-        loop.close()
+    results = _run(loop, main())
     assert results == [(True, True)] * 3
     assert len(made) == 3

@@ -252,6 +252,39 @@ pub fn _accept_into(
     server: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = loop_.py();
+    // The protocol, then the transport; what an error leaves to do.
+    let set_up = || -> PyResult<()> {
+        let mut protocol = None;
+        let mut made = || -> PyResult<Bound<'_, PyAny>> {
+            let p = protocol_factory.call0()?;
+            protocol = Some(p.clone());
+            let extra = PyDict::new(py);
+            extra.set_item(pyo3::intern!(py, "peername"), addr)?;
+            transport_class.call1((loop_, conn, p, py.None(), extra, server))
+        };
+        let Err(exc) = made() else {
+            return Ok(());
+        };
+        if exc.is_instance_of::<PySystemExit>(py) || exc.is_instance_of::<PyKeyboardInterrupt>(py) {
+            return Err(exc);
+        }
+        // No transport was made (its constructor raised), so none took the
+        // socket.
+        conn.call_method0(pyo3::intern!(py, "close"))?;
+        if loop_.getattr(pyo3::intern!(py, "_debug"))?.is_truthy()? {
+            let context = PyDict::new(py);
+            context.set_item(
+                "message",
+                "Error on transport creation for incoming connection",
+            )?;
+            context.set_item("exception", exc.value(py))?;
+            if let Some(p) = protocol {
+                context.set_item("protocol", p)?;
+            }
+            loop_.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    };
     // SAFETY: with the thread attached, PyContext_CopyCurrent returns a
     // new reference or NULL with an error set.
     let ctx = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
@@ -260,53 +293,12 @@ pub fn _accept_into(
     if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
         return Err(PyErr::fetch(py));
     }
-    let made = set_up(loop_, transport_class, protocol_factory, conn, addr, server);
+    let made = set_up();
     // SAFETY: `ctx` is the context this thread entered above.
     if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
         return Err(PyErr::fetch(py));
     }
     made
-}
-
-fn set_up(
-    loop_: &Bound<'_, PyAny>,
-    transport_class: &Bound<'_, PyAny>,
-    protocol_factory: &Bound<'_, PyAny>,
-    conn: &Bound<'_, PyAny>,
-    addr: &Bound<'_, PyAny>,
-    server: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let py = loop_.py();
-    let mut protocol = None;
-    let mut made = || -> PyResult<Bound<'_, PyAny>> {
-        let p = protocol_factory.call0()?;
-        protocol = Some(p.clone());
-        let extra = PyDict::new(py);
-        extra.set_item(pyo3::intern!(py, "peername"), addr)?;
-        transport_class.call1((loop_, conn, p, py.None(), extra, server))
-    };
-    let Err(exc) = made() else {
-        return Ok(());
-    };
-    if exc.is_instance_of::<PySystemExit>(py) || exc.is_instance_of::<PyKeyboardInterrupt>(py) {
-        return Err(exc);
-    }
-    // No transport was made (its constructor raised), so none took the
-    // socket.
-    conn.call_method0(pyo3::intern!(py, "close"))?;
-    if loop_.getattr(pyo3::intern!(py, "_debug"))?.is_truthy()? {
-        let context = PyDict::new(py);
-        context.set_item(
-            "message",
-            "Error on transport creation for incoming connection",
-        )?;
-        context.set_item("exception", exc.value(py))?;
-        if let Some(p) = protocol {
-            context.set_item("protocol", p)?;
-        }
-        loop_.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
-    }
-    Ok(())
 }
 
 /// `_socket.socket`'s own `family`, `type` and `proto` (member descriptors
