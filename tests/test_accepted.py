@@ -333,3 +333,49 @@ def test_stream_transport_init_call_shapes(kind):
     results = _run(loop, main())
     assert results == [(True, True)] * 3
     assert len(made) == 3
+
+
+@pytest.mark.parametrize("kind", ["ferroloop", "ferroloop-proactor"])
+def test_accept_general_path_and_failures(kind, tmp_path):
+    """The Python accept path (families the loop does not accept natively,
+    here driven directly on a Unix listener) takes every waiting connection
+    non-blocking; an `OSError` other than running out of resources is
+    raised, EMFILE is reported and the listener watched again later."""
+    loop = make_loop(kind)
+    made = []
+    contexts = []
+    loop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "l.sock"))
+    listener.listen(8)
+    listener.setblocking(False)
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+
+    async def main():
+        for c in clients:
+            c.connect(str(tmp_path / "l.sock"))
+        loop._ff_accept_general(P, listener)
+        await _until(lambda: len(made) == 2)
+        timeouts = [t.get_extra_info("socket").gettimeout() for t in made]
+        with pytest.raises(OSError) as raised:
+            loop._ff_accept_failed(OSError(errno.EBADF, "bad"), P, listener)
+        loop._ff_accept_failed(OSError(errno.EMFILE, "too many"), P, listener)
+        for t in made:
+            t.close()
+        await asyncio.sleep(0)
+        return timeouts, raised.value.errno
+
+    try:
+        timeouts, raised = _run(loop, main())
+    finally:
+        listener.close()
+        for c in clients:
+            c.close()
+    assert timeouts == [0.0, 0.0]
+    assert raised == errno.EBADF
+    assert [c["message"] for c in contexts] == ["socket.accept() out of system resource"]

@@ -308,41 +308,16 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
+        serving = (sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sslcontext is not None or not issubclass(type(sock), _socket.socket):
-            return super()._accept_connection(
-                protocol_factory,
-                sock,
-                sslcontext,
-                server,
-                backlog,
-                ssl_handshake_timeout,
-                ssl_shutdown_timeout,
-            )
-        # What socket.accept() does, without its per-call enum conversions
-        # of the listener's family and type and its blocking-mode dance.
-        # For the families it knows, the loop accepts natively with the new
-        # descriptor non-blocking from the start: a socket made with
-        # SOCK_NONBLOCK in its type then has timeout 0 without the
-        # `setblocking(False)` system call.
+            return super()._accept_connection(protocol_factory, sock, *serving)
+        # A family the loop does not accept natively: what socket.accept()
+        # does, without its per-call enum conversions of the listener's
+        # family and type.
         family, type_, proto = _raw_family(sock), _raw_type(sock), _raw_proto(sock)
-        native = family in _NATIVE_ACCEPT
-        if native:
-            listener, type_ = sock.fileno(), type_ | socket.SOCK_NONBLOCK
-        for taken in range(backlog):
+        for _ in range(backlog):
             try:
-                if native:
-                    # None: nothing more to accept in this pass (the socket
-                    # module would raise BlockingIOError or
-                    # ConnectionAbortedError, caught below), or, for a
-                    # listener whose clients come one at a time, its one
-                    # taken (LoopCore._ff_accept).
-                    accepted = self._ff_accept(listener, taken)
-                    if accepted is None:
-                        return None
-                    fd, addr, last = accepted
-                else:
-                    fd, addr = sock._accept()
-                    last = False
+                fd, addr = sock._accept()
                 try:
                     conn = _socket_from_fd(family, type_, proto, fd)
                 except BaseException:
@@ -350,36 +325,26 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
                     raise
                 if self._debug:
                     logger.debug("%r got a new connection from %r: %r", server, addr, conn)
-                if not native:
-                    conn.setblocking(False)
+                conn.setblocking(False)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return None  # nothing more to accept in this pass
             except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    raise  # reported by the loop's exception handler
-                self._ff_accept_exhausted(
-                    exc,
-                    protocol_factory,
-                    sock,
-                    sslcontext,
-                    server,
-                    backlog,
-                    ssl_handshake_timeout,
-                    ssl_shutdown_timeout,
-                )
+                self._ff_accept_failed(exc, protocol_factory, sock, *serving)
                 return None
             else:
                 # The protocol and the transport, in a copy of the context
                 # as a task would have it; an error is reported in debug
                 # mode only, as asyncio's accept task reports it.
                 _accept_into(self, self._ff_stream_transport, protocol_factory, conn, addr, server)
-                if last:
-                    return None
         return None
 
-    def _ff_accept_exhausted(self, exc, protocol_factory, sock, *serving):
-        # Out of descriptors or memory: reported, and, as the listener stays
-        # readable, not watched for a while (as asyncio's accept loop).
+    def _ff_accept_failed(self, exc, protocol_factory, sock, *serving):
+        # An OSError ended a readiness's accepts (this one's or the native
+        # one's). Out of descriptors or memory: reported, and, as the
+        # listener stays readable, not watched for a while (as asyncio's
+        # accept loop). Anything else goes to the loop's exception handler.
+        if exc.errno not in _OUT_OF_RESOURCES:
+            raise exc
         self.call_exception_handler(
             {
                 "message": "socket.accept() out of system resource",
@@ -599,9 +564,6 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
 
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# Listener families whose connections the loop accepts natively (their
-# addresses are formatted as the socket module formats them).
-_NATIVE_ACCEPT = frozenset((socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
 
 
 class _SpawnedSubprocessTransport(unix_events._UnixSubprocessTransport):

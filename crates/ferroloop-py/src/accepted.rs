@@ -438,10 +438,10 @@ static DEBUG_LOG: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// `socket.socket` (`_socket_from_fd`), logged in debug mode, then a
 /// protocol and a transport (`_accept_into`). Errors end the readiness as
 /// asyncio's accept loop ends it: quietly for `BlockingIOError`,
-/// `InterruptedError` and `ConnectionAbortedError`, through
-/// `loop._ff_accept_exhausted` for the errors of running out of
-/// descriptors or memory, raised otherwise. Anything else is the Python
-/// `loop._ff_accept_general`.
+/// `InterruptedError` and `ConnectionAbortedError`; another `OSError`
+/// through `loop._ff_accept_failed` (which backs off for running out of
+/// descriptors or memory and raises the rest); anything else raised.
+/// Other listeners are the Python `loop._ff_accept_general`'s.
 #[allow(clippy::too_many_arguments)]
 pub fn accept_connection(
     core: &Bound<'_, crate::loop_core::LoopCore>,
@@ -485,12 +485,15 @@ pub fn accept_connection(
     let native = family
         .extract::<i32>()
         .is_ok_and(|f| matches!(f, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX));
-    let Ok(backlog_n) = backlog.extract::<usize>() else {
+    // As `range(backlog)`: none for a negative count; an object that is
+    // not an int (whose error `range` gives) goes the Python way.
+    let Ok(backlog_n) = backlog.extract::<isize>() else {
         return general();
     };
     if !native {
         return general();
     }
+    let backlog_n = backlog_n.max(0) as usize;
     let type_ = raw_get(type_d.bind(py), sock)?.extract::<i32>()? | libc::SOCK_NONBLOCK;
     let type_ = type_.into_pyobject(py)?.into_any();
     let proto = raw_get(proto_d.bind(py), sock)?;
@@ -504,23 +507,14 @@ pub fn accept_connection(
         {
             return Ok(());
         }
-        let exhausted = e.is_instance_of::<PyOSError>(py)
-            && e.value(py)
-                .getattr("errno")
-                .and_then(|n| n.extract::<i32>())
-                .is_ok_and(|n| {
-                    matches!(
-                        n,
-                        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-                    )
-                });
-        if !exhausted {
+        if !e.is_instance_of::<PyOSError>(py) {
             return Err(e);
         }
+        // Out of descriptors or memory, or raised (the Python side tells).
         let (a, b, c, d, f, g, h) = args;
         loop_
             .call_method1(
-                pyo3::intern!(py, "_ff_accept_exhausted"),
+                pyo3::intern!(py, "_ff_accept_failed"),
                 (e.value(py), a, b, c, d, f, g, h),
             )
             .map(drop)

@@ -413,6 +413,53 @@ fn native_io(kind: BackendKind) -> PyResult<(Io, Waker)> {
 }
 
 impl LoopCore {
+    /// The next connection of listening socket `fd` (of family `AF_INET`,
+    /// `AF_INET6` or `AF_UNIX`), as `_accept_nonblocking`, for an accept
+    /// callback that has taken `taken` in this readiness already, with
+    /// whether it is the readiness's last (take no more).
+    ///
+    /// Taking connections until `accept` fails costs a failing system call
+    /// per readiness, for nothing when clients come one at a time. So a
+    /// listener whose last readiness held just one takes one and then
+    /// stops (its connection comes marked the last), as uvloop's does: the
+    /// listener stays ready while more wait (level-triggered), and ready
+    /// again at the very next look for I/O, it had more: then it takes
+    /// until `accept` fails again, and goes back to one at a time once a
+    /// readiness holds only one.
+    pub(crate) fn _ff_accept(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        taken: usize,
+    ) -> PyResult<Option<(i32, Py<PyAny>, bool)>> {
+        // One at a time: this readiness's one connection is its last.
+        let single = taken == 0 && {
+            let st = self.st.borrow(py);
+            st.single_accept
+                .get(&fd)
+                .is_some_and(|&at| st.polls > at + 1)
+        };
+        let got = crate::sockaddr::_accept_nonblocking(py, fd)?;
+        let mut st = self.st.borrow_mut(py);
+        let polls = st.polls;
+        match got {
+            Some((conn, addr)) => {
+                if single {
+                    st.single_accept.insert(fd, polls);
+                }
+                Ok(Some((conn, addr, single)))
+            }
+            None => {
+                if taken == 1 {
+                    st.single_accept.insert(fd, polls);
+                } else {
+                    st.single_accept.remove(&fd);
+                }
+                Ok(None)
+            }
+        }
+    }
+
     #[inline]
     pub fn debug(&self, _py: Python<'_>) -> bool {
         self.debug.load(Ordering::Relaxed)
@@ -1005,53 +1052,6 @@ impl LoopCore {
                 st.sched.iter().for_each(Item::show);
             },
         )
-    }
-
-    /// The next connection of listening socket `fd` (of family `AF_INET`,
-    /// `AF_INET6` or `AF_UNIX`), as `_accept_nonblocking`, for an accept
-    /// callback that has taken `taken` in this readiness already, with
-    /// whether it is the readiness's last (take no more).
-    ///
-    /// Taking connections until `accept` fails costs a failing system call
-    /// per readiness, for nothing when clients come one at a time. So a
-    /// listener whose last readiness held just one takes one and then
-    /// stops (its connection comes marked the last), as uvloop's does: the
-    /// listener stays ready while more wait (level-triggered), and ready
-    /// again at the very next look for I/O, it had more: then it takes
-    /// until `accept` fails again, and goes back to one at a time once a
-    /// readiness holds only one.
-    pub(crate) fn _ff_accept(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        taken: usize,
-    ) -> PyResult<Option<(i32, Py<PyAny>, bool)>> {
-        // One at a time: this readiness's one connection is its last.
-        let single = taken == 0 && {
-            let st = self.st.borrow(py);
-            st.single_accept
-                .get(&fd)
-                .is_some_and(|&at| st.polls > at + 1)
-        };
-        let got = crate::sockaddr::_accept_nonblocking(py, fd)?;
-        let mut st = self.st.borrow_mut(py);
-        let polls = st.polls;
-        match got {
-            Some((conn, addr)) => {
-                if single {
-                    st.single_accept.insert(fd, polls);
-                }
-                Ok(Some((conn, addr, single)))
-            }
-            None => {
-                if taken == 1 {
-                    st.single_accept.insert(fd, polls);
-                } else {
-                    st.single_accept.remove(&fd);
-                }
-                Ok(None)
-            }
-        }
     }
 
     /// A listener's readiness: `crate::accepted::accept_connection`
