@@ -121,6 +121,33 @@ class _NativeSelectorView:
         pass
 
 
+class _TLSProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, with the read staging buffer of its loop.
+
+    asyncio gives every TLS connection a ``max_size`` (256 KiB) bytearray
+    that the transport reads ciphertext into; ``buffer_updated`` moves the
+    bytes into the connection's ``MemoryBIO`` before it does anything else.
+    A loop's transports call ``get_buffer``, read and ``buffer_updated`` in
+    one go, so one such buffer per loop serves all its connections: 50
+    connections would hold 12.5 MiB of them otherwise. ``get_buffer`` still
+    makes a buffer of the connection's own when asked for more than the
+    shared one holds (``max_size`` raised after the loop made it).
+    """
+
+    def __init__(self, loop, *args, **kwargs):
+        # asyncio's __init__ sizes the connection's buffer by max_size.
+        self.max_size = 0
+        try:
+            super().__init__(loop, *args, **kwargs)
+        finally:
+            del self.max_size
+        view = loop._ff_tls_staging
+        if view is None or len(view) < self.max_size:
+            view = loop._ff_tls_staging = memoryview(bytearray(self.max_size))
+        self._ssl_buffer = view.obj
+        self._ssl_buffer_view = view
+
+
 def _run_foreign_handle(handle):
     # An asyncio.Handle queued through _add_callback (asyncio's signal code
     # makes those): run it unless it was cancelled meanwhile, as asyncio's
@@ -168,6 +195,7 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         # made on first use, so a loop without signal handlers watches no fd.
         self._ff_self_pipe = None
         self._ff_children = {}  # pid -> pidfd, for children still running
+        self._ff_tls_staging = None  # see _TLSProtocol
         self._selector = _NativeSelectorView(self)
 
     # The self-pipe, made when asyncio's signal code first asks for it.
@@ -267,7 +295,7 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
     ):
         # asyncio's TLS protocol, over this loop's own stream transport for
         # the socket (asyncio's method puts it over its Python transport).
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = _TLSProtocol(
             self,
             protocol,
             sslcontext,
