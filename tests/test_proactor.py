@@ -1474,6 +1474,86 @@ def test_paused_readers_do_not_starve_the_shared_recv_pool(ploop):
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
+def test_the_recv_pool_grows_only_for_connections_reading_small(ploop):
+    # The shared recv pool's ring starts with some of its 256 buffers and
+    # grows when a multishot recv finds it empty. The first large messages
+    # of many new connections drain it too, but those connections go on to
+    # read into buffers of their own: growing for them would only make the
+    # whole pool resident. Connections that read small, running it dry,
+    # are what it grows for.
+    before = fd_count()
+    large, small = 40, 100
+
+    class Count(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.got = 0
+            conns.append(self)
+
+        def data_received(self, data):
+            self.got += len(data)
+
+    conns = []
+
+    async def until(cond):
+        for _ in range(1000):
+            if cond():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("timed out")
+
+    async def connect(port, n):
+        first = len(conns)
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+        await until(lambda: len(conns) == first + n)
+        return socks, conns[first:]
+
+    async def burst(socks, protos, size):
+        # Sent from the loop's own thread: every connection has its bytes
+        # before the loop next looks, so they all come in one pass.
+        want = [p.got + size for p in protos]
+        for s in socks:
+            assert s.send(b"x" * size) == size
+        await until(lambda: all(p.got == w for p, w in zip(protos, want)))
+
+    async def main():
+        server = await ploop.create_server(Count, "127.0.0.1", 0, backlog=256)
+        port = server.sockets[0].getsockname()[1]
+        opened = []
+        try:
+            assert ploop._ff_recv_pool() is None  # made on first use
+            socks, protos = await connect(port, 1)
+            opened += socks
+            await burst(socks, protos, 10)
+            first, _ = ploop._ff_recv_pool()
+            socks, protos = await connect(port, large)
+            opened += socks
+            await burst(socks, protos, 48 * 1024)
+            in_ring, _ = ploop._ff_recv_pool()
+            assert in_ring == first < large, (in_ring, first)
+            socks, protos = await connect(port, small)
+            opened += socks
+            for _ in range(2):
+                await burst(socks, protos, 100)
+            grown, _ = ploop._ff_recv_pool()
+            assert first < grown <= 256, (grown, first)
+        finally:
+            for s in opened:
+                s.close()
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.05)
+
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _raise_nofile(1024)
+    try:
+        run_coro(ploop, main(), timeout=30)
+        ploop.close()
+        collect()
+        assert fd_count() <= before + 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
 def test_reads_switch_between_the_pool_and_an_own_buffer_losing_nothing(ploop):
     # Large reads leave the shared pool for a growing buffer of the
     # transport's own; small ones bring it back. Every switch ends one recv

@@ -167,6 +167,10 @@ struct RingIo {
     /// BufferedProtocol, go to the transport's own growing buffer.
     own_buffer: bool,
     small_reads: u8,
+    /// A multishot recv brought this transport a chunk that did not fill
+    /// its pool buffer: it reads small messages, and when the pool runs dry
+    /// under it, the pool is too small for the connections reading small.
+    pool_small: bool,
     /// Pool buffers (id, length) the multishot recv filled, not yet handed
     /// to the protocol.
     chunks: Vec<(u16, u32)>,
@@ -392,6 +396,9 @@ impl RingStreamCore {
             io.own_buffer = true;
             io.small_reads = 0;
             io.read_size = io.read_size.max(2 * FIRST_READ);
+        } else if !io.own_buffer {
+            // (Not the tail of a large read.)
+            io.pool_small = true;
         }
         let h = self.take_read_handle(&mut io, py);
         drop(io);
@@ -742,16 +749,25 @@ impl RingStreamCore {
             Err(e) => match e.raw_os_error() {
                 Some(libc::ECANCELED) | Some(libc::EINTR) => Self::submit_recv(slf),
                 Some(libc::ENOBUFS) => {
-                    // The pool's ring ran dry: it gets more of the pool's
-                    // buffers while some are left. Else transports served
-                    // earlier in this pass have usually handed theirs back
-                    // by now: then arm again (an own buffer for every
-                    // connection of a burst would stay resident). If not,
-                    // buffers are held (paused transports): one read into a
-                    // buffer of our own, then back to the pool, so nobody
-                    // spins.
-                    let free = match (me.io.borrow(py).group, me.link.lp(py)) {
-                        (Some(g), Some(lp)) => lp.get().ring_pool_ran_dry(py, g),
+                    // The pool's ring ran dry. Under a transport that reads
+                    // small messages, it gets more of the pool's buffers
+                    // while some are left. A transport that filled whole
+                    // buffers (it goes on with reads of its own) or has not
+                    // read yet (the first large messages of many new
+                    // connections) does not grow it: that would make the
+                    // whole pool resident for reads that leave it anyway.
+                    // Else transports served earlier in this pass have
+                    // usually handed theirs back by now: then arm again (an
+                    // own buffer for every connection of a burst would stay
+                    // resident). If not, buffers are held (paused
+                    // transports): one read into a buffer of our own, then
+                    // back to the pool, so nobody spins.
+                    let (group, grow) = {
+                        let io = me.io.borrow(py);
+                        (io.group, io.pool_small && !io.own_buffer)
+                    };
+                    let free = match (group, me.link.lp(py)) {
+                        (Some(g), Some(lp)) => lp.get().ring_pool_ran_dry(py, g, grow),
                         _ => false,
                     };
                     if !free {
@@ -900,6 +916,7 @@ impl RingStreamCore {
                 single_next: false,
                 own_buffer: false,
                 small_reads: 0,
+                pool_small: false,
                 chunks: Vec::new(),
                 multi_end: None,
                 write_op: None,
