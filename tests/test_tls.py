@@ -506,24 +506,43 @@ def test_tls_rides_the_loops_own_stream_transport(io_loop, server_ctx, client_ct
         assert (cls.__module__ == "ferroloop._transports") == native, (side, cls)
 
 
-def test_tls_connections_read_through_the_loops_one_staging_buffer(io_loop, server_ctx, client_ctx):
+@pytest.mark.parametrize("how", ["ssl=", "start_tls"])
+def test_tls_connections_read_through_the_loops_one_staging_buffer(
+    io_loop, server_ctx, client_ctx, how
+):
     """asyncio's TLS protocol keeps a 256 KiB read buffer per connection;
-    ferroloop's connections share their loop's. Open connections then cost
-    no such buffer each (asyncio's, measured the same way, shows the
-    difference is there to see), and connections reading at the same time
-    through the shared buffer each get their own bytes back."""
+    ferroloop's connections share their loop's, made with ``ssl=`` or, once
+    the handshake is done, upgraded with ``start_tls``. Open connections
+    then cost no such buffer each (asyncio's, measured the same way, shows
+    the difference is there to see), and connections reading at the same
+    time through the shared buffer each get their own bytes back."""
     import tracemalloc
 
     import ferroloop
 
     conns = 8
     per_conn = 2 * asyncio.sslproto.SSLProtocol.max_size  # both ends' buffers
+    upgrade = how == "start_tls"
 
     async def handle(reader, writer):
+        if upgrade:
+            assert await reader.readline() == b"STARTTLS\n"
+            writer.write(b"GO\n")
+            await writer.drain()
+            await writer.start_tls(server_ctx)
         while data := await reader.read(1 << 16):
             writer.write(data)
             await writer.drain()
         writer.close()
+
+    async def connect(port):
+        if not upgrade:
+            return await asyncio.open_connection(HOST, port, ssl=client_ctx, server_hostname=NAME)
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"GO\n"
+        await writer.start_tls(client_ctx, server_hostname=NAME)
+        return reader, writer
 
     async def echo(reader, writer, payload):
         async def send():
@@ -537,16 +556,14 @@ def test_tls_connections_read_through_the_loops_one_staging_buffer(io_loop, serv
         return hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
 
     async def main():
-        server = await asyncio.start_server(handle, HOST, 0, ssl=server_ctx)
+        server = await asyncio.start_server(handle, HOST, 0, ssl=None if upgrade else server_ctx)
         port = server.sockets[0].getsockname()[1]
         streams = []
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             for _ in range(conns):
-                streams.append(
-                    await asyncio.open_connection(HOST, port, ssl=client_ctx, server_hostname=NAME)
-                )
+                streams.append(await connect(port))
             # Each connection echoes once, so the server's side is up too.
             for reader, writer in streams:
                 writer.write(b"ping")

@@ -141,11 +141,21 @@ class _TLSProtocol(sslproto.SSLProtocol):
             super().__init__(loop, *args, **kwargs)
         finally:
             del self.max_size
-        view = loop._ff_tls_staging
-        if view is None or len(view) < self.max_size:
-            view = loop._ff_tls_staging = memoryview(bytearray(self.max_size))
-        self._ssl_buffer = view.obj
-        self._ssl_buffer_view = view
+        _share_tls_staging(loop, self)
+
+
+def _share_tls_staging(loop, ssl_protocol):
+    """Point `ssl_protocol`'s read staging buffer at `loop`'s."""
+    view = loop._ff_tls_staging
+    if view is None or len(view) < ssl_protocol.max_size:
+        view = loop._ff_tls_staging = memoryview(bytearray(ssl_protocol.max_size))
+    ssl_protocol._ssl_buffer = view.obj
+    ssl_protocol._ssl_buffer_view = view
+
+
+# The stream transports that call a BufferedProtocol's get_buffer, read and
+# call its buffer_updated in one go.
+_OWN_STREAMS = (SocketTransport, RingSocketTransport, selector_events._SelectorSocketTransport)
 
 
 def _run_foreign_handle(handle):
@@ -307,6 +317,17 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         )
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    async def start_tls(self, transport, protocol, sslcontext, **kwargs):
+        # asyncio's, which makes its own TLS protocol with a buffer of its
+        # own; once the handshake is done, the protocol reads through the
+        # loop's staging buffer instead, if the transport is one of this
+        # loop's (they read and hand over in one go).
+        app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
+        ssl_protocol = getattr(app_transport, "_ssl_protocol", None)
+        if type(ssl_protocol) is sslproto.SSLProtocol and type(transport) in _OWN_STREAMS:
+            _share_tls_staging(self, ssl_protocol)
+        return app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
