@@ -246,6 +246,8 @@ static BASE_EVENTS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static NATIVE_TIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// asyncio.constants.SSL_HANDSHAKE_TIMEOUT and SSL_SHUTDOWN_TIMEOUT.
+static SSL_TIMEOUTS: PyOnceLock<[Py<PyAny>; 2]> = PyOnceLock::new();
 
 /// `asyncio.Task` / `asyncio.Future` (the C implementations when present).
 fn asyncio_type<'py>(
@@ -1091,23 +1093,18 @@ impl LoopCore {
                 &backlog_default
             }
         };
-        let constants;
-        let (hs, sd);
-        let (hs, sd) = match (ssl_handshake_timeout, ssl_shutdown_timeout) {
-            (Some(a), Some(b)) => (a, b),
-            (a, b) => {
-                constants = py.import(pyo3::intern!(py, "asyncio.constants"))?;
-                hs = match a {
-                    Some(a) => a.clone(),
-                    None => constants.getattr("SSL_HANDSHAKE_TIMEOUT")?,
-                };
-                sd = match b {
-                    Some(b) => b.clone(),
-                    None => constants.getattr("SSL_SHUTDOWN_TIMEOUT")?,
-                };
-                (&hs, &sd)
-            }
-        };
+        // asyncio's defaults, read once as its signature reads them. (A
+        // plain server passes None for both: looking them up on every
+        // connection was an import per connection.)
+        let [hs_default, sd_default] = SSL_TIMEOUTS.get_or_try_init(py, || {
+            let constants = py.import("asyncio.constants")?;
+            Ok::<_, PyErr>([
+                constants.getattr("SSL_HANDSHAKE_TIMEOUT")?.unbind(),
+                constants.getattr("SSL_SHUTDOWN_TIMEOUT")?.unbind(),
+            ])
+        })?;
+        let hs = ssl_handshake_timeout.unwrap_or(hs_default.bind(py));
+        let sd = ssl_shutdown_timeout.unwrap_or(sd_default.bind(py));
         crate::accepted::accept_connection(
             slf,
             protocol_factory,
