@@ -335,6 +335,59 @@ def test_stream_transport_init_call_shapes(kind):
     assert len(made) == 3
 
 
+@pytest.mark.parametrize("change", ["subclass", "core_class"])
+@pytest.mark.parametrize("kind", ["ferroloop", "ferroloop-proactor"])
+def test_a_changed_stream_transport_class_is_called_as_it_is(kind, change, monkeypatch):
+    """The standard stream transport classes are made, and their cores
+    made and started, without calls through Python; a subclass the loop
+    uses gets its own ``__init__`` called, and a class whose
+    ``_core_class`` was replaced gets that called, on accepted and on
+    connected transports alike."""
+    loop = make_loop(kind)
+    base = loop._ff_stream_transport
+    calls = []
+    if change == "subclass":
+
+        class Mine(base):
+            def __init__(self, *args, **kwargs):
+                calls.append(type(args[2]).__name__)
+                super().__init__(*args, **kwargs)
+
+        loop._ff_stream_transport = Mine
+    else:
+        make_core = base._core_class
+
+        def core_class(*args):
+            calls.append(type(args[2]).__name__)
+            return make_core(*args)
+
+        monkeypatch.setattr(base, "_core_class", staticmethod(core_class))
+
+    async def main():
+        server, socks, made = await _serve(loop, 1)
+        tr, _client = await loop.create_connection(
+            asyncio.Protocol, *server.sockets[0].getsockname()
+        )
+        await _until(lambda: len(made) == 2)
+        socks[0].setblocking(False)
+        made[0].write(b"ok")
+        assert await asyncio.wait_for(loop.sock_recv(socks[0], 2), 2) == b"ok"
+        kinds = [type(t) is loop._ff_stream_transport for t in (*made, tr)]
+        for t in (*made, tr):
+            t.close()
+        for c in socks:
+            c.close()
+        server.close()
+        await server.wait_closed()
+        return kinds
+
+    kinds = _run(loop, main())
+    assert kinds == [True, True, True]
+    # Two accepted transports (the plain client's and the loop's client's)
+    # and the loop's client's own, made with asyncio's protocol.
+    assert sorted(calls) == ["Proto", "Proto", "Protocol"]
+
+
 @pytest.mark.parametrize("kind", ["ferroloop", "ferroloop-proactor"])
 def test_accept_general_path_and_failures(kind, tmp_path):
     """The Python accept path (families the loop does not accept natively,

@@ -5,7 +5,9 @@
 //!
 //! asyncio builds these with small Python functions (`socket.socket`'s
 //! `__init__`, `TransportSocket.__init__`, `Server._attach` and
-//! `_detach`), a Python frame each for every connection. Each is done
+//! `_detach`), a Python frame each for every connection; ferroloop's
+//! stream transports call their core class and its `_start` through
+//! Python, and are themselves made by calling the class. Each is done
 //! here the way the function does it, for exactly the standard class with
 //! its type unchanged since it was looked at (a class whose attributes
 //! were replaced gets a new version tag, or none); anything else gets the
@@ -16,6 +18,10 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
+
+use crate::loop_core::LoopCore;
+use crate::proactor::stream::RingStreamCore;
+use crate::selector::stream::StreamCore;
 
 /// A class and its version tag when it was looked up.
 struct Pinned {
@@ -260,7 +266,7 @@ pub fn _accept_into(
             protocol = Some(p.clone());
             let extra = PyDict::new(py);
             extra.set_item(pyo3::intern!(py, "peername"), addr)?;
-            transport_class.call1((loop_, conn, p, py.None(), extra, server))
+            new_stream_transport(transport_class, loop_, conn, &p, extra, server)
         };
         let Err(exc) = made() else {
             return Ok(());
@@ -408,9 +414,28 @@ pub fn stream_transport_init(
 ) -> PyResult<()> {
     let py = transport.py();
     _init_socket_extra(transport, sock, extra)?;
-    let core = transport
-        .getattr(pyo3::intern!(py, "_core_class"))?
-        .call1((loop_, sock, protocol, transport, server))?;
+    // The core: made and started here for the standard classes, whose
+    // `_core_class` is known; anything else gets its class called.
+    let kind = core_kind(py, transport)?;
+    let lp = loop_.cast::<LoopCore>().ok();
+    fn opt<'a, 'py>(o: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, PyAny>> {
+        (!o.is_none()).then_some(o)
+    }
+    let core = match (kind, lp) {
+        (Some(CoreKind::Plain), Some(lp)) => Bound::new(
+            py,
+            StreamCore::py_new(lp, sock, protocol, transport, opt(server))?,
+        )?
+        .into_any(),
+        (Some(CoreKind::Ring), Some(lp)) => Bound::new(
+            py,
+            RingStreamCore::py_new(lp, sock, protocol, transport, opt(server))?,
+        )?
+        .into_any(),
+        _ => transport
+            .getattr(pyo3::intern!(py, "_core_class"))?
+            .call1((loop_, sock, protocol, transport, server))?,
+    };
     transport.setattr(pyo3::intern!(py, "_core"), &core)?;
     let fd = core.getattr(pyo3::intern!(py, "fd"))?;
     transport.setattr(pyo3::intern!(py, "_sock_fd"), &fd)?;
@@ -423,8 +448,114 @@ pub fn stream_transport_init(
         transport,
     )?;
     set_nodelay(sock, fd.extract::<i32>().ok().filter(|&n| n >= 0))?;
-    core.call_method1(pyo3::intern!(py, "_start"), (waiter,))
-        .map(drop)
+    if let Ok(c) = core.cast::<StreamCore>() {
+        StreamCore::_start(c, opt(waiter))
+    } else if let Ok(c) = core.cast::<RingStreamCore>() {
+        RingStreamCore::_start(c, opt(waiter))
+    } else {
+        core.call_method1(pyo3::intern!(py, "_start"), (waiter,))
+            .map(drop)
+    }
+}
+
+/// Which native core a stream transport of `transport`'s class has.
+#[derive(Clone, Copy)]
+enum CoreKind {
+    /// `SocketTransport`'s `StreamCore`.
+    Plain,
+    /// `RingSocketTransport`'s `RingStreamCore`.
+    Ring,
+}
+
+/// `ferroloop._transports.SocketTransport` and `RingSocketTransport`.
+static STREAM_CLASSES: PyOnceLock<[Pinned; 2]> = PyOnceLock::new();
+
+fn stream_classes(py: Python<'_>) -> PyResult<&[Pinned; 2]> {
+    STREAM_CLASSES.get_or_try_init(py, || {
+        let module = py.import("ferroloop._transports")?;
+        let class = |name: &str, core: Bound<'_, PyType>| -> PyResult<Pinned> {
+            let ty = module.getattr(name)?.cast_into::<PyType>()?;
+            // The class as the module made it: its own core class, and the
+            // C `__init__` installed in it (a lookup also gives the class a
+            // valid version tag). Else it is never taken as known.
+            let init = ty.getattr("__dict__")?.get_item("__init__")?;
+            let as_made = ty.getattr("_core_class")?.is(&core)
+                && init.get_type().name()? == "method_descriptor";
+            let mut pinned = Pinned::new(ty);
+            if !as_made {
+                pinned.tag = 0;
+            }
+            Ok(pinned)
+        };
+        Ok([
+            class("SocketTransport", py.get_type::<StreamCore>())?,
+            class("RingSocketTransport", py.get_type::<RingStreamCore>())?,
+        ])
+    })
+}
+
+/// The core `obj`'s class makes, when it is exactly one of the standard
+/// stream transport classes, unchanged (its `_core_class` and `__init__`
+/// are then the module's).
+fn core_kind(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Option<CoreKind>> {
+    let [plain, ring] = stream_classes(py)?;
+    Ok(if plain.holds(py, obj) {
+        Some(CoreKind::Plain)
+    } else if ring.holds(py, obj) {
+        Some(CoreKind::Ring)
+    } else {
+        None
+    })
+}
+
+/// `cls(loop_, sock, protocol, None, extra, server)` for a stream transport
+/// class: for the standard classes, unchanged, the object made by the
+/// type's `tp_new` and set up by [`stream_transport_init`] (what their
+/// `__init__` runs), without the interpreter's call of a Python-level
+/// `__init__`; any other class is called.
+fn new_stream_transport<'py>(
+    cls: &Bound<'py, PyAny>,
+    loop_: &Bound<'py, PyAny>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    extra: Bound<'py, PyDict>,
+    server: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let [plain, ring] = stream_classes(py)?;
+    let known = [plain, ring]
+        .iter()
+        .any(|c| cls.is(c.ty.bind(py)) && c.unchanged(py));
+    let new = cls
+        .cast::<PyType>()
+        .ok()
+        // SAFETY: a live type object; its `tp_new` slot is a plain field
+        // read under the GIL.
+        .and_then(|t| unsafe { (*t.as_type_ptr()).tp_new });
+    let (true, Some(new)) = (known, new) else {
+        return cls.call1((loop_, sock, protocol, py.None(), extra, server));
+    };
+    let args = PyTuple::empty(py);
+    // SAFETY: the type's own `tp_new`, called as `type.__call__` calls it
+    // (the type, an argument tuple, no keywords); it returns a new
+    // reference, or NULL with an exception set.
+    let obj = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            new(cls.as_ptr().cast(), args.as_ptr(), std::ptr::null_mut()),
+        )?
+    };
+    let none = py.None().into_bound(py);
+    stream_transport_init(
+        &obj,
+        loop_,
+        sock,
+        protocol,
+        &none,
+        Some(extra.into_any()),
+        server,
+    )?;
+    Ok(obj)
 }
 
 /// `asyncio.log.logger.debug`.

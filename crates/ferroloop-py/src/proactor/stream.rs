@@ -888,7 +888,7 @@ impl RingStreamCore {
 impl RingStreamCore {
     #[new]
     #[pyo3(signature = (lp, sock, protocol, transport, server = None))]
-    fn py_new(
+    pub(crate) fn py_new(
         lp: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
@@ -933,7 +933,7 @@ impl RingStreamCore {
     /// Schedule `connection_made`, the start of reading and the waiter, in
     /// that order, as asyncio's transport constructor does.
     #[pyo3(signature = (waiter = None))]
-    fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    pub(crate) fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
         let Some(lp) = me.link.lp(py) else {

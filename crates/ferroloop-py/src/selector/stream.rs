@@ -151,7 +151,7 @@ impl StreamCore {
 impl StreamCore {
     #[new]
     #[pyo3(signature = (lp, sock, protocol, transport, server = None))]
-    fn py_new(
+    pub(crate) fn py_new(
         lp: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
@@ -173,7 +173,7 @@ impl StreamCore {
     /// Schedule `connection_made`, the start of reading and the waiter, in
     /// that order, as asyncio's transport constructor does.
     #[pyo3(signature = (waiter = None))]
-    fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    pub(crate) fn _start(slf: &Bound<'_, Self>, waiter: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let start = slf.getattr(pyo3::intern!(slf.py(), "_add_reader_cb"))?;
         slf.get().link.start(slf.py(), Some(start), waiter)
     }
