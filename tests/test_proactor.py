@@ -1385,14 +1385,27 @@ def test_quick_open_close_no_crossed_data(ploop):
     assert fd_count() == before
 
 
+def _run_closing_with_nofile(loop, coro, nofile, timeout, before):
+    """Run ``coro`` on ``loop`` with at least ``nofile`` descriptors allowed,
+    close the loop, and check that at most one descriptor more than
+    ``before`` is open."""
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _raise_nofile(nofile)
+    try:
+        run_coro(loop, coro, timeout=timeout)
+        loop.close()
+        collect()
+        assert fd_count() <= before + 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
 @pytest.mark.timeout(60)
 def test_paused_readers_do_not_starve_the_shared_recv_pool(ploop):
     # The proactor's stream transports read from one pool of 256 buffers
     # (multishot recv). 300 transports paused with bytes pending, some of
     # them holding pool buffers, must neither lose nor reorder a byte, nor
     # keep a new connection from being read.
-    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
-    _raise_nofile(2048)
     before = fd_count()
     count = 300
     servers = []
@@ -1465,13 +1478,7 @@ def test_paused_readers_do_not_starve_the_shared_recv_pool(ploop):
             await server.wait_closed()
         await asyncio.sleep(0.05)
 
-    try:
-        run_coro(ploop, main(), timeout=50)
-        ploop.close()
-        collect()
-        assert fd_count() <= before + 1
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+    _run_closing_with_nofile(ploop, main(), 2048, 50, before)
 
 
 def test_the_recv_pool_grows_only_for_connections_reading_small(ploop):
@@ -1543,15 +1550,7 @@ def test_the_recv_pool_grows_only_for_connections_reading_small(ploop):
             await server.wait_closed()
         await asyncio.sleep(0.05)
 
-    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
-    _raise_nofile(1024)
-    try:
-        run_coro(ploop, main(), timeout=30)
-        ploop.close()
-        collect()
-        assert fd_count() <= before + 1
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+    _run_closing_with_nofile(ploop, main(), 1024, 30, before)
 
 
 def test_reads_switch_between_the_pool_and_an_own_buffer_losing_nothing(ploop):
