@@ -318,12 +318,30 @@ class Loop(LoopCore, unix_events._UnixSelectorEventLoop):
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
-    async def start_tls(self, transport, protocol, sslcontext, **kwargs):
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
         # asyncio's, which makes its own TLS protocol with a buffer of its
         # own; once the handshake is done, the protocol reads through the
         # loop's staging buffer instead, if the transport is one of this
         # loop's (they read and hand over in one go).
-        app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
+        app_transport = await super().start_tls(
+            transport,
+            protocol,
+            sslcontext,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         ssl_protocol = getattr(app_transport, "_ssl_protocol", None)
         if type(ssl_protocol) is sslproto.SSLProtocol and type(transport) in _OWN_STREAMS:
             _share_tls_staging(self, ssl_protocol)

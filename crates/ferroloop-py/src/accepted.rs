@@ -478,9 +478,10 @@ fn stream_classes(py: Python<'_>) -> PyResult<&[Pinned; 2]> {
             // The class as the module made it: its own core class, and the
             // C `__init__` installed in it (a lookup also gives the class a
             // valid version tag). Else it is never taken as known.
-            let init = ty.getattr("__dict__")?.get_item("__init__")?;
+            let init = ty.getattr("__dict__")?.get_item("__init__").ok();
             let as_made = ty.getattr("_core_class")?.is(&core)
-                && init.get_type().name()? == "method_descriptor";
+                && init
+                    .is_some_and(|i| i.get_type().name().is_ok_and(|n| n == "method_descriptor"));
             let mut pinned = Pinned::new(ty);
             if !as_made {
                 pinned.tag = 0;
