@@ -201,6 +201,59 @@ def test_recv_into_and_sendall_large_partial_sends(loop):
         b.close()
 
 
+def test_recv_returns_what_recv_would_through_small_and_large_reads(loop):
+    """``sock_recv(sock, n)`` returns what ``sock.recv(n)`` would: at most
+    ``n`` bytes, what is queued, in order, then ``b""`` at the end. ferroloop
+    reads small messages through a scratch buffer and, after a large read,
+    into a ``bytes`` sized by what is queued: each way is checked, with
+    sizes below, at and above what is queued and beyond the scratch buffer
+    (256 KiB)."""
+    a, b = _pair()
+    data = bytes(i % 251 for i in range(1_000_000))
+
+    async def exact(n, queued):
+        got = await loop.sock_recv(a, n)
+        assert len(got) == min(n, queued), (n, queued, len(got))
+        return got
+
+    async def main():
+        out = bytearray()
+        # Queued and known: 1,000 bytes, read in two (small reads).
+        b.sendall(data[:1000])
+        out += await exact(100, 1000)
+        out += await exact(10_000, 900)
+        # A large read (70,000 queued), then the small ones after it.
+        await loop.sock_sendall(b, data[1000:71_000])
+        while len(out) < 71_000:
+            out += await loop.sock_recv(a, 262_144)
+        b.sendall(data[71_000:72_000])
+        out += await exact(100, 1000)
+        out += await exact(10_000, 900)
+        # The rest, sent by a task, read with sizes from 1 byte to more
+        # than the scratch buffer holds.
+        sender = loop.create_task(loop.sock_sendall(b, data[72_000:]))
+        sizes = [1, 300_000, 64, 262_144, 40_000, 7]
+        i = 0
+        while len(out) < len(data):
+            n = sizes[i % len(sizes)]
+            i += 1
+            got = await loop.sock_recv(a, n)
+            assert 0 < len(got) <= n
+            out += got
+        await sender
+        b.shutdown(socket.SHUT_WR)
+        end = await loop.sock_recv(a, 262_144)
+        return bytes(out), end
+
+    try:
+        out, end = _run(loop, main())
+        assert out == data
+        assert end == b""
+    finally:
+        a.close()
+        b.close()
+
+
 def test_sendall_of_each_bytes_like(loop):
     a, b = _pair()
     items = [b"bytes", bytearray(b"array"), memoryview(b"xxview")[2:], b""]

@@ -507,7 +507,7 @@ pub fn read_bytes<'py>(
 }
 
 /// Bytes queued for reading on `fd`, if the descriptor can say.
-fn queued(fd: RawFd) -> Option<usize> {
+pub fn queued(fd: RawFd) -> Option<usize> {
     let mut n: c_int = 0;
     // SAFETY: FIONREAD writes one `int` through the pointer, which points
     // at a live local.

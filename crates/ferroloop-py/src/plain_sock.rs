@@ -12,6 +12,7 @@
 //! with a timeout, a closed one) is given to the method, which returns or
 //! raises what the socket module does.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -21,7 +22,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyInt, PyType};
 
 use crate::errors::io_err;
-use crate::link::UninitBytes;
+use crate::link::{bytes_from, queued, UninitBytes, BIG_READ, MAX_READ, SCRATCH};
 use crate::sock_ops::Op;
 
 static PLAIN_SOCKET: PyOnceLock<PlainSocket> = PyOnceLock::new();
@@ -151,14 +152,33 @@ impl PlainSocket {
         let Some(fd) = self.nonblocking_fd(py, sock)? else {
             return Ok(Native::Method);
         };
+        // After a large read, a `bytes` of what is queued, if less than
+        // asked, so that asyncio's usual 256 KiB is not allocated (often by
+        // `mmap`) for each read. Else, and when nothing is queued (no data
+        // yet, the end of the stream, or an error to take), the scratch
+        // buffer.
+        let cap = match RECV_BIG.with(Cell::get).then(|| queued(fd)).flatten() {
+            Some(q) if q > 0 => n.min(q),
+            _ => {
+                if n <= MAX_READ {
+                    if let Some(read) = recv_small(py, fd, n) {
+                        return read;
+                    }
+                }
+                n
+            }
+        };
         // A size too large to allocate raises MemoryError, as the module's.
-        let mut buf = UninitBytes::try_new(py, n)?;
+        let mut buf = UninitBytes::try_new(py, cap)?;
         let ptr = buf.as_mut_ptr();
-        // SAFETY: `ptr` holds `n` writable bytes, owned by `buf`.
-        match retry(py, || unsafe { libc::recv(fd, ptr.cast(), n, 0) })? {
-            Some(got) => Ok(Native::Read(
-                buf.finish(py, got).map_err(io_err)?.into_any(),
-            )),
+        // SAFETY: `ptr` holds `cap` writable bytes, owned by `buf`.
+        match retry(py, || unsafe { libc::recv(fd, ptr.cast(), cap, 0) })? {
+            Some(got) => {
+                RECV_BIG.with(|b| b.set(got >= BIG_READ));
+                Ok(Native::Read(
+                    buf.finish(py, got).map_err(io_err)?.into_any(),
+                ))
+            }
             None => Ok(Native::WouldBlock),
         }
     }
@@ -286,6 +306,57 @@ fn exact_size(n: &Bound<'_, PyAny>) -> Option<usize> {
     n.extract::<usize>()
         .ok()
         .filter(|&n| n > 0 && n <= isize::MAX as usize)
+}
+
+thread_local! {
+    /// The last `recv` of a plain socket on this thread brought
+    /// [`BIG_READ`] bytes or more. Until one brings less, reads go
+    /// straight into a `bytes` sized by what is queued (a copy of a large
+    /// message would cost more than the system call that asks); the others
+    /// go into the thread's scratch buffer, copied into a `bytes` of the
+    /// size that came.
+    static RECV_BIG: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `recv(fd, n)` into the thread's scratch buffer (`n` at most its size),
+/// what came copied into a `bytes`: no allocation of the size asked, which
+/// for asyncio's usual 256 KiB is above glibc's `mmap` threshold, so that
+/// many calls made an `mmap`, an `mremap` to shrink it and a `munmap`.
+/// None when the buffer is in use.
+fn recv_small<'py>(py: Python<'py>, fd: RawFd, n: usize) -> Option<PyResult<Native<'py>>> {
+    loop {
+        // The buffer is borrowed only around the system call and the copy:
+        // the signal handlers run below may read on this thread too.
+        let r = SCRATCH.with(|s| {
+            let mut s = s.try_borrow_mut().ok()?;
+            let buf = s.get_mut(..n)?;
+            // SAFETY: `buf` is `n` writable bytes, borrowed for the call.
+            let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), n, 0) };
+            Some(if r >= 0 {
+                Ok(bytes_from(py, &buf[..r as usize]))
+            } else {
+                Err(io::Error::last_os_error())
+            })
+        })?;
+        let e = match r {
+            Ok(b) => {
+                RECV_BIG.with(|big| big.set(b.as_bytes().len() >= BIG_READ));
+                return Some(Ok(Native::Read(b.into_any())));
+            }
+            Err(e) => e,
+        };
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {
+                // SAFETY: we hold the GIL; -1 means a handler raised, and
+                // the exception is set.
+                if unsafe { ffi::PyErr_CheckSignals() } != 0 {
+                    return Some(Err(PyErr::fetch(py)));
+                }
+            }
+            Some(libc::EAGAIN) => return Some(Ok(Native::WouldBlock)),
+            _ => return Some(Err(io_err(e))),
+        }
+    }
 }
 
 /// A system call on a non-blocking socket, as the socket module makes it:
