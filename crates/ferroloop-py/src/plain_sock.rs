@@ -345,16 +345,10 @@ fn recv_small<'py>(py: Python<'py>, fd: RawFd, n: usize) -> Option<PyResult<Nati
             }
             Err(e) => e,
         };
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {
-                // SAFETY: we hold the GIL; -1 means a handler raised, and
-                // the exception is set.
-                if unsafe { ffi::PyErr_CheckSignals() } != 0 {
-                    return Some(Err(PyErr::fetch(py)));
-                }
-            }
-            Some(libc::EAGAIN) => return Some(Ok(Native::WouldBlock)),
-            _ => return Some(Err(io_err(e))),
+        match interrupted(py, e) {
+            Ok(true) => {}
+            Ok(false) => return Some(Ok(Native::WouldBlock)),
+            Err(e) => return Some(Err(e)),
         }
     }
 }
@@ -368,18 +362,28 @@ fn retry(py: Python<'_>, mut f: impl FnMut() -> isize) -> PyResult<Option<usize>
         if r >= 0 {
             return Ok(Some(r as usize));
         }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {
-                // SAFETY: we hold the GIL; -1 means a handler raised, and
-                // the exception is set.
-                if unsafe { ffi::PyErr_CheckSignals() } != 0 {
-                    return Err(PyErr::fetch(py));
-                }
-            }
-            Some(libc::EAGAIN) => return Ok(None),
-            _ => return Err(io_err(e)),
+        if !interrupted(py, io::Error::last_os_error())? {
+            return Ok(None);
         }
+    }
+}
+
+/// What the error of a call on a non-blocking socket means, as the socket
+/// module reads it: true for `EINTR` (to try again, once the signal
+/// handlers ran; an exception one raised wins), false for `EAGAIN`, and
+/// any other error as the `OSError` the module raises.
+fn interrupted(py: Python<'_>, e: io::Error) -> PyResult<bool> {
+    match e.raw_os_error() {
+        Some(libc::EINTR) => {
+            // SAFETY: we hold the GIL; -1 means a handler raised, and the
+            // exception is set.
+            if unsafe { ffi::PyErr_CheckSignals() } != 0 {
+                return Err(PyErr::fetch(py));
+            }
+            Ok(true)
+        }
+        Some(libc::EAGAIN) => Ok(false),
+        _ => Err(io_err(e)),
     }
 }
 
