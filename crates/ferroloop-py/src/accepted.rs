@@ -88,7 +88,8 @@ fn new_instance<'py>(
     args: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: `ty` is a live type object; every class reaching here has a
-    // `tp_new` (inherited from `object` or `_socket.socket`), called with
+    // `tp_new` (inherited from `object` or `_socket.socket`; a missing one
+    // is an error, not a call), called with
     // a live tuple and no keywords, and returning a new reference or NULL
     // with an error set.
     unsafe {
@@ -416,7 +417,7 @@ pub fn stream_transport_init(
     _init_socket_extra(transport, sock, extra)?;
     // The core: made and started here for the standard classes, whose
     // `_core_class` is known; anything else gets its class called.
-    let kind = core_kind(py, transport)?;
+    let kind = core_kind(py, transport.get_type().as_any())?;
     let lp = loop_.cast::<LoopCore>().ok();
     fn opt<'a, 'py>(o: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, PyAny>> {
         (!o.is_none()).then_some(o)
@@ -495,14 +496,15 @@ fn stream_classes(py: Python<'_>) -> PyResult<&[Pinned; 2]> {
     })
 }
 
-/// The core `obj`'s class makes, when it is exactly one of the standard
-/// stream transport classes, unchanged (its `_core_class` and `__init__`
-/// are then the module's).
-fn core_kind(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Option<CoreKind>> {
+/// The core a stream transport of class `cls` makes, when `cls` is
+/// exactly one of the standard stream transport classes, unchanged (its
+/// `_core_class` and `__init__` are then the module's).
+fn core_kind(py: Python<'_>, cls: &Bound<'_, PyAny>) -> PyResult<Option<CoreKind>> {
     let [plain, ring] = stream_classes(py)?;
-    Ok(if plain.holds(py, obj) {
+    let is = |c: &Pinned| cls.is(c.ty.bind(py)) && c.unchanged(py);
+    Ok(if is(plain) {
         Some(CoreKind::Plain)
-    } else if ring.holds(py, obj) {
+    } else if is(ring) {
         Some(CoreKind::Ring)
     } else {
         None
@@ -523,29 +525,11 @@ fn new_stream_transport<'py>(
     server: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
-    let [plain, ring] = stream_classes(py)?;
-    let known = [plain, ring]
-        .iter()
-        .any(|c| cls.is(c.ty.bind(py)) && c.unchanged(py));
-    let new = cls
-        .cast::<PyType>()
-        .ok()
-        // SAFETY: a live type object; its `tp_new` slot is a plain field
-        // read under the GIL.
-        .and_then(|t| unsafe { (*t.as_type_ptr()).tp_new });
-    let (true, Some(new)) = (known, new) else {
-        return cls.call1((loop_, sock, protocol, py.None(), extra, server));
+    let ty = match (core_kind(py, cls)?, cls.cast::<PyType>()) {
+        (Some(_), Ok(ty)) => ty,
+        _ => return cls.call1((loop_, sock, protocol, py.None(), extra, server)),
     };
-    let args = PyTuple::empty(py);
-    // SAFETY: the type's own `tp_new`, called as `type.__call__` calls it
-    // (the type, an argument tuple, no keywords); it returns a new
-    // reference, or NULL with an exception set.
-    let obj = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            new(cls.as_ptr().cast(), args.as_ptr(), std::ptr::null_mut()),
-        )?
-    };
+    let obj = new_instance(py, ty, &PyTuple::empty(py))?;
     let none = py.None().into_bound(py);
     stream_transport_init(
         &obj,
