@@ -1553,6 +1553,85 @@ def test_the_recv_pool_grows_only_for_connections_reading_small(ploop):
     _run_closing_with_nofile(ploop, main(), 1024, 30, before)
 
 
+def test_a_quiet_pass_sends_its_reply_at_once_and_a_busy_pass_queues_them(ploop):
+    # A small write is normally a send op that goes to the kernel with the
+    # pass's one io_uring_enter, and counts in get_write_buffer_size() until
+    # it completes. After a look at the ring that found one finished op (a
+    # pass serving one connection), the first write is sent at once
+    # instead, as the selector loop sends it: nothing stays buffered. After
+    # a look that found many, the writes stay ops, sharing one system call.
+    before = fd_count()
+    size = 300
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.buffered = []
+            conns.append(self)
+
+        def data_received(self, data):
+            self.transport.write(data)
+            self.buffered.append(self.transport.get_write_buffer_size())
+
+    conns = []
+
+    async def until(cond):
+        for _ in range(1000):
+            if cond():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("timed out")
+
+    def read_echo(sock, n):
+        got = b""
+        while len(got) < n:
+            chunk = sock.recv(n - len(got))
+            assert chunk
+            got += chunk
+        return got
+
+    async def main():
+        server = await ploop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        socks = []
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port)))
+            await until(lambda: len(conns) == 1)
+            one = conns[0]
+            for i in range(5):
+                msg = bytes([65 + i]) * size
+                socks[0].sendall(msg)
+                await until(lambda n=i + 1: len(one.buffered) == n)
+                assert await ploop.run_in_executor(None, read_echo, socks[0], size) == msg
+            assert one.buffered == [0] * 5, one.buffered
+
+            many = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+            socks += many
+            await until(lambda: len(conns) == 9)
+            # Sent from the loop's own thread: every connection has its
+            # bytes before the loop next looks, so they all come in one pass.
+            for j, s in enumerate(many):
+                s.sendall(bytes([97 + j]) * size)
+            await until(lambda: all(len(p.buffered) == 1 for p in conns[1:]))
+            sizes = [p.buffered[0] for p in conns[1:]]
+            assert sizes.count(0) <= 1 and sizes.count(size) >= 7, sizes
+            for j, s in enumerate(many):
+                echoed = await ploop.run_in_executor(None, read_echo, s, size)
+                assert echoed == bytes([97 + j]) * size
+            assert all(p.transport.get_write_buffer_size() == 0 for p in conns)
+        finally:
+            for s in socks:
+                s.close()
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.05)
+
+    run_coro(ploop, main(), timeout=30)
+    ploop.close()
+    collect()
+    assert fd_count() <= before + 1
+
+
 def test_reads_switch_between_the_pool_and_an_own_buffer_losing_nothing(ploop):
     # Large reads leave the shared pool for a growing buffer of the
     # transport's own; small ones bring it back. Every switch ends one recv

@@ -206,6 +206,9 @@ struct State {
     single_accept: FdMap<RawFd, u64>,
     completions: Vec<Completion<Owner>>,
     shots: Vec<Shot>,
+    /// Small writes that may still go out by a direct `send` before the
+    /// next look at the ring (see `take_direct_send`).
+    direct_sends: u8,
     /// The ring's buffer pool for multishot recvs, made on first use.
     recv_pool: RecvPool,
     /// The look for I/O after which the pool's ring last grew.
@@ -337,6 +340,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         single_accept: FdMap::default(),
         completions: Vec::new(),
         shots: Vec::new(),
+        direct_sends: 0,
         recv_pool: RecvPool::Untried,
         pool_grown_at: None,
         thread_id: None,
@@ -1474,6 +1478,19 @@ impl LoopCore {
             }
             _ => false,
         }
+    }
+
+    /// May a small write be sent at once by a `send` call rather than
+    /// queued as an op for the pass's `io_uring_enter`? Yes for the first
+    /// one after a look at the ring that found at most one finished op (a
+    /// pass serving one connection: the reply goes out without an op, a
+    /// completion and a `_write_done`); no in a busier pass, whose sends
+    /// share one system call.
+    pub(crate) fn take_direct_send(&self, py: Python<'_>) -> bool {
+        let mut st = self.st.borrow_mut(py);
+        let ok = st.direct_sends > 0;
+        st.direct_sends = st.direct_sends.saturating_sub(1);
+        ok
     }
 
     /// Hand pool buffers back to the kernel unread.

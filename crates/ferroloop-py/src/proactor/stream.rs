@@ -26,7 +26,10 @@
 //!   are pooled per thread); their bytes equally wait while paused.
 //! * **Writing**: `write` queues a send op with a copy of the bytes (or
 //!   appends them to the write buffer while a send is in flight); the
-//!   driver continues partial sends; the send's completion queues
+//!   first write after a look at the ring that found at most one finished
+//!   op, and any write of 64 KiB or more, is first offered to the socket
+//!   by a `send` call (`LoopCore::take_direct_send`); the driver continues
+//!   partial sends; the send's completion queues
 //!   `_write_done`, which sends what accumulated meanwhile. The bytes in
 //!   flight count in `get_write_buffer_size()` until the kernel took them.
 //! * **Closing**: ops in flight are cancelled; the socket is closed by a
@@ -133,7 +136,8 @@ fn give_back(buf: Vec<u8>) {
     }
 }
 /// Writes of at least this many bytes try a direct `send` first; smaller
-/// ones ride the pass's single `io_uring_enter`.
+/// ones ride the pass's single `io_uring_enter`, except in a pass serving
+/// one connection (`LoopCore::take_direct_send`).
 const DIRECT_SEND_AT: usize = 64 * 1024;
 /// A `bytes` of at least this many bytes is lent to the send op; a smaller
 /// one is copied into the transport's reused send buffer, which costs less
@@ -1075,7 +1079,11 @@ impl RingStreamCore {
             io.write_op.is_some() || io.write_result.is_some()
         };
         let mut rest = bytes;
-        if !sending && bytes.len() >= DIRECT_SEND_AT && me.st.borrow(py).buf.is_empty() {
+        if !sending
+            && me.st.borrow(py).buf.is_empty()
+            && (bytes.len() >= DIRECT_SEND_AT
+                || me.link.lp(py).is_some_and(|l| l.get().take_direct_send(py)))
+        {
             // A large write is offered to the socket at once, from the
             // caller's buffer: no copy of what the kernel takes, and the
             // same buffer sizes the selector loop shows.
