@@ -1284,3 +1284,59 @@ def test_an_uninitialised_transport_raises_instead_of_crashing(cls_name, send):
     with pytest.raises(AttributeError, match="_core"):
         t.is_closing()
     assert "uninitialized" in repr(t)
+
+
+
+@pytest.mark.parametrize("case", ["beyond-one-read", "small-buffers", "eof-behind", "urgent"])
+def test_bytes_queued_while_paused_all_come_after_resume_on_tcp(io_loop, case):
+    # Everything arrives while reading is paused, then nothing more: after
+    # resume_reading() the transport must deliver it all (and the EOF
+    # behind it) with no later arrival to wake it. A loop that watches a
+    # TCP socket edge-triggered (ferroloop on epoll) must look again after
+    # a read that filled its buffer (asyncio reads at most 256 KiB at a
+    # time), after the peer's FIN that came with the last bytes, and after
+    # TCP urgent data, where a read stops at the mark with bytes left.
+    size = {"beyond-one-read": 700 * 1024, "small-buffers": 50 * 1000, "eof-behind": 10 * 1024}.get(case, 0)
+    payload = _pattern(size, 5)
+
+    async def main():
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            a = socket.socket()
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            a.connect(lsock.getsockname())
+            peer, _ = lsock.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        if case == "small-buffers":
+            proto_factory = lambda: SmallBuffers(io_loop, 1000)
+        else:
+            proto_factory = lambda: Proto(io_loop)
+        t, p = await io_loop.create_connection(proto_factory, sock=a)
+        t.pause_reading()
+        try:
+            if case == "urgent":
+                peer.sendall(b"abc")
+                peer.send(b"!", socket.MSG_OOB)
+                peer.sendall(b"def")
+                want = b"abcdef"
+            else:
+                peer.sendall(payload)
+                if case == "eof-behind":
+                    peer.shutdown(socket.SHUT_WR)
+                want = payload
+            # On loopback the bytes are in the receiving socket (or, on the
+            # proactor, in its ring's buffers) once sendall returns; the
+            # pause leaves time for a deferred delivery.
+            await asyncio.sleep(0.2)
+            t.resume_reading()
+            async with asyncio.timeout(5):
+                while len(p.data) < len(want) or (case == "eof-behind" and "eof" not in p.events):
+                    await asyncio.sleep(0.01)
+            return bytes(p.data), want, list(p.events)
+        finally:
+            t.close()
+            peer.close()
+
+    data, want, events = run_coro(io_loop, main(), timeout=15)
+    assert data == want
+    if case == "eof-behind":
+        assert "eof" in events

@@ -871,6 +871,69 @@ fn waker_ends_blocking_wait(kind: BackendKind) {
 
 // ----------------------------------------------------------- instantiate --
 
+/// An edge registration on epoll reports a socket when data comes, not
+/// again while it stays unread; `refresh` has the next wait report it if
+/// still ready; `modify` keeps it edge-triggered; the peer's hang-up makes
+/// it level-triggered until it is removed. The other backends ignore the
+/// flag: level-triggered throughout.
+fn edge_registration(kind: BackendKind) {
+    let mut sel = new_selector(kind);
+    let edge = sel.supports_oneshot();
+    let (mut a, mut b) = socketpair();
+    let fd = a.as_raw_fd();
+    sel.register(fd, Interest::READ.edge(), 5).unwrap();
+    expect_none(&mut sel, "no event before data");
+    b.write_all(b"hello").unwrap();
+    let want = [ev(fd, 5, true, false)];
+    expect_events(&mut sel, READY, &want, "data came");
+    if edge {
+        expect_none(&mut sel, "unread, but no new edge");
+        sel.refresh(fd).unwrap();
+        expect_events(&mut sel, READY, &want, "refreshed while unread");
+        expect_none(&mut sel, "after the refreshed report");
+    } else {
+        expect_events(&mut sel, READY, &want, "level-triggered: still readable");
+    }
+    sel.modify(fd, Interest::BOTH, 5).unwrap();
+    let both = [ev(fd, 5, true, true)];
+    expect_events(&mut sel, READY, &both, "modify re-polls");
+    if edge {
+        assert!(
+            sel.registration(fd).unwrap().0.is_edge(),
+            "modify kept the edge"
+        );
+        expect_none(&mut sel, "edge kept by modify");
+    }
+    sel.modify(fd, Interest::READ, 5).unwrap();
+    assert_eq!(drain(&mut a), (5, false));
+    expect_none(&mut sel, "drained");
+    drop(b);
+    let eof = [ev(fd, 5, true, false)];
+    for i in 0..3 {
+        expect_events(
+            &mut sel,
+            READY,
+            &eof,
+            &format!("hang-up reported, wait #{i}"),
+        );
+    }
+    // Not watching reading any more: nothing to report, and the wait blocks.
+    sel.modify(fd, Interest::WRITE, 5).unwrap();
+    let before = Instant::now();
+    let evs = wait(&mut sel, Some(0.05));
+    assert!(evs.iter().all(|e| !e.readable), "[{}] {evs:?}", kind.name());
+    if evs.is_empty() {
+        assert!(
+            before.elapsed() >= Duration::from_millis(40),
+            "the wait blocked"
+        );
+    }
+    sel.modify(fd, Interest::READ, 5).unwrap();
+    expect_events(&mut sel, READY, &eof, "hang-up reported again");
+    sel.deregister(fd).unwrap();
+    expect_none(&mut sel, "deregistered");
+}
+
 macro_rules! per_backend {
     ($($test:ident),* $(,)?) => {
         mod epoll {
@@ -887,6 +950,7 @@ macro_rules! per_backend {
 
 per_backend!(
     read_socketpair_level_triggered,
+    edge_registration,
     read_pipe_level_triggered,
     write_socket_full_then_drained,
     write_pipe_full_then_drained,

@@ -313,7 +313,7 @@ pub fn _accept_into(
 static RAW_SOCKET: PyOnceLock<(Py<PyType>, [Py<PyAny>; 3])> = PyOnceLock::new();
 
 /// [`RAW_SOCKET`], looked up on first use.
-fn raw_socket(py: Python<'_>) -> PyResult<&(Py<PyType>, [Py<PyAny>; 3])> {
+pub(crate) fn raw_socket(py: Python<'_>) -> PyResult<&(Py<PyType>, [Py<PyAny>; 3])> {
     RAW_SOCKET.get_or_try_init(py, || {
         let base = py
             .import("_socket")?
@@ -329,7 +329,10 @@ fn raw_socket(py: Python<'_>) -> PyResult<&(Py<PyType>, [Py<PyAny>; 3])> {
 }
 
 /// `descr.__get__(obj)` for a member descriptor of `obj`'s base.
-fn raw_get<'py>(descr: &Bound<'py, PyAny>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn raw_get<'py>(
+    descr: &Bound<'py, PyAny>,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = obj.py();
     // SAFETY: `descr` is a live member descriptor, whose type has a
     // `tp_descr_get`; it returns a new reference or NULL with an error set.

@@ -293,6 +293,30 @@ impl LinkCell {
         Ok(())
     }
 
+    /// `loop._add_reader(fd, owner.<method>)`, edge-triggered where the
+    /// loop is on epoll (see `loop_core::Trigger::Edge`).
+    pub fn add_edge_reader(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        method: &Bound<'_, pyo3::types::PyString>,
+    ) -> PyResult<()> {
+        let py = owner.py();
+        let Some(lp) = self.lp(py) else {
+            return Ok(());
+        };
+        let cb = owner.getattr(method)?;
+        let fd_obj = self.fd(py).into_pyobject(py)?.into_any();
+        LoopCore::add_watch_as(
+            &lp,
+            &fd_obj,
+            cb,
+            PyTuple::empty(py),
+            false,
+            crate::loop_core::Trigger::Edge,
+        )?;
+        Ok(())
+    }
+
     /// `loop.call_soon(cb, *args)`; nothing once the loop is released.
     pub fn call_soon(
         &self,

@@ -43,7 +43,7 @@ use std::os::fd::RawFd;
 
 use crate::cell::GilCell;
 use crate::handle::Handle;
-use crate::loop_core::LoopCore;
+use crate::loop_core::{LoopCore, Trigger};
 use crate::plain_sock::{Native, PlainSocket};
 
 /// Which call: `sock_recv`, `sock_recv_into` or `sock_sendall`.
@@ -252,7 +252,7 @@ impl SockCall {
             write,
             handle.clone_ref(py),
             Some(sock.clone().unbind()),
-            true,
+            Trigger::OneShot,
         )?;
         let fd = fd_obj.extract::<RawFd>()?;
         let iter = fut

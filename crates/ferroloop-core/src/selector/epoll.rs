@@ -1,5 +1,5 @@
-//! The epoll backend (level-triggered: no `EPOLLET`; `EPOLLONESHOT` on
-//! request).
+//! The epoll backend (level-triggered, as Python's selectors; `EPOLLET`
+//! or `EPOLLONESHOT` on request).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,6 +14,14 @@ pub struct Epoll {
     epfd: Arc<OwnedFd>,
     table: FdTable,
     spare: Vec<libc::epoll_event>,
+    /// Edge registrations made level-triggered by urgent data, until they
+    /// are removed (see [`Interest::edge`]).
+    level_only: Vec<RawFd>,
+    /// Edge registrations whose stream ended, failed or hung up: reported
+    /// at every wait from then on, as level-triggered ones are, without
+    /// asking the kernel (the `bool`: writable too, for an error or a
+    /// hang-up).
+    ended: Vec<(RawFd, bool)>,
 }
 
 /// The state of one `epoll_wait`.
@@ -22,6 +30,8 @@ pub struct EpollWaiter {
     epfd: Arc<OwnedFd>,
     buf: Vec<libc::epoll_event>,
     ready: usize,
+    /// An ended registration will be reported: do not block.
+    now: bool,
 }
 
 fn flags(interest: Interest) -> u32 {
@@ -34,6 +44,11 @@ fn flags(interest: Interest) -> u32 {
     }
     if interest.is_oneshot() {
         f |= libc::EPOLLONESHOT as u32;
+    } else if interest.is_edge() {
+        f |= libc::EPOLLET as u32;
+        if interest.is_readable() {
+            f |= (libc::EPOLLPRI | libc::EPOLLRDHUP) as u32;
+        }
     }
     f
 }
@@ -52,6 +67,8 @@ impl Epoll {
             epfd: Arc::new(epfd),
             table: FdTable::default(),
             spare: Vec::new(),
+            level_only: Vec::new(),
+            ended: Vec::new(),
         })
     }
 
@@ -86,13 +103,17 @@ impl Epoll {
     }
 
     pub(crate) fn modify(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        if !self.table.contains(fd) {
+        let Some((old, _)) = self.table.get(fd) else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{fd} is not registered"),
             ));
-        }
+        };
+        let interest = self.edge_kept(fd, old, interest);
         self.ctl(libc::EPOLL_CTL_MOD, fd, interest)?;
+        if !interest.is_edge() {
+            self.ended.retain(|&(f, _)| f != fd);
+        }
         self.table.set(fd, interest, token)
     }
 
@@ -100,19 +121,63 @@ impl Epoll {
     /// the kernel has no registration for the file `fd` names now
     /// (`ENOENT`).
     pub(crate) fn rearm(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        if !self.table.contains(fd) {
+        let Some((old, _)) = self.table.get(fd) else {
             return self.register(fd, interest, token);
-        }
+        };
+        let interest = self.edge_kept(fd, old, interest);
         match self.ctl(libc::EPOLL_CTL_MOD, fd, interest) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 self.ctl(libc::EPOLL_CTL_ADD, fd, interest)?
             }
             r => r?,
         }
+        if !interest.is_edge() {
+            self.ended.retain(|&(f, _)| f != fd);
+        }
         self.table.set(fd, interest, token)
     }
 
+    /// What a change of `fd`'s registration from `old` to `new` asks of
+    /// the kernel: an edge registration stays one (unless one-shot is
+    /// asked), and one made level-triggered by urgent data stays level.
+    fn edge_kept(&self, fd: RawFd, old: Interest, new: Interest) -> Interest {
+        if self.level_only.contains(&fd) {
+            new.level()
+        } else if old.is_edge() && !new.is_oneshot() {
+            new.edge()
+        } else {
+            new
+        }
+    }
+
+    /// See [`super::Selector::refresh`]: `EPOLL_CTL_MOD` with the same
+    /// interest makes the kernel poll the file again and queue it if ready.
+    pub(crate) fn refresh(&mut self, fd: RawFd) -> io::Result<()> {
+        match self.table.get(fd) {
+            Some((interest, _)) if interest.is_edge() => {
+                self.ctl(libc::EPOLL_CTL_MOD, fd, interest)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// See [`super::Selector::refresh_all`]; a descriptor that is gone
+    /// is left for its owner's next call to find.
+    pub(crate) fn refresh_all(&mut self) {
+        let edges: Vec<(RawFd, Interest)> = self
+            .table
+            .iter()
+            .filter(|(_, i, _)| i.is_edge())
+            .map(|(fd, i, _)| (fd, i))
+            .collect();
+        for (fd, interest) in edges {
+            let _gone = self.ctl(libc::EPOLL_CTL_MOD, fd, interest);
+        }
+    }
+
     pub(crate) fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
+        self.level_only.retain(|&f| f != fd);
+        self.ended.retain(|&(f, _)| f != fd);
         if self.table.remove(fd).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -134,19 +199,33 @@ impl Epoll {
             epfd: Arc::clone(&self.epfd),
             buf,
             ready: 0,
+            now: self.ended_reports(),
         }
     }
 
     pub(crate) fn finish_wait(&mut self, w: EpollWaiter, events: &mut Vec<Event>) {
         let out_only = !(libc::EPOLLOUT as u32);
         let in_only = !(libc::EPOLLIN as u32);
+        let first = events.len();
         for ev in &w.buf[..w.ready] {
             let bits = ev.events;
             let fd = ev.u64 as RawFd;
+            if bits & (URGENT | ENDED) != 0 {
+                self.sticky(fd, bits);
+            }
             if let Some(e) = self
                 .table
                 .event(fd, bits & out_only != 0, bits & in_only != 0)
             {
+                events.push(e);
+            }
+        }
+        // What a level-triggered registration would report again.
+        for &(fd, both) in &self.ended {
+            if events[first..].iter().any(|e| e.fd == fd) {
+                continue;
+            }
+            if let Some(e) = self.table.event(fd, true, both) {
                 events.push(e);
             }
         }
@@ -156,9 +235,59 @@ impl Epoll {
     }
 }
 
+/// TCP urgent data: a read stops at the urgent mark, with bytes left and
+/// no new edge to come for them.
+const URGENT: u32 = libc::EPOLLPRI as u32;
+/// The end of the peer's stream, an error, a hang-up: conditions that stay
+/// once they come. A read that takes the last bytes before the end does
+/// not see it, and no new edge comes for it.
+const ENDED: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+impl Epoll {
+    /// A report of `bits` for `fd`: an edge registration with urgent data
+    /// becomes level-triggered for good (`EPOLL_CTL_MOD`: rare); one whose
+    /// stream ended is reported at every wait from now on, as a
+    /// level-triggered one is, by the loop itself (no system call: every
+    /// connection ends).
+    fn sticky(&mut self, fd: RawFd, bits: u32) {
+        let Some((interest, token)) = self.table.get(fd) else {
+            return;
+        };
+        if !interest.is_edge() {
+            return;
+        }
+        if bits & URGENT != 0 {
+            let level = interest.level();
+            // If the change fails (the descriptor is gone), so will the reads.
+            if self.ctl(libc::EPOLL_CTL_MOD, fd, level).is_ok() {
+                self.level_only.push(fd);
+                self.ended.retain(|&(f, _)| f != fd);
+                let _kept = self.table.set(fd, level, token);
+            }
+            return;
+        }
+        let both = bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+        match self.ended.iter_mut().find(|(f, _)| *f == fd) {
+            Some(e) => e.1 |= both,
+            None => self.ended.push((fd, both)),
+        }
+    }
+
+    /// True when an ended registration will be reported by the next wait
+    /// (it still watches what its condition makes ready).
+    fn ended_reports(&self) -> bool {
+        self.ended.iter().any(|&(fd, both)| {
+            self.table
+                .get(fd)
+                .is_some_and(|(i, _)| i.is_readable() || (both && i.is_writable()))
+        })
+    }
+}
+
 impl EpollWaiter {
     pub(crate) fn wait(&mut self, timeout: Option<f64>) -> io::Result<()> {
         self.ready = 0;
+        let timeout = if self.now { Some(0.0) } else { timeout };
         let cap = self.buf.capacity().clamp(1, i32::MAX as usize);
         // SAFETY: the buffer has room for `cap` events; epoll_wait writes at most
         // that many and returns how many. The epoll fd is kept open by the Arc.

@@ -42,6 +42,7 @@ impl Interest {
     /// Readable or writable.
     pub const BOTH: Interest = Interest(3);
     const ONESHOT: u8 = 4;
+    const EDGE: u8 = 8;
 
     /// An interest from two flags.
     pub const fn new(read: bool, write: bool) -> Self {
@@ -59,6 +60,34 @@ impl Interest {
     /// True for a [`Interest::oneshot`] registration.
     pub const fn is_oneshot(self) -> bool {
         self.0 & Self::ONESHOT != 0
+    }
+
+    /// The same directions, edge-triggered: an event when the descriptor
+    /// becomes ready (for a socket, on every arrival of data or of room),
+    /// not at every wait while it stays ready. The owner must read until
+    /// it knows the descriptor drained, or call [`Selector::refresh`].
+    /// Only where [`Selector::supports_oneshot`] (epoll); elsewhere the
+    /// flag is ignored, and the registration level-triggered. On epoll a
+    /// readable edge registration also watches for the end of the peer's
+    /// stream and urgent data (`EPOLLRDHUP`, `EPOLLPRI`), which no later
+    /// edge would report again (a read that takes the last bytes does not
+    /// see the end behind them, and one stopping at TCP's urgent mark
+    /// leaves bytes queued): once the stream has ended, failed or hung up,
+    /// every wait reports the registration, as a level-triggered one; urgent
+    /// data makes it level-triggered until it is removed. Once set, a
+    /// `modify` keeps it.
+    pub const fn edge(self) -> Self {
+        Interest(self.0 | Self::EDGE)
+    }
+
+    /// True for an [`Interest::edge`] registration.
+    pub const fn is_edge(self) -> bool {
+        self.0 & Self::EDGE != 0
+    }
+
+    /// The same, level-triggered.
+    pub const fn level(self) -> Self {
+        Interest(self.0 & !Self::EDGE)
     }
     /// True if reading is watched.
     pub const fn is_readable(self) -> bool {
@@ -140,6 +169,14 @@ impl FdTable {
 
     pub(crate) fn contains(&self, fd: RawFd) -> bool {
         self.get(fd).is_some()
+    }
+
+    /// Every registration, by descriptor.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (RawFd, Interest, u64)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|(interest, token)| (i as RawFd, interest, token)))
     }
 
     pub(crate) fn set(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
@@ -290,6 +327,27 @@ impl Selector {
         match self {
             Selector::Epoll(s) => s.rearm(fd, interest, token),
             _ => self.modify(fd, interest, token),
+        }
+    }
+
+    /// For an edge-triggered registration ([`Interest::edge`]): look at
+    /// `fd` again now, so that the next wait reports it if it is still
+    /// ready (after a read that may have left bytes queued). Nothing for
+    /// any other registration.
+    pub fn refresh(&mut self, fd: RawFd) -> io::Result<()> {
+        match self {
+            Selector::Epoll(s) => s.refresh(fd),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Selector::refresh`] for every edge-triggered registration: after
+    /// a wait whose events were dropped before they were handled (a panic
+    /// between the wait and their dispatch), what is still ready is
+    /// reported again, as level-triggered registrations are anyway.
+    pub fn refresh_all(&mut self) {
+        if let Selector::Epoll(s) = self {
+            s.refresh_all();
         }
     }
 

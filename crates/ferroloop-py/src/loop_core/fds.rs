@@ -114,6 +114,18 @@ pub(super) fn sock_wait_socket(
     Ok(args.get_item(1).ok().map(Bound::unbind))
 }
 
+/// How [`LoopCore::watch`] registers a descriptor with epoll (the other
+/// backends are level-triggered whatever is asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// As asyncio's selectors: reported at every wait while ready.
+    Level,
+    /// Reported once, then disarmed (`sock_*` waits).
+    OneShot,
+    /// Reported when it becomes ready (stream transports' reading).
+    Edge,
+}
+
 impl LoopCore {
     /// The directions (write or not) of the `sock_*` waits on `fd` whose
     /// socket no longer has that descriptor: it was closed while they
@@ -188,7 +200,11 @@ impl LoopCore {
     /// cancelling the previous one, as `BaseSelectorEventLoop._add_reader` does.
     /// `sock` is the socket of a `sock_*` wait.
     ///
-    /// `oneshot`: a native `sock_*` wait, which ends at the first event
+    /// `Trigger::Edge`: a stream transport's reading, edge-triggered on
+    /// epoll (its reads re-arm with [`Self::refresh_fd`] when they may
+    /// have left bytes queued; see `Interest::edge`).
+    ///
+    /// `Trigger::OneShot`: a native `sock_*` wait, which ends at the first event
     /// that completes it. On epoll, when nothing else watches the
     /// descriptor, it is registered `EPOLLONESHOT`, and when the wait ends
     /// after its event the registration is not removed but left disarmed
@@ -205,7 +221,7 @@ impl LoopCore {
         write: bool,
         h: Py<Handle>,
         sock: Option<Py<PyAny>>,
-        oneshot: bool,
+        trigger: Trigger,
     ) -> PyResult<()> {
         let py = slf.py();
         let core = slf.get();
@@ -226,8 +242,12 @@ impl LoopCore {
                     let had_w = st.writers.contains_key(&fd);
                     let parked = st.parked.remove(&fd);
                     let mut interest = Interest::new(had_r || !write, had_w || write);
-                    if oneshot && !had_r && !had_w && sel.supports_oneshot() {
-                        interest = interest.oneshot();
+                    match trigger {
+                        Trigger::OneShot if !had_r && !had_w && sel.supports_oneshot() => {
+                            interest = interest.oneshot();
+                        }
+                        Trigger::Edge => interest = interest.edge(),
+                        _ => {}
                     }
                     let res = if had_r || had_w {
                         sel.modify(fd, interest, fd as u64)
@@ -366,6 +386,17 @@ impl LoopCore {
             return Ok(());
         }
         Self::forget_fd(slf, fd, write, true, fired).map(drop)
+    }
+
+    /// After a read on an edge-triggered registration that may have left
+    /// bytes queued: have the next wait report `fd` if it is still
+    /// readable, as a level-triggered one would.
+    pub(crate) fn refresh_fd(&self, py: Python<'_>, fd: RawFd) {
+        if let Io::Native(sel) = &mut self.st.borrow_mut(py).io {
+            // A failure means the descriptor is gone: the read that comes
+            // next, if any, reports it.
+            let _ignored = sel.refresh(fd);
+        }
     }
 
     /// A native `sock_*` wait's event came but the call would still block

@@ -42,6 +42,7 @@ mod pass;
 mod stats;
 
 use fds::check_fileobj;
+pub(crate) use fds::Trigger;
 pub(crate) use pass::{NO_PANIC, PANIC_AT_PASS, PANIC_AT_TIMERS, PANIC_AT_WAIT, TEST_PANIC};
 use stats::Stats;
 
@@ -197,6 +198,11 @@ struct State {
     /// Nothing else watches them.
     parked: FdSet,
     events: Vec<Event>,
+    /// A wait's events were taken from the kernel and not all queued yet
+    /// (see `pass.rs`): set between the two, so that a pass that finds it
+    /// set knows events were dropped (a panic between) and has the
+    /// edge-triggered registrations looked at again.
+    events_in_hand: bool,
     /// How many times the loop has looked for I/O.
     polls: u64,
     /// Listeners taking one connection per readiness, with the look for
@@ -336,6 +342,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         next_sweep: 0.0,
         parked: FdSet::default(),
         events: Vec::new(),
+        events_in_hand: false,
         polls: 0,
         single_accept: FdMap::default(),
         completions: Vec::new(),
@@ -1525,6 +1532,18 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         write: bool,
     ) -> PyResult<Py<Handle>> {
+        Self::add_watch_as(slf, fd, callback, args, write, Trigger::Level)
+    }
+
+    /// [`Self::add_watch`], registered as `trigger` says.
+    pub(crate) fn add_watch_as(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        write: bool,
+        trigger: Trigger,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let core = slf.get();
         core.check_closed()?;
@@ -1541,7 +1560,7 @@ impl LoopCore {
             )?,
         )?;
         let sock = fds::sock_wait_socket(slf, &callback, &args)?;
-        Self::watch(slf, fd, write, h.clone_ref(py), sock, false)?;
+        Self::watch(slf, fd, write, h.clone_ref(py), sock, trigger)?;
         Ok(h)
     }
 }

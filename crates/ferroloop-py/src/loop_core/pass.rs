@@ -97,7 +97,12 @@ impl LoopCore {
                 Io::Native(sel) if timeout == Some(0.0) && sel.len() - st.parked.len() <= 1 => {
                     Wait::Skip
                 }
-                Io::Native(sel) => Wait::Native(sel.prepare_wait()),
+                Io::Native(sel) => {
+                    if std::mem::take(&mut st.events_in_hand) {
+                        sel.refresh_all();
+                    }
+                    Wait::Native(sel.prepare_wait())
+                }
                 // Nothing to submit or reap and no wait wanted: skip it.
                 Io::Ring(ring) => {
                     if timeout == Some(0.0) && ring.idle() {
@@ -149,7 +154,10 @@ impl LoopCore {
                     if let Io::Native(sel) = &mut st.io {
                         sel.finish_wait(waiter, &mut events);
                     }
-                    // Level-triggered: what this pass drops is reported again.
+                    // Cleared once the events are queued; a pass that finds
+                    // it set looks at the edge-triggered registrations again
+                    // (level-triggered ones report anyway).
+                    st.events_in_hand = true;
                     test_panic(PANIC_AT_WAIT);
                     match res {
                         Ok(()) => {}
@@ -175,6 +183,7 @@ impl LoopCore {
                         queue_fd(st, ev.fd, ev.readable, ev.writable, py, &mut stale);
                     }
                     st.events = events;
+                    st.events_in_hand = false;
                 }
             }
             Wait::Ring(first) => {

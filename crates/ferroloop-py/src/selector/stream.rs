@@ -23,6 +23,7 @@ use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::link::{
     check_bytes_like, is_buffered_protocol, is_exit, read_bytes, would_block, ByteView, LinkCell,
+    MAX_READ,
 };
 use crate::loop_core::LoopCore;
 use crate::selector::sel::{self, sock_methods, SelState, SockTransport};
@@ -39,6 +40,8 @@ pub struct StreamCore {
     st: GilCell<StreamHalf>,
     /// The last read was large (`link::read_bytes`).
     big_reads: AtomicBool,
+    /// A TCP socket: read edge-triggered (see [`StreamCore::begin_reading`]).
+    edge: bool,
 }
 
 impl SockTransport for StreamCore {
@@ -54,6 +57,41 @@ impl SockTransport for StreamCore {
     fn clear_buffer(&self, py: Python<'_>) {
         self.st.borrow_mut(py).buf.clear();
     }
+
+    /// Start (or resume) reading. A TCP socket is watched edge-triggered
+    /// on epoll: a level-triggered registration goes back on the kernel's
+    /// ready list after each report, and the next wait polls the socket
+    /// again before it can sleep. asyncio reads once per readiness, so
+    /// every read that may have left bytes queued (one that filled its
+    /// buffer) asks for the socket to be looked at again
+    /// (`LoopCore::refresh_fd`); a shorter read took all that was queued,
+    /// and each arrival after it is a new edge. Unix sockets stay
+    /// level-triggered: a read there stops short, with bytes left, at a
+    /// message carrying descriptors or credentials.
+    fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let method = pyo3::intern!(py, "_read_ready");
+        if me.edge {
+            me.link.add_edge_reader(slf.as_any(), method)
+        } else {
+            me.link.add_watch(slf.as_any(), method, false)
+        }
+    }
+}
+
+/// True for an IPv4 or IPv6 socket object (its family as the socket type
+/// stores it: `socket.socket.family` makes an enum of it). Anything that
+/// is not a `socket.socket` is read level-triggered.
+fn is_inet(sock: &Bound<'_, PyAny>) -> bool {
+    let py = sock.py();
+    let Ok((base, [family, _, _])) = crate::accepted::raw_socket(py) else {
+        return false;
+    };
+    sock.is_instance(base.bind(py)).unwrap_or(false)
+        && crate::accepted::raw_get(family.bind(py), sock)
+            .and_then(|f| f.extract::<i32>())
+            .is_ok_and(|f| f == libc::AF_INET || f == libc::AF_INET6)
 }
 
 impl StreamTransport for StreamCore {
@@ -88,6 +126,16 @@ fn recv_fd(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
 }
 
 impl StreamCore {
+    /// A read filled its buffer: on an edge-triggered registration, have
+    /// the next wait look at the socket again.
+    fn may_have_more(&self, py: Python<'_>, fd: RawFd) {
+        if self.edge {
+            if let Some(lp) = self.link.lp(py) {
+                lp.get().refresh_fd(py, fd);
+            }
+        }
+    }
+
     fn read_data(slf: &Bound<'_, Self>, fd: RawFd, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let big = &slf.get().big_reads;
@@ -98,6 +146,9 @@ impl StreamCore {
         };
         if data.as_bytes().is_empty() {
             return half::on_eof(slf, protocol);
+        }
+        if data.as_bytes().len() == MAX_READ {
+            slf.get().may_have_more(py, fd);
         }
         half::data_received(slf, protocol, data)
     }
@@ -125,11 +176,16 @@ impl StreamCore {
         // Outer error: the object gave no writable buffer; inner: recv's.
         let got = ByteView::new(&buf, true).map(|mut v| {
             let (ptr, len) = v.as_mut_ptr();
-            recv_fd(fd, ptr, len)
+            recv_fd(fd, ptr, len).map(|n| (n, n == len))
         });
         drop(buf);
         let n = match got {
-            Ok(Ok(n)) => n,
+            Ok(Ok((n, full))) => {
+                if full {
+                    slf.get().may_have_more(py, fd);
+                }
+                n
+            }
             Ok(Err(e)) if would_block(&e) => return Ok(()),
             Ok(Err(e)) => return sel::fatal_error(slf, io_err(e), READ_FAILED),
             Err(e) if is_exit(py, &e) => return Err(e),
@@ -167,6 +223,7 @@ impl StreamCore {
             sel: GilCell::new(SelState::new(sock, server)),
             st: GilCell::new(StreamHalf::new(buffered)),
             big_reads: AtomicBool::new(false),
+            edge: is_inet(sock),
         })
     }
 
