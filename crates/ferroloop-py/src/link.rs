@@ -25,7 +25,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
 use crate::cell::GilCell;
-use crate::loop_core::LoopCore;
+use crate::loop_core::{LoopCore, Trigger};
 
 /// Bytes asked of `recv` per read, as asyncio's `max_size`.
 pub const MAX_READ: usize = 256 * 1024;
@@ -283,14 +283,7 @@ impl LinkCell {
         method: &Bound<'_, pyo3::types::PyString>,
         write: bool,
     ) -> PyResult<()> {
-        let py = owner.py();
-        let Some(lp) = self.lp(py) else {
-            return Ok(());
-        };
-        let cb = owner.getattr(method)?;
-        let fd_obj = self.fd(py).into_pyobject(py)?.into_any();
-        LoopCore::add_watch(&lp, &fd_obj, cb, PyTuple::empty(py), write)?;
-        Ok(())
+        self.watch_as(owner, method, write, Trigger::Level)
     }
 
     /// `loop._add_reader(fd, owner.<method>)`, edge-triggered where the
@@ -300,20 +293,23 @@ impl LinkCell {
         owner: &Bound<'_, PyAny>,
         method: &Bound<'_, pyo3::types::PyString>,
     ) -> PyResult<()> {
+        self.watch_as(owner, method, false, Trigger::Edge)
+    }
+
+    fn watch_as(
+        &self,
+        owner: &Bound<'_, PyAny>,
+        method: &Bound<'_, pyo3::types::PyString>,
+        write: bool,
+        trigger: Trigger,
+    ) -> PyResult<()> {
         let py = owner.py();
         let Some(lp) = self.lp(py) else {
             return Ok(());
         };
         let cb = owner.getattr(method)?;
         let fd_obj = self.fd(py).into_pyobject(py)?.into_any();
-        LoopCore::add_watch_as(
-            &lp,
-            &fd_obj,
-            cb,
-            PyTuple::empty(py),
-            false,
-            crate::loop_core::Trigger::Edge,
-        )?;
+        LoopCore::add_watch_as(&lp, &fd_obj, cb, PyTuple::empty(py), write, trigger)?;
         Ok(())
     }
 
