@@ -932,6 +932,35 @@ fn edge_registration(kind: BackendKind) {
     expect_events(&mut sel, READY, &eof, "hang-up reported again");
     sel.deregister(fd).unwrap();
     expect_none(&mut sel, "deregistered");
+
+    // The peer only shut down writing: readable at every wait while
+    // reading is watched; watching writing alone, one report (room to
+    // write) and then none; watching reading again, readable again.
+    let (c, d) = socketpair();
+    let fd = c.as_raw_fd();
+    sel.register(fd, Interest::READ.edge(), 6).unwrap();
+    d.shutdown(std::net::Shutdown::Write).unwrap();
+    let end = [ev(fd, 6, true, false)];
+    for i in 0..3 {
+        expect_events(&mut sel, READY, &end, &format!("end of stream, wait #{i}"));
+    }
+    sel.modify(fd, Interest::WRITE, 6).unwrap();
+    expect_events(&mut sel, READY, &[ev(fd, 6, false, true)], "room to write");
+    if edge {
+        expect_none(&mut sel, "writing alone, after its edge");
+    }
+    sel.modify(fd, Interest::READ, 6).unwrap();
+    for i in 0..2 {
+        expect_events(
+            &mut sel,
+            READY,
+            &end,
+            &format!("end of stream again, wait #{i}"),
+        );
+    }
+    sel.deregister(fd).unwrap();
+    expect_none(&mut sel, "deregistered");
+    drop((c, d));
 }
 
 macro_rules! per_backend {

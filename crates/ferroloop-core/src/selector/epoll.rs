@@ -111,9 +111,7 @@ impl Epoll {
         };
         let interest = self.edge_kept(fd, old, interest);
         self.ctl(libc::EPOLL_CTL_MOD, fd, interest)?;
-        if !interest.is_edge() {
-            self.ended.retain(|&(f, _)| f != fd);
-        }
+        self.forget_ended(fd, interest);
         self.table.set(fd, interest, token)
     }
 
@@ -131,9 +129,7 @@ impl Epoll {
             }
             r => r?,
         }
-        if !interest.is_edge() {
-            self.ended.retain(|&(f, _)| f != fd);
-        }
+        self.forget_ended(fd, interest);
         self.table.set(fd, interest, token)
     }
 
@@ -147,6 +143,17 @@ impl Epoll {
             new.edge()
         } else {
             new
+        }
+    }
+
+    /// After `fd`'s registration changed to `interest`: drop its entry in
+    /// `ended` when it no longer watches what the condition makes ready.
+    /// If it watches reading again later, the `EPOLL_CTL_MOD` that says so
+    /// has the kernel look again, and the end is reported anew.
+    fn forget_ended(&mut self, fd: RawFd, interest: Interest) {
+        if !interest.is_edge() || !interest.is_readable() {
+            self.ended
+                .retain(|&(f, both)| f != fd || (both && interest.is_edge()));
         }
     }
 
@@ -222,11 +229,10 @@ impl Epoll {
         }
         // What a level-triggered registration would report again.
         for &(fd, both) in &self.ended {
-            if events[first..].iter().any(|e| e.fd == fd) {
-                continue;
-            }
             if let Some(e) = self.table.event(fd, true, both) {
-                events.push(e);
+                if !events[first..].iter().any(|x| x.fd == fd) {
+                    events.push(e);
+                }
             }
         }
         let mut buf = w.buf;
