@@ -1401,12 +1401,18 @@ def _run_closing_with_nofile(loop, coro, nofile, timeout, before):
     saved = resource.getrlimit(resource.RLIMIT_NOFILE)
     _raise_nofile(nofile)
     try:
-        run_coro(loop, coro, timeout=timeout)
-        loop.close()
-        collect()
-        assert fd_count() <= before + 1
+        _run_closing(loop, coro, timeout, before)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
+def _run_closing(loop, coro, timeout, before):
+    """Run ``coro`` on ``loop``, close the loop, and check that at most one
+    descriptor more than ``before`` is open."""
+    run_coro(loop, coro, timeout=timeout)
+    loop.close()
+    collect()
+    assert fd_count() <= before + 1
 
 
 @pytest.mark.timeout(60)
@@ -1621,10 +1627,7 @@ def test_a_quiet_pass_sends_its_reply_at_once_and_a_busy_pass_queues_them(ploop)
             await server.wait_closed()
         await asyncio.sleep(0.05)
 
-    run_coro(ploop, main(), timeout=30)
-    ploop.close()
-    collect()
-    assert fd_count() <= before + 1
+    _run_closing(ploop, main(), 30, before)
 
 
 def test_reads_switch_between_the_pool_and_an_own_buffer_losing_nothing(ploop):

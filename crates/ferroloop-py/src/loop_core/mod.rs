@@ -212,9 +212,9 @@ struct State {
     single_accept: FdMap<RawFd, u64>,
     completions: Vec<Completion<Owner>>,
     shots: Vec<Shot>,
-    /// Small writes that may still go out by a direct `send` before the
-    /// next look at the ring (see `take_direct_send`).
-    direct_sends: u8,
+    /// The next small write may go out by a direct `send` (until the next
+    /// look at the ring; see `take_direct_send`).
+    direct_send: bool,
     /// The ring's buffer pool for multishot recvs, made on first use.
     recv_pool: RecvPool,
     /// The look for I/O after which the pool's ring last grew.
@@ -347,7 +347,7 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         single_accept: FdMap::default(),
         completions: Vec::new(),
         shots: Vec::new(),
-        direct_sends: 0,
+        direct_send: false,
         recv_pool: RecvPool::Untried,
         pool_grown_at: None,
         thread_id: None,
@@ -1494,10 +1494,7 @@ impl LoopCore {
     /// completion and a `_write_done`); no in a busier pass, whose sends
     /// share one system call.
     pub(crate) fn take_direct_send(&self, py: Python<'_>) -> bool {
-        let mut st = self.st.borrow_mut(py);
-        let ok = st.direct_sends > 0;
-        st.direct_sends = st.direct_sends.saturating_sub(1);
-        ok
+        std::mem::take(&mut self.st.borrow_mut(py).direct_send)
     }
 
     /// Hand pool buffers back to the kernel unread.

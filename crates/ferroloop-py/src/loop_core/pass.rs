@@ -492,7 +492,7 @@ impl LoopCore {
         let mut st = core.st.borrow_mut(py);
         let st = &mut *st;
         st.completions = done;
-        st.direct_sends = u8::from(handles.len() <= 1);
+        st.direct_send = handles.len() <= 1;
         let woke = had_events || !handles.is_empty() || st.sched.ready_len() > 0;
         for h in handles {
             st.sched.call_soon(Item::new(h));
