@@ -35,6 +35,7 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
 use crate::cell::GilCell;
 use crate::errors::io_err;
 use crate::handle::{Handle, TimerHandle};
+use crate::proactor::stream::RingStreamCore;
 use crate::proactor::Owner;
 
 mod fds;
@@ -212,6 +213,11 @@ struct State {
     single_accept: FdMap<RawFd, u64>,
     completions: Vec<Completion<Owner>>,
     shots: Vec<Shot>,
+    /// `reap_ring`'s lists, kept empty between passes so that a pass
+    /// allocates none: multishot results with their owners, and the
+    /// handles the pass's completions queue.
+    owned_shots: Vec<(Py<RingStreamCore>, Shot)>,
+    reaped_handles: Vec<Py<Handle>>,
     /// The next small write may go out by a direct `send` (until the next
     /// look at the ring; see `take_direct_send`).
     direct_send: bool,
@@ -347,6 +353,8 @@ fn new_state(io: Io, waker: Option<Waker>) -> State {
         single_accept: FdMap::default(),
         completions: Vec::new(),
         shots: Vec::new(),
+        owned_shots: Vec::new(),
+        reaped_handles: Vec::new(),
         direct_send: false,
         recv_pool: RecvPool::Untried,
         pool_grown_at: None,

@@ -452,7 +452,7 @@ impl LoopCore {
             // A multishot op's results before its last go to its owner,
             // found while the ring is at hand (and before the op's own
             // completion, which comes after them).
-            let mut owned = Vec::with_capacity(shots.len());
+            let mut owned = std::mem::take(&mut st.owned_shots);
             if let Io::Ring(ring) = &st.io {
                 for s in shots.drain(..) {
                     if let Some(Owner::Read(t)) = ring.shot_owner(&s, &done) {
@@ -477,13 +477,12 @@ impl LoopCore {
         // Owners are handed their completions, and dropped, with the loop's
         // state unborrowed: dropping the last reference to a transport may
         // run Python code.
-        let mut handles = Vec::with_capacity(done.len() + shots.len());
+        let mut handles = std::mem::take(&mut core.st.borrow_mut(py).reaped_handles);
         for (t, s) in shots.drain(..) {
             if let Some(h) = t.get().shot_received(py, s) {
                 handles.push(h);
             }
         }
-        drop(shots);
         for c in done.drain(..) {
             if let Some(h) = Owner::deliver(py, c) {
                 handles.push(h);
@@ -492,11 +491,13 @@ impl LoopCore {
         let mut st = core.st.borrow_mut(py);
         let st = &mut *st;
         st.completions = done;
+        st.owned_shots = shots;
         st.direct_send = handles.len() <= 1;
         let woke = had_events || !handles.is_empty() || st.sched.ready_len() > 0;
-        for h in handles {
+        for h in handles.drain(..) {
             st.sched.call_soon(Item::new(h));
         }
+        st.reaped_handles = handles;
         let again = match &mut st.io {
             Io::Ring(ring) if !woke => Some(ring.prepare_wait()),
             _ => None,

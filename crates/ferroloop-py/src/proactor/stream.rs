@@ -523,7 +523,10 @@ impl RingStreamCore {
     }
 
     fn cancel(&self, py: Python<'_>, id: Option<OpId>) {
-        if let (Some(id), Some(lp)) = (id, self.link.lp(py)) {
+        let Some(id) = id else {
+            return;
+        };
+        if let Some(lp) = self.link.lp(py) {
             lp.get().ring_cancel(py, id);
         }
     }
