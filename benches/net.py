@@ -510,6 +510,7 @@ def server_cpu(pid: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "utime_s": int(fields[11]) / CLK_TCK,
         "stime_s": int(fields[12]) / CLK_TCK,
+        "minflt": int(fields[7]),
     }
     tids = {}
     try:
@@ -561,6 +562,7 @@ def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         out["server_cpu_s"] = user + sys_
         out["server_cpu_source"] = "stat"
     out["server_threads_changed"] = not same_threads
+    out["server_minflt"] = after["minflt"] - before["minflt"]
     return out
 
 
@@ -1530,6 +1532,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         "client_busy": statistics.median(r["client_cpu_s"] / r["wall_s"] for r in ok),
         "server_wakeups_per_op": statistics.median(r["server_vcsw"] / r["ops"] for r in ok),
         "server_hwm_mib": statistics.median(r["server_hwm_kib"] / 1024 for r in ok),
+        # Minor page faults: memory the server maps or gets back from the
+        # kernel mid-run (a heap trimmed and grown again shows here).
+        "server_faults_per_op": statistics.median(r.get("server_minflt", 0) / r["ops"] for r in ok),
         "retransmits": max(r.get("retransmits", 0) for r in ok),
         "foreign_share_max": max((r.get("foreign_share") or 0.0) for r in ok),
     }
@@ -1658,6 +1663,26 @@ def render(report: dict[str, Any]) -> str:
         table.append(row)
     out.append(
         "## Peak server RSS (median VmHWM at the end of the run, MiB)\n\n"
+        + common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1))
+    )
+    out.append("")
+
+    header = ["workload"] + [f"{name} faults/op" for name in present]
+    table = []
+    for name in names:
+        row = [name]
+        for name_l in present:
+            s = results[name].get(name_l)
+            if s is None:
+                row.append(fail.get((name, name_l), "n/a"))
+            elif "server_faults_per_op" not in s:
+                row.append("n/a")  # a report from before the column existed
+            else:
+                row.append(f"{s['server_faults_per_op']:.2f}")
+        table.append(row)
+    out.append(
+        "## Server page faults per op (median over runs, measured phase; a heap given "
+        "back to the kernel and faulted in again shows here)\n\n"
         + common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1))
     )
     out.append("")
