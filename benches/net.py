@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -1651,41 +1652,33 @@ def render(report: dict[str, Any]) -> str:
     )
     out.append("")
 
-    header = ["workload"] + [f"{name} MiB" for name in present]
-    table = []
-    for name in names:
-        row = [name]
-        for name_l in present:
-            s = results[name].get(name_l)
-            row.append(
-                fail.get((name, name_l), "n/a") if s is None else f"{s['server_hwm_mib']:.1f}"
-            )
-        table.append(row)
-    out.append(
-        "## Peak server RSS (median VmHWM at the end of the run, MiB)\n\n"
-        + common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1))
-    )
-    out.append("")
+    def per_loop_table(title: str, unit: str, cell: Callable[[dict[str, Any]], str]) -> None:
+        """A table of one figure per (workload, loop), under ``## title``."""
+        header = ["workload"] + [f"{name} {unit}" for name in present]
+        table = []
+        for name in names:
+            row = [name]
+            for name_l in present:
+                s = results[name].get(name_l)
+                row.append(fail.get((name, name_l), "n/a") if s is None else cell(s))
+            table.append(row)
+        out.append(
+            f"## {title}\n\n" + common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1))
+        )
+        out.append("")
 
-    header = ["workload"] + [f"{name} faults/op" for name in present]
-    table = []
-    for name in names:
-        row = [name]
-        for name_l in present:
-            s = results[name].get(name_l)
-            if s is None:
-                row.append(fail.get((name, name_l), "n/a"))
-            elif "server_faults_per_op" not in s:
-                row.append("n/a")  # a report from before the column existed
-            else:
-                row.append(f"{s['server_faults_per_op']:.2f}")
-        table.append(row)
-    out.append(
-        "## Server page faults per op (median over runs, measured phase; a heap given "
-        "back to the kernel and faulted in again shows here)\n\n"
-        + common.md_table(header, table, ["l"] + ["r"] * (len(header) - 1))
+    per_loop_table(
+        "Peak server RSS (median VmHWM at the end of the run, MiB)",
+        "MiB",
+        lambda s: f"{s['server_hwm_mib']:.1f}",
     )
-    out.append("")
+    per_loop_table(
+        "Server page faults per op (median over runs, measured phase; a heap given "
+        "back to the kernel and faulted in again shows here)",
+        "faults/op",
+        # "n/a" in a report from before the column existed.
+        lambda s: f"{s['server_faults_per_op']:.2f}" if "server_faults_per_op" in s else "n/a",
+    )
 
     out.extend(common.noise_lines(report))
     unsupported = sorted(
