@@ -233,6 +233,14 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.005) -> bool
     return predicate()
 
 
+async def until(predicate, timeout: float = 5.0, interval: float = 0.005) -> None:
+    """Inside a coroutine on the loop under test: let the loop run until
+    ``predicate()`` holds; ``TimeoutError`` after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(interval)
+
+
 # ---------------------------------------------------------------- hooks
 
 

@@ -10,7 +10,7 @@ import os
 import socket
 
 import pytest
-from conftest import collect, fd_count, run_coro
+from conftest import collect, fd_count, run_coro, until
 
 
 @pytest.fixture
@@ -64,12 +64,6 @@ class PipeRecorder(asyncio.Protocol):
         self.events.append(("lost", type(exc).__name__ if exc is not None else None))
         if not self.lost.done():
             self.lost.set_result(exc)
-
-
-async def until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 def test_read_pipe_data_then_eof(io_loop, pipe):

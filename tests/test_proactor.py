@@ -23,7 +23,7 @@ import textwrap
 import _seccomp
 import ferroloop
 import pytest
-from conftest import collect, fd_count, run_coro, run_python
+from conftest import collect, fd_count, run_coro, run_python, until
 
 CHILD_TIMEOUT = 20  # seconds, for every child process; each normally takes < 1 s
 MESSAGE_PREFIX = "io_uring is unavailable: "
@@ -1385,15 +1385,6 @@ def test_quick_open_close_no_crossed_data(ploop):
     assert fd_count() == before
 
 
-async def _until(cond):
-    """Wait (up to 5 s) for ``cond()`` to hold."""
-    for _ in range(1000):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("timed out")
-
-
 def _run_closing_with_nofile(loop, coro, nofile, timeout, before):
     """Run ``coro`` on ``loop`` with at least ``nofile`` descriptors allowed,
     close the loop, and check that at most one descriptor more than
@@ -1519,7 +1510,7 @@ def test_the_recv_pool_grows_only_for_connections_reading_small(ploop):
     async def connect(port, n):
         first = len(conns)
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-        await _until(lambda: len(conns) == first + n)
+        await until(lambda: len(conns) == first + n)
         return socks, conns[first:]
 
     async def burst(socks, protos, size):
@@ -1528,7 +1519,7 @@ def test_the_recv_pool_grows_only_for_connections_reading_small(ploop):
         want = [p.got + size for p in protos]
         for s in socks:
             assert s.send(b"x" * size) == size
-        await _until(lambda: all(p.got == w for p, w in zip(protos, want)))
+        await until(lambda: all(p.got == w for p, w in zip(protos, want)))
 
     async def main():
         server = await ploop.create_server(Count, "127.0.0.1", 0, backlog=256)
@@ -1597,23 +1588,23 @@ def test_a_quiet_pass_sends_its_reply_at_once_and_a_busy_pass_queues_them(ploop)
         socks = []
         try:
             socks.append(socket.create_connection(("127.0.0.1", port)))
-            await _until(lambda: len(conns) == 1)
+            await until(lambda: len(conns) == 1)
             one = conns[0]
             for i in range(5):
                 msg = bytes([65 + i]) * size
                 socks[0].sendall(msg)
-                await _until(lambda n=i + 1: len(one.buffered) == n)
+                await until(lambda n=i + 1: len(one.buffered) == n)
                 assert await ploop.run_in_executor(None, read_echo, socks[0], size) == msg
             assert one.buffered == [0] * 5, one.buffered
 
             many = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
             socks += many
-            await _until(lambda: len(conns) == 9)
+            await until(lambda: len(conns) == 9)
             # Sent from the loop's own thread: every connection has its
             # bytes before the loop next looks, so they all come in one pass.
             for j, s in enumerate(many):
                 s.sendall(bytes([97 + j]) * size)
-            await _until(lambda: all(len(p.buffered) == 1 for p in conns[1:]))
+            await until(lambda: all(len(p.buffered) == 1 for p in conns[1:]))
             sizes = [p.buffered[0] for p in conns[1:]]
             assert sizes.count(0) <= 1 and sizes.count(size) >= 7, sizes
             for j, s in enumerate(many):

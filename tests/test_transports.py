@@ -1286,7 +1286,6 @@ def test_an_uninitialised_transport_raises_instead_of_crashing(cls_name, send):
     assert "uninitialized" in repr(t)
 
 
-
 @pytest.mark.parametrize("case", ["beyond-one-read", "small-buffers", "eof-behind", "urgent"])
 def test_bytes_queued_while_paused_all_come_after_resume_on_tcp(io_loop, case):
     # Everything arrives while reading is paused, then nothing more: after
